@@ -1,0 +1,78 @@
+"""PatchingConfig: which patching strategy a run uses, with every knob of LST.md §3.
+
+One frozen dataclass shared by the C++ wrapper (strategies.py) and the numpy reference
+(reference.py), so both read the same settings and reject the same bad ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+STRATEGIES = ("static", "aligned", "mixed", "curriculum")
+SILENCE_MODES = ("sil_sep", "sil_merged")
+
+
+@dataclass(frozen=True)
+class PatchingConfig:
+    """How speech spans become patches.
+
+    strategy: ``static`` (runs of ``patch_size`` units), ``aligned`` (one patch per aligned word
+        segment), ``mixed`` (each sequence static or aligned at random, aligned with probability
+        ``mixed_aligned_probability``) or ``curriculum`` (aligned with probability P(step): 1 before
+        ``tau1``, linear down to 0 at ``tau2``, 0 after).
+    patch_size: static patch size p (the paper's best: 4).
+    silence_mode: aligned only. ``sil_sep``: every silence segment is its own patch;
+        ``sil_merged``: a silence joins the word before it in its speech span (the word after it
+        when the span opens with silence; a span of silence only is one patch).
+    max_patch_length: cap on any patch; longer ones are split into pieces of this size with a
+        shorter remainder last. ``None`` means no cap.
+    fold_speech_marker: fold the ``<s>`` marker into the first patch of the speech span that
+        follows it (the marker does not count towards ``patch_size``). Default ``False``: the
+        marker stands alone as a length-1 patch in every strategy, as LST.md §2 states ("every
+        marker a patch of length 1"), and so that static and aligned rows in a mixed or curriculum
+        batch differ only in their speech boundaries. The reference code folds in static mode and
+        not in aligned mode; set ``True`` for static runs that want to match it.
+    tau1, tau2: curriculum boundaries in optimizer steps (``tau1 <= tau2``).
+    seed: seed of the per-sequence choice of mixed and curriculum; the choice is a hash of
+        (seed, step, sample id), so it is reproducible and resumable with no RNG state to save.
+    mixed_aligned_probability: probability that ``mixed`` patches a sequence aligned.
+    """
+
+    strategy: str = "static"
+    patch_size: int = 4
+    silence_mode: str = "sil_sep"
+    max_patch_length: Optional[int] = None
+    fold_speech_marker: bool = False
+    tau1: float = 0.0
+    tau2: float = 0.0
+    seed: int = 0
+    mixed_aligned_probability: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"PatchingConfig.strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        if self.silence_mode not in SILENCE_MODES:
+            raise ValueError(f"PatchingConfig.silence_mode must be one of {SILENCE_MODES}, got {self.silence_mode!r}")
+        if int(self.patch_size) != self.patch_size or self.patch_size < 1:
+            raise ValueError(f"PatchingConfig.patch_size must be an integer >= 1, got {self.patch_size}")
+        if self.max_patch_length is not None and self.max_patch_length < 1:
+            raise ValueError(f"PatchingConfig.max_patch_length must be >= 1 or None, got {self.max_patch_length}")
+        if self.tau1 > self.tau2:
+            raise ValueError(f"PatchingConfig: curriculum needs tau1 <= tau2, got tau1={self.tau1} > tau2={self.tau2}")
+        if not 0.0 <= self.mixed_aligned_probability <= 1.0:
+            raise ValueError(
+                f"PatchingConfig.mixed_aligned_probability must lie in [0, 1], got {self.mixed_aligned_probability}"
+            )
+        if not 0 <= self.seed < 2**64:
+            raise ValueError(f"PatchingConfig.seed must lie in [0, 2**64), got {self.seed}")
+
+    @property
+    def strategy_code(self) -> int:
+        """The strategy's number in the C++ kernel."""
+        return STRATEGIES.index(self.strategy)
+
+    @property
+    def silence_code(self) -> int:
+        """The silence mode's number in the C++ kernel."""
+        return SILENCE_MODES.index(self.silence_mode)

@@ -1,0 +1,193 @@
+"""The C++ kernel against the numpy reference, and the properties every patching must have."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from patching_samples import LAYOUT, batches, configs
+
+from megatron_lst.patching import PatchingConfig, compute_patches
+from megatron_lst.patching.reference import reference_patch_batch
+
+SEGMENT_FIELDS = ("segment_ids", "is_silence", "document_ids")
+
+
+def run_both(batch: dict, config: PatchingConfig, step: int = 0, sample_ids=None):
+    kernel = compute_patches(
+        batch["tokens"],
+        batch["is_speech"],
+        config,
+        LAYOUT,
+        **{field: batch[field] for field in SEGMENT_FIELDS},
+        step=step,
+        sample_ids=sample_ids,
+    )
+    reference = reference_patch_batch(
+        batch["tokens"],
+        batch["is_speech"],
+        config,
+        LAYOUT,
+        **{field: batch[field] for field in SEGMENT_FIELDS},
+        step=step,
+        sample_ids=sample_ids,
+    )
+    return kernel, reference
+
+
+@settings(max_examples=300, deadline=None)
+@given(batch=batches(), config=configs(), step=st.integers(0, 50))
+def test_kernel_matches_reference(batch: dict, config: PatchingConfig, step: int) -> None:
+    kernel, (lengths, starts, counts, aligned) = run_both(batch, config, step)
+    np.testing.assert_array_equal(kernel.aligned, aligned)
+    np.testing.assert_array_equal(kernel.num_patches, counts)
+    np.testing.assert_array_equal(kernel.patch_lengths, lengths)
+    np.testing.assert_array_equal(kernel.patch_starts, starts)
+
+
+@settings(max_examples=200, deadline=None)
+@given(batch=batches(), config=configs(), step=st.integers(0, 50))
+def test_patching_properties(batch: dict, config: PatchingConfig, step: int) -> None:
+    result = compute_patches(
+        batch["tokens"], batch["is_speech"], config, LAYOUT, **{f: batch[f] for f in SEGMENT_FIELDS}, step=step
+    )
+    num_rows, seq_len = batch["tokens"].shape
+    for b in range(num_rows):
+        count = int(result.num_patches[b])
+        lengths = result.patch_lengths[b, :count]
+        starts = result.patch_starts[b, :count]
+        assert (lengths > 0).all() and (result.patch_lengths[b, count:] == 0).all()
+        assert lengths.sum() == seq_len
+        assert lengths[0] == 1, "the first patch is BOS alone"
+        np.testing.assert_array_equal(starts, np.cumsum(lengths) - lengths)
+        for start, length in zip(starts.tolist(), lengths.tolist()):
+            tokens = batch["tokens"][b, start : start + length]
+            speech = batch["is_speech"][b, start : start + length]
+            documents = batch["document_ids"][b, start : start + length]
+            segments = batch["segment_ids"][b, start : start + length]
+            assert (documents == documents[0]).all(), "a patch crosses a document boundary"
+            if length == 1:
+                continue
+            folded = config.fold_speech_marker and tokens[0] == LAYOUT.speech_marker_id
+            units = speech[1:] if folded else speech
+            assert units.all(), "a text token or marker is inside a multi-token patch"
+            if config.max_patch_length is not None:
+                assert length <= config.max_patch_length
+            unit_count = len(units)
+            if not result.aligned[b]:
+                assert unit_count <= config.patch_size
+            elif config.silence_mode == "sil_sep":
+                unit_segments = segments[1:] if folded else segments
+                assert (unit_segments == unit_segments[0]).all(), "sil_sep patch spans two segments"
+
+
+@settings(max_examples=50, deadline=None)
+@given(batch=batches(max_rows=1), config=configs())
+def test_training_convention_next_token(batch: dict, config: PatchingConfig) -> None:
+    """Patching the N+1 tokens of a training sample: BOS alone first, lengths sum to N+1."""
+    result = compute_patches(batch["tokens"][0], batch["is_speech"][0], config, LAYOUT,
+                             **{f: batch[f][0] for f in SEGMENT_FIELDS})
+    assert result.patch_lengths.ndim == 1
+    assert result.patch_lengths[0] == 1
+    assert result.patch_lengths.sum() == batch["tokens"].shape[1]
+
+
+def hand_sample(spec: str) -> dict:
+    """Build a one-row batch from a compact spec: B bos, E eos, T <t>, S <s>, t text,
+    w<k>/s<k> a word/silence segment of k units, P pad, | next document (no token)."""
+    tokens, speech, segments, silence, documents = [], [], [], [], []
+    document, segment = 0, 0
+    for item in spec.split():
+        if item == "|":
+            document += 1
+            continue
+        if item[0] in "ws":
+            count = int(item[1:])
+            tokens += [LAYOUT.unit_offset] * count
+            speech += [True] * count
+            segments += [segment] * count
+            silence += [item[0] == "s"] * count
+            documents += [document] * count
+            segment += 1
+            continue
+        ids = {"B": LAYOUT.bos_id, "E": LAYOUT.eos_id, "T": LAYOUT.text_marker_id,
+               "S": LAYOUT.speech_marker_id, "t": 3, "P": LAYOUT.pad_id}
+        tokens.append(ids[item])
+        speech.append(False)
+        segments.append(-1)
+        silence.append(False)
+        documents.append(document)
+    return {
+        "tokens": np.array([tokens], np.int64),
+        "is_speech": np.array([speech]),
+        "segment_ids": np.array([segments], np.int32),
+        "is_silence": np.array([silence]),
+        "document_ids": np.array([documents], np.int32),
+    }
+
+
+SPEC = "B T t t S w3 s2 w6 T t E P P"
+
+
+@pytest.mark.parametrize(
+    "config, expected",
+    [
+        (PatchingConfig(), [1, 1, 1, 1, 1, 4, 4, 3, 1, 1, 1, 1, 1]),
+        (PatchingConfig(fold_speech_marker=True), [1, 1, 1, 1, 5, 4, 3, 1, 1, 1, 1, 1]),
+        (PatchingConfig(patch_size=5, max_patch_length=3), [1, 1, 1, 1, 1, 3, 2, 3, 2, 1, 1, 1, 1, 1, 1]),
+        (PatchingConfig(strategy="aligned"), [1, 1, 1, 1, 1, 3, 2, 6, 1, 1, 1, 1, 1]),
+        (PatchingConfig(strategy="aligned", silence_mode="sil_merged"), [1, 1, 1, 1, 1, 5, 6, 1, 1, 1, 1, 1]),
+        (PatchingConfig(strategy="aligned", fold_speech_marker=True), [1, 1, 1, 1, 4, 2, 6, 1, 1, 1, 1, 1]),
+        (PatchingConfig(strategy="aligned", max_patch_length=4), [1, 1, 1, 1, 1, 3, 2, 4, 2, 1, 1, 1, 1, 1]),
+    ],
+)
+def test_hand_computed_patches(config: PatchingConfig, expected: list) -> None:
+    batch = hand_sample(SPEC)
+    kernel, reference = run_both(batch, config)
+    assert kernel.patch_lengths[0].tolist() == expected
+    assert reference[0][0].tolist() == expected
+    assert kernel.patch_starts[0].tolist() == np.concatenate([[0], np.cumsum(expected)[:-1]]).tolist()
+
+
+@pytest.mark.parametrize(
+    "spec, silence_mode, expected",
+    [
+        ("B S s2 w3 s1 w2 E", "sil_merged", [1, 1, 6, 2, 1]),  # leading silence joins the first word
+        ("B S s2 s3 E", "sil_merged", [1, 1, 5, 1]),  # silence only: one patch
+        ("B S w2 w3 | w4 E", "sil_sep", [1, 1, 2, 3, 4, 1]),  # document boundary splits the span
+    ],
+)
+def test_silence_and_documents(spec: str, silence_mode: str, expected: list) -> None:
+    config = PatchingConfig(strategy="aligned", silence_mode=silence_mode)
+    kernel, reference = run_both(hand_sample(spec), config)
+    assert kernel.patch_lengths[0].tolist() == expected
+    assert reference[0][0].tolist() == expected
+
+
+def test_static_document_boundary_and_marker_not_folded_across_documents() -> None:
+    batch = hand_sample("B S w3 | w3 S | w2")
+    kernel, _ = run_both(batch, PatchingConfig(patch_size=4, fold_speech_marker=True))
+    assert kernel.patch_lengths[0].tolist() == [1, 4, 3, 1, 2]
+
+
+def test_torch_in_torch_out_and_padding_width() -> None:
+    batch = hand_sample(SPEC)
+    tensors = {field: torch.from_numpy(array) for field, array in batch.items()}
+    result = compute_patches(tensors["tokens"], tensors["is_speech"], PatchingConfig(), LAYOUT, max_num_patches=16)
+    assert isinstance(result.patch_lengths, torch.Tensor) and result.patch_lengths.dtype == torch.int64
+    assert result.patch_lengths.shape == (1, 16)
+    assert result.patch_lengths[0, 13:].tolist() == [0, 0, 0]
+    seq_len = batch["tokens"].shape[1]
+    assert result.patch_starts[0, 13:].tolist() == [seq_len] * 3, "padded slots start at the row total"
+    with pytest.raises(ValueError, match="max_num_patches"):
+        compute_patches(tensors["tokens"], tensors["is_speech"], PatchingConfig(), LAYOUT, max_num_patches=4)
+
+
+def test_static_needs_no_segments_but_aligned_does() -> None:
+    batch = hand_sample(SPEC)
+    static = compute_patches(batch["tokens"], batch["is_speech"], PatchingConfig(), LAYOUT)
+    assert static.patch_lengths.sum() == batch["tokens"].size
+    with pytest.raises(ValueError, match="segment_ids"):
+        compute_patches(batch["tokens"], batch["is_speech"], PatchingConfig(strategy="aligned"), LAYOUT)
