@@ -25,6 +25,7 @@ _ORDINAL_WORDS = {
     "nine": "ninth", "twelve": "twelfth",
 }
 _SCALE_WORDS = "thousand|million|billion|trillion"
+WORD_PATTERN = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)*")
 _ABBREVIATIONS = (
     "Mr Mrs Ms Dr St Jr Sr Prof Gen Col Lt Sgt Capt Cpl Rev Gov Sen Rep Inc Ltd Co Corp Bros vs "
     "etc Mt Ft Jan Feb Mar Apr Aug Sept Sep Oct Nov Dec No Nos approx"
@@ -208,4 +209,4 @@ def split_sentences(normalised: str, min_words: int = 1) -> list[str]:
 def words_of(sentence: str) -> list[str]:
     """The words of a normalised sentence, punctuation removed (``"Hill Top's fire."`` ->
     ``["Hill", "Top's", "fire"]``); this is how the aligner and the data pipeline count words."""
-    return re.findall(r"[A-Za-z]+(?:'[A-Za-z]+)*", sentence)
+    return WORD_PATTERN.findall(sentence)
