@@ -199,7 +199,10 @@ void patch_span_aligned(const Row& row, int64_t begin, int64_t end, int64_t mark
     } else if (silence) {
       pending += size;
     } else {
-      if (pending_has_word) emit(pending), pending = 0;
+      if (pending_has_word) {
+        emit(pending);
+        pending = 0;
+      }
       pending += size;
       pending_has_word = true;
     }
@@ -297,8 +300,8 @@ py::tuple patch_batch(py::array tokens_in, py::array is_speech_in, py::array seg
   }
   if (max_num_patches >= 0) {
     if (width > max_num_patches)
-      throw std::invalid_argument("patching: a row has " + std::to_string(width) + " patches, more than max_num_patches=" +
-                                  std::to_string(max_num_patches));
+      throw std::invalid_argument("patching: a row has " + std::to_string(width) +
+                                  " patches, more than max_num_patches=" + std::to_string(max_num_patches));
     width = max_num_patches;
   }
   py::array_t<int64_t> patch_lengths({batch, width});
@@ -337,7 +340,8 @@ py::array_t<bool> choose_aligned_rows(py::array sample_ids_in, int strategy, dou
   auto sample_ids = py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(sample_ids_in);
   if (!sample_ids || sample_ids.ndim() != 1) throw std::invalid_argument("patching: sample_ids must be 1-D");
   py::array_t<bool> chosen(sample_ids.shape(0));
-  for (py::ssize_t i = 0; i < sample_ids.shape(0); ++i) chosen.mutable_data()[i] = choose_aligned(options, sample_ids.data()[i]);
+  bool* chosen_flags = chosen.mutable_data();
+  for (py::ssize_t i = 0; i < sample_ids.shape(0); ++i) chosen_flags[i] = choose_aligned(options, sample_ids.data()[i]);
   return chosen;
 }
 

@@ -76,7 +76,8 @@ def test_kernel_refuses_bad_options_on_its_own() -> None:
     vocab = (LAYOUT.bos_id, LAYOUT.speech_marker_id, LAYOUT.unit_offset, LAYOUT.vocab_size)
 
     def call(patch_size: int, tau1: float, tau2: float) -> None:
-        _patching.patch_batch(*arrays, np.arange(1), True, *vocab, 0, patch_size, 0, 0, False, tau1, tau2, 0.5, 0, 0, -1)
+        options = (0, patch_size, 0, 0, False, tau1, tau2, 0.5, 0, 0, -1)
+        _patching.patch_batch(*arrays, np.arange(1), True, *vocab, *options)
 
     call(4, 0.0, 0.0)
     with pytest.raises(ValueError, match="patch_size"):
