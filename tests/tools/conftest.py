@@ -6,15 +6,8 @@ import random
 
 import pytest
 
+from megatron_lst.data.synthetic import random_sentence
 from megatron_lst.tokenizer import train_sentencepiece
-
-WORDS = ("the quick brown fox jumps over a lazy dog and karen sings while bob reads many books "
-         "today yesterday speech units silence words").split()
-
-
-def random_sentence(rng: random.Random, num_words: int) -> str:
-    return " ".join(rng.choice(WORDS) for _ in range(num_words))
-
 
 @pytest.fixture(scope="session")
 def sentencepiece_model(tmp_path_factory) -> str:

@@ -14,7 +14,7 @@ import pytest
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 
 from megatron_lst.tokenizer import JointTokenizer
-from conftest import random_sentence
+from megatron_lst.data.synthetic import random_aligned_records, random_sentence
 
 REPO = Path(__file__).resolve().parents[2]
 TOOL = REPO / "tools" / "preprocess_data.py"
@@ -102,3 +102,99 @@ def test_skip_mode_counts_and_leaves_bad_lines_out(tmp_path, sentencepiece_model
     err = capsys.readouterr().err
     assert "skipped lines: 3" in err and f"{source}:6: missing field 'text'" in err
     assert len(IndexedDataset(str(tmp_path / "out_text_document"))) == 7
+
+
+def run_speech(tmp_path: Path, records: list, model: str, *extra: str) -> int:
+    source = write_jsonl(tmp_path / "speech.jsonl", records)
+    return preprocess_data.main(["--input", str(source), "--output-prefix", str(tmp_path / "sp"),
+                                 "--tokenizer-model", model, "--quiet", *extra])
+
+
+def test_speech_dataset_returns_the_source_ids(tmp_path, sentencepiece_model):
+    from megatron_lst.data.speech_documents import SpeechTextDocuments
+
+    records = random_aligned_records(300, seed=3)
+    assert run_speech(tmp_path, records, sentencepiece_model) == 0
+    tokenizer = JointTokenizer.from_file(sentencepiece_model)
+    raw = IndexedDataset(str(tmp_path / "sp_speech_document"), multimodal=True)
+    documents = SpeechTextDocuments(str(tmp_path / "sp_speech_document"))
+    assert len(documents) == len(raw.document_indices) - 1 == len(records)
+    for index, record in enumerate(records):
+        first, last = raw.document_indices[index], raw.document_indices[index + 1]
+        sequences = [raw[int(i)] for i in range(first, last)]
+        units = np.concatenate([ids for ids, mode in sequences if mode == 1] or [np.empty(0)])
+        assert units.tolist() == record["units"]
+        word_ids = [ids.tolist() for ids, mode in sequences if mode == 0]
+        assert word_ids == [tokenizer.encode_text(w["text"]) if w["text"] else [] for w in record["words"]]
+        document = documents[index]
+        assert document.unit_ids.tolist() == record["units"]
+        covered = sum(w["end"] - w["start"] for w in record["words"])
+        silence_frames = np.diff(document.unit_offsets)[document.segment_is_silence].sum()
+        assert silence_frames == len(record["units"]) - covered
+    metadata = json.loads((tmp_path / "sp_speech_document.json").read_text())
+    assert metadata["summary"]["documents"] == 300
+    assert metadata["summary"]["units"] == sum(len(r["units"]) for r in records)
+
+
+def test_seconds_are_converted_at_the_unit_rate(tmp_path, sentencepiece_model):
+    from megatron_lst.data.speech_documents import SpeechTextDocuments
+
+    record = {"units": list(range(50)), "words": [{"text": "fox", "start_s": 0.4, "end_s": 1.0}]}
+    assert run_speech(tmp_path, [record], sentencepiece_model, "--unit-rate", "50") == 0
+    document = SpeechTextDocuments(str(tmp_path / "sp_speech_document"))[0]
+    assert document.unit_offsets.tolist() == [0, 20, 50]
+    assert document.segment_is_silence.tolist() == [True, False]
+
+
+BAD_SPEECH_LINES = {
+    "truncated": '{"units": [1, 2, 3], "words": [{"text": "a", "st',
+    "units not a list": {"units": "1 2 3", "words": []},
+    "float unit": {"units": [1, 2.5], "words": []},
+    "bool unit": {"units": [True], "words": []},
+    "negative unit": {"units": [1, -1], "words": []},
+    "huge unit": {"units": [10**30], "words": []},
+    "unit at codebook size": {"units": [501], "words": []},
+    "nan seconds": '{"units": [1, 2], "words": [{"text": "a", "start_s": NaN, "end_s": 0.04}]}',
+    "missing words": {"units": [1, 2]},
+    "word text not a string": {"units": [1, 2], "words": [{"text": 3, "start": 0, "end": 1}]},
+    "unsorted": {"units": [1] * 10, "words": [{"text": "a", "start": 5, "end": 6}, {"text": "b", "start": 1, "end": 2}]},
+    "overlap": {"units": [1] * 10, "words": [{"text": "a", "start": 0, "end": 5}, {"text": "b", "start": 4, "end": 6}]},
+    "past the end": {"units": [1] * 4, "words": [{"text": "a", "start": 2, "end": 9}]},
+    "end before start": {"units": [1] * 4, "words": [{"text": "a", "start": 3, "end": 1}]},
+    "string frame": {"units": [1] * 4, "words": [{"text": "a", "start": "0", "end": 1}]},
+    "not an object": "[1, 2, 3]",
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_SPEECH_LINES))
+def test_bad_speech_line_fails_cleanly_with_nothing_written(tmp_path, sentencepiece_model, capsys, name):
+    good = random_aligned_records(3, seed=4)
+    code = run_speech(tmp_path, [*good, BAD_SPEECH_LINES[name], *good], sentencepiece_model, "--format", "speech")
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "speech.jsonl:4: " in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["speech.jsonl"]
+
+
+def test_skip_mode_keeps_good_speech_lines(tmp_path, sentencepiece_model, capsys):
+    good = random_aligned_records(5, seed=5)
+    bad = [BAD_SPEECH_LINES[name] for name in sorted(BAD_SPEECH_LINES)]
+    assert run_speech(tmp_path, [*good, *bad], sentencepiece_model, "--format", "speech", "--on-error", "skip") == 0
+    assert f"skipped lines: {len(bad)}" in capsys.readouterr().err
+    assert len(IndexedDataset(str(tmp_path / "sp_speech_document"), multimodal=True).document_indices) == 6
+
+
+def test_unit_bpe_round_trips_each_segment(tmp_path, sentencepiece_model):
+    from megatron_lst.data.speech_documents import SpeechTextDocuments
+    from megatron_lst.data.unit_bpe import UnitBPE, train_unit_bpe
+
+    records = random_aligned_records(40, seed=6)
+    model = train_unit_bpe([r["units"] for r in records], tmp_path / "bpe" / "units", vocab_size=600)
+    assert run_speech(tmp_path, records, sentencepiece_model, "--unit-bpe", str(model)) == 0
+    bpe = UnitBPE(model)
+    documents = SpeechTextDocuments(str(tmp_path / "sp_speech_document"))
+    for index, record in enumerate(records[:10]):
+        document = documents[index]
+        decoded = [bpe.decode(document.unit_ids[a:b]) for a, b in zip(document.unit_offsets[:-1], document.unit_offsets[1:])]
+        assert np.concatenate(decoded or [np.empty(0)]).tolist() == record["units"]
+        assert len(document.unit_ids) <= len(record["units"])
