@@ -79,3 +79,37 @@ def configs(draw, strategies=("static", "aligned", "mixed", "curriculum")) -> Pa
         seed=draw(st.integers(0, 2**64 - 1)),
         mixed_aligned_probability=draw(st.floats(0.0, 1.0)),
     )
+
+
+def hand_sample(spec: str) -> dict:
+    """Build a one-row batch from a compact spec: B bos, E eos, T <t>, S <s>, t text,
+    w<k>/s<k> a word/silence segment of k units, P pad, | next document (no token)."""
+    tokens, speech, segments, silence, documents = [], [], [], [], []
+    document, segment = 0, 0
+    for item in spec.split():
+        if item == "|":
+            document += 1
+            continue
+        if item[0] in "ws":
+            count = int(item[1:])
+            tokens += [LAYOUT.unit_offset] * count
+            speech += [True] * count
+            segments += [segment] * count
+            silence += [item[0] == "s"] * count
+            documents += [document] * count
+            segment += 1
+            continue
+        ids = {"B": LAYOUT.bos_id, "E": LAYOUT.eos_id, "T": LAYOUT.text_marker_id,
+               "S": LAYOUT.speech_marker_id, "t": 3, "P": LAYOUT.pad_id}
+        tokens.append(ids[item])
+        speech.append(False)
+        segments.append(-1)
+        silence.append(False)
+        documents.append(document)
+    return {
+        "tokens": np.array([tokens], np.int64),
+        "is_speech": np.array([speech]),
+        "segment_ids": np.array([segments], np.int32),
+        "is_silence": np.array([silence]),
+        "document_ids": np.array([documents], np.int32),
+    }

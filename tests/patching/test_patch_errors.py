@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from patching_samples import LAYOUT
-from test_patch_kernel import hand_sample
+from patching_samples import LAYOUT, hand_sample
 
 from megatron_lst import _patching
 from megatron_lst.patching import PatchingConfig, compute_patches, segment_metadata_from_spans

@@ -7,7 +7,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from patching_samples import LAYOUT, batches, configs
+from patching_samples import LAYOUT, batches, configs, hand_sample
 
 from megatron_lst.patching import PatchingConfig, compute_patches
 from megatron_lst.patching.reference import reference_patch_batch
@@ -92,40 +92,6 @@ def test_training_convention_next_token(batch: dict, config: PatchingConfig) -> 
     assert result.patch_lengths.ndim == 1
     assert result.patch_lengths[0] == 1
     assert result.patch_lengths.sum() == batch["tokens"].shape[1]
-
-
-def hand_sample(spec: str) -> dict:
-    """Build a one-row batch from a compact spec: B bos, E eos, T <t>, S <s>, t text,
-    w<k>/s<k> a word/silence segment of k units, P pad, | next document (no token)."""
-    tokens, speech, segments, silence, documents = [], [], [], [], []
-    document, segment = 0, 0
-    for item in spec.split():
-        if item == "|":
-            document += 1
-            continue
-        if item[0] in "ws":
-            count = int(item[1:])
-            tokens += [LAYOUT.unit_offset] * count
-            speech += [True] * count
-            segments += [segment] * count
-            silence += [item[0] == "s"] * count
-            documents += [document] * count
-            segment += 1
-            continue
-        ids = {"B": LAYOUT.bos_id, "E": LAYOUT.eos_id, "T": LAYOUT.text_marker_id,
-               "S": LAYOUT.speech_marker_id, "t": 3, "P": LAYOUT.pad_id}
-        tokens.append(ids[item])
-        speech.append(False)
-        segments.append(-1)
-        silence.append(False)
-        documents.append(document)
-    return {
-        "tokens": np.array([tokens], np.int64),
-        "is_speech": np.array([speech]),
-        "segment_ids": np.array([segments], np.int32),
-        "is_silence": np.array([silence]),
-        "document_ids": np.array([documents], np.int32),
-    }
 
 
 SPEC = "B T t t S w3 s2 w6 T t E P P"
