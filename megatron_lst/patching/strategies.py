@@ -110,6 +110,8 @@ def compute_patches(
     (default 0..B-1) key the per-sequence choice of mixed and curriculum, so pass the global
     sample indices to make the choice independent of batch layout and data-parallel rank.
     Raises ValueError, naming row and position, for input that breaks the schema.
+    Torch input gives torch output on the input's device; CUDA tensors go through the CPU kernel
+    (there is no GPU kernel yet).
     """
     as_torch = isinstance(tokens, torch.Tensor)
     device = tokens.device if as_torch else None
