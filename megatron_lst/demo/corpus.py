@@ -89,9 +89,10 @@ class SpokenUtterance:
     duration_s: float
 
 
-def is_heldout(document_id: str, heldout_percent: float, seed: int) -> bool:
-    """Stable document-level split: the same id always lands on the same side."""
-    digest = hashlib.sha256(f"{seed}:{document_id}".encode()).digest()
+def is_heldout(document: Document, heldout_percent: float, seed: int) -> bool:
+    """Stable document-level split keyed by the document's text, so a story that a source repeats
+    under two ids (the Lee corpus does) lands on one side only."""
+    digest = hashlib.sha256(f"{seed}:{document.text}".encode()).digest()
     return int.from_bytes(digest[:8], "big") % 10_000 < heldout_percent * 100
 
 
@@ -99,7 +100,7 @@ def plan_utterances(documents: list[Document], config: CorpusConfig) -> Iterator
     """Utterances in document order, each with its own seeded voice, rate and pitch."""
     size = config.max_sentences_per_utterance
     for document in documents:
-        split = "heldout" if is_heldout(document.id, config.heldout_percent, config.seed) \
+        split = "heldout" if is_heldout(document, config.heldout_percent, config.seed) \
             else "train"
         for chunk, first in enumerate(range(0, len(document.sentences), size)):
             utterance_id = f"{document.id}-{chunk:03d}"
@@ -112,6 +113,17 @@ def plan_utterances(documents: list[Document], config: CorpusConfig) -> Iterator
                 voice=str(rng.choice(config.voices)),
                 rate=int(rng.integers(config.min_rate, config.max_rate + 1)),
                 pitch=int(rng.integers(35, 66)))
+
+
+def unique_documents(sources: tuple[str, ...]) -> list[Document]:
+    """Documents of ``sources`` with exact repeats (same sentences) dropped, first kept."""
+    seen: set[str] = set()
+    documents = []
+    for document in iter_documents(sources):
+        if document.text not in seen:
+            seen.add(document.text)
+            documents.append(document)
+    return documents
 
 
 def speak(plan: UtterancePlan, front_end: FrontEndConfig) -> SpokenUtterance | None:
@@ -226,8 +238,8 @@ def build_corpus(config: CorpusConfig, out_dir: str | Path, workers: int = 2,
     started = time.time()
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST).unlink(missing_ok=True)
-    text_documents = list(iter_documents(config.text_sources))
-    speech_documents = list(iter_documents(config.speech_sources)) \
+    text_documents = unique_documents(config.text_sources)
+    speech_documents = unique_documents(config.speech_sources) \
         if config.speech_sources != config.text_sources else text_documents
     plans = list(plan_utterances(speech_documents, config))
     get_espeak()
@@ -250,7 +262,7 @@ def build_corpus(config: CorpusConfig, out_dir: str | Path, workers: int = 2,
          "voice": u.plan.voice, "rate": u.plan.rate, "pitch": u.plan.pitch,
          "duration_s": round(u.duration_s, 3)} for u in spoken))
     heldout_ids = {d.id for d in text_documents + speech_documents
-                   if is_heldout(d.id, config.heldout_percent, config.seed)}
+                   if is_heldout(d, config.heldout_percent, config.seed)}
     _write_jsonl(out / FILES["text_train"], ({"text": d.text} for d in text_documents
                                              if d.id not in heldout_ids))
     _write_jsonl(out / FILES["text_heldout"], ({"text": d.text} for d in text_documents
