@@ -1,0 +1,1 @@
+"""Models: the LST (patch encoder, global transformer, patch decoder) and the interleaved baseline."""

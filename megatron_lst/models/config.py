@@ -1,0 +1,86 @@
+"""Model shapes as dataclasses, and the one registry of named flavours.
+
+A flavour fixes the *global* transformer (identical for LST and the baseline, so that
+compute- and data-controlled comparisons differ in one flag) and the LST's local patch
+encoder/decoder. Shapes of ``420m`` and ``1b`` are the paper's (LST.md §2, §5); ``7b`` is this
+project's choice (the paper gives no local shapes for it); ``debug`` runs on a CPU in seconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from typing import Optional
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Shape of the global transformer and (for LST) of the local modules."""
+
+    # Global transformer (and the whole baseline).
+    num_layers: int = field(default=2, metadata={"help": "global transformer layers"})
+    hidden_size: int = field(default=64, metadata={"help": "global model width"})
+    num_attention_heads: int = field(default=4, metadata={"help": "global attention heads"})
+    num_query_groups: Optional[int] = field(
+        default=None, metadata={"help": "key/value groups for GQA in the global model (None = MHA)"}
+    )
+    ffn_hidden_size: Optional[int] = field(
+        default=None, metadata={"help": "MLP width (None = 8/3 x hidden, rounded to 64, for SwiGLU)"}
+    )
+    rotary_base: float = field(default=500000.0, metadata={"help": "RoPE theta (paper: 5e5)"})
+    init_method_std: float = field(default=0.02, metadata={"help": "std of the normal weight init"})
+    normalization: str = field(default="RMSNorm", metadata={"help": "RMSNorm or LayerNorm"})
+    swiglu: bool = field(default=True, metadata={"help": "SwiGLU MLP (gated SiLU)"})
+    # Local modules (LST only).
+    encoder_num_layers: int = field(default=1, metadata={"help": "patch encoder layers"})
+    encoder_hidden_size: int = field(default=64, metadata={"help": "patch encoder width"})
+    encoder_num_attention_heads: int = field(default=4, metadata={"help": "patch encoder heads"})
+    decoder_num_layers: int = field(default=1, metadata={"help": "patch decoder layers"})
+    decoder_hidden_size: int = field(default=64, metadata={"help": "patch decoder width"})
+    decoder_num_attention_heads: int = field(default=4, metadata={"help": "patch decoder heads"})
+    local_window_size: int = field(
+        default=512, metadata={"help": "sliding-window size (tokens) of local self-attention"}
+    )
+    cross_attn_k: int = field(default=1, metadata={"help": "query vectors per patch in the encoder"})
+
+    def ffn_size(self, hidden_size: Optional[int] = None) -> int:
+        """MLP width for a block of ``hidden_size`` (the global one by default)."""
+        hidden = hidden_size or self.hidden_size
+        if self.ffn_hidden_size is not None and hidden == self.hidden_size:
+            return self.ffn_hidden_size
+        if not self.swiglu:
+            return 4 * hidden
+        return ((8 * hidden // 3) + 63) // 64 * 64
+
+    def with_overrides(self, **overrides) -> "ModelConfig":
+        known = {f.name for f in fields(self)}
+        unknown = set(overrides) - known
+        if unknown:
+            raise ValueError(f"unknown model fields: {sorted(unknown)}")
+        return replace(self, **overrides)
+
+
+MODEL_FLAVOURS: dict[str, ModelConfig] = {
+    "debug": ModelConfig(),
+    "420m": ModelConfig(
+        num_layers=18, hidden_size=1280, num_attention_heads=10,
+        encoder_num_layers=7, encoder_hidden_size=768, encoder_num_attention_heads=12,
+        decoder_num_layers=7, decoder_hidden_size=768, decoder_num_attention_heads=12,
+    ),
+    "1b": ModelConfig(
+        num_layers=25, hidden_size=2048, num_attention_heads=16,
+        encoder_num_layers=1, encoder_hidden_size=1024, encoder_num_attention_heads=16,
+        decoder_num_layers=9, decoder_hidden_size=1024, decoder_num_attention_heads=16,
+    ),
+    "7b": ModelConfig(
+        num_layers=32, hidden_size=4096, num_attention_heads=32, num_query_groups=8,
+        encoder_num_layers=1, encoder_hidden_size=1280, encoder_num_attention_heads=16,
+        decoder_num_layers=9, decoder_hidden_size=1280, decoder_num_attention_heads=16,
+    ),
+}
+
+
+def model_flavour(name: str, **overrides) -> ModelConfig:
+    """The named flavour, with optional field overrides."""
+    if name not in MODEL_FLAVOURS:
+        raise ValueError(f"unknown model flavour {name!r}; known: {sorted(MODEL_FLAVOURS)}")
+    return MODEL_FLAVOURS[name].with_overrides(**overrides)

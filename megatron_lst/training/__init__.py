@@ -1,0 +1,1 @@
+"""Training: arguments, distributed set-up, the loop, optimizer, checkpointing, logging."""

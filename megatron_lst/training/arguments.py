@@ -1,0 +1,235 @@
+"""Command-line flags (Megatron-LM's names) and YAML configs, parsed into explicit config objects.
+
+Every flag comes from a dataclass field whose metadata carries its help text, so ``--help``
+documents every flag and the code receives small typed objects instead of one global ``args``.
+Precedence: dataclass default < flavour (``--model-flavour``) < YAML (``--config``) < command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from megatron_lst.models.config import MODEL_FLAVOURS, ModelConfig, model_flavour
+
+
+@dataclass
+class ParallelConfig:
+    tensor_model_parallel_size: int = field(default=1, metadata={"help": "tensor-parallel ranks (TP)"})
+    pipeline_model_parallel_size: int = field(default=1, metadata={"help": "pipeline stages (PP)"})
+    sequence_parallel: bool = field(default=False, metadata={"help": "sequence parallel with TP (GPU only)"})
+    use_distributed_optimizer: bool = field(
+        default=False, metadata={"help": "ZeRO-1 style sharded optimizer (GPU only in megatron-core)"}
+    )
+    distributed_backend: Optional[str] = field(default=None, metadata={"help": "nccl or gloo (default: by device)"})
+
+
+@dataclass
+class OptimizerConfig:
+    lr: float = field(default=4e-4, metadata={"help": "peak learning rate (paper: 4e-4)"})
+    min_lr_ratio: float = field(default=0.01, metadata={"help": "cosine floor as a fraction of --lr (paper: 1%)"})
+    lr_warmup_iters: int = field(default=2000, metadata={"help": "linear warm-up iterations (paper: 2000)"})
+    lr_decay_iters: Optional[int] = field(default=None, metadata={"help": "decay length (default: --train-iters)"})
+    lr_decay_style: str = field(default="cosine", metadata={"help": "cosine, linear or constant"})
+    weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay (paper: 0.1)"})
+    adam_beta1: float = field(default=0.9, metadata={"help": "AdamW beta1"})
+    adam_beta2: float = field(default=0.95, metadata={"help": "AdamW beta2"})
+    adam_eps: float = field(default=1e-8, metadata={"help": "AdamW epsilon"})
+    clip_grad: float = field(default=1.0, metadata={"help": "global gradient-norm clip (0 = off)"})
+
+
+@dataclass
+class DataConfig:
+    data_path: list = field(
+        default_factory=list,
+        metadata={"help": "dataset prefixes, optionally weighted: '0.33 speech_prefix 0.67 text_prefix'"},
+    )
+    tokenizer_model: Optional[str] = field(default=None, metadata={"help": "SentencePiece .model or .tiktoken file"})
+    num_units: int = field(default=501, metadata={"help": "speech unit codebook size"})
+    split: str = field(default="98,2,0", metadata={"help": "train,valid,test split of each dataset"})
+    seq_length: int = field(default=256, metadata={"help": "global positions per sample"})
+    micro_batch_size: int = field(default=4, metadata={"help": "samples per micro-batch per data-parallel rank"})
+    global_batch_size: int = field(default=8, metadata={"help": "samples per optimizer step (all ranks)"})
+    seed: int = field(default=1234, metadata={"help": "seed for initialisation, data order and patching"})
+    data_cache_path: Optional[str] = field(default=None, metadata={"help": "where dataset index caches go"})
+
+
+@dataclass
+class TrainConfig:
+    model: str = field(default="baseline", metadata={"help": "lst or baseline"})
+    train_iters: int = field(default=100, metadata={"help": "optimizer steps to train"})
+    train_flops: Optional[float] = field(default=None, metadata={"help": "stop when this many FLOPs were spent"})
+    train_tokens: Optional[float] = field(default=None, metadata={"help": "stop when this many raw tokens were seen"})
+    bf16: bool = field(default=False, metadata={"help": "bf16 params and compute (GPU)"})
+    transformer_impl: str = field(default="auto", metadata={"help": "auto, local (SDPA) or transformer_engine"})
+    recompute_granularity: Optional[str] = field(default=None, metadata={"help": "activation recompute: full or selective"})
+    nan_policy: str = field(default="skip", metadata={"help": "on a NaN/Inf loss: skip the step or stop"})
+    debug_inject_nan_iter: Optional[int] = field(
+        default=None, metadata={"help": "testing aid: make the loss NaN at this iteration"}
+    )
+    skip_train: bool = field(default=False, metadata={"help": "only evaluate (after --load), do not train"})
+    exit_interval: Optional[int] = field(default=None, metadata={"help": "exit (saving first) after this iteration"})
+
+
+@dataclass
+class CheckpointConfig:
+    save: Optional[str] = field(default=None, metadata={"help": "checkpoint directory to write"})
+    load: Optional[str] = field(default=None, metadata={"help": "checkpoint directory to resume from"})
+    save_interval: Optional[int] = field(default=None, metadata={"help": "save every N iterations"})
+    no_load_optim: bool = field(default=False, metadata={"help": "load model weights only"})
+    finetune: bool = field(default=False, metadata={"help": "load weights, restart iteration and data at 0"})
+
+
+@dataclass
+class LoggingConfig:
+    log_interval: int = field(default=10, metadata={"help": "iterations between log lines"})
+    tensorboard_dir: Optional[str] = field(default=None, metadata={"help": "TensorBoard event directory"})
+    eval_interval: int = field(default=100, metadata={"help": "iterations between validation runs"})
+    eval_iters: int = field(default=10, metadata={"help": "validation micro-batch groups per run"})
+    log_json: Optional[str] = field(default=None, metadata={"help": "also append every logged metric to this jsonl"})
+
+
+@dataclass
+class Config:
+    """Everything one training run is told."""
+
+    model_config: ModelConfig
+    parallel: ParallelConfig
+    optimizer: OptimizerConfig
+    data: DataConfig
+    train: TrainConfig
+    checkpoint: CheckpointConfig
+    logging: LoggingConfig
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+SECTIONS = {
+    "parallel": ParallelConfig,
+    "optimizer": OptimizerConfig,
+    "data": DataConfig,
+    "train": TrainConfig,
+    "checkpoint": CheckpointConfig,
+    "logging": LoggingConfig,
+}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _base_type(annotation: Any) -> Any:
+    if isinstance(annotation, str):
+        annotation = eval(annotation, {"Optional": Optional, "list": list})  # dataclass string annotations
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    return args[0] if args else annotation
+
+
+def _add_fields(group: argparse._ArgumentGroup, cls: type) -> None:
+    for f in dataclasses.fields(cls):
+        kind = _base_type(f.type)
+        help_text = f.metadata.get("help", "")
+        if kind is bool:
+            group.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction,
+                               default=None, help=help_text)
+        elif kind is list:
+            group.add_argument(_flag(f.name), dest=f.name, nargs="+", default=None, help=help_text)
+        else:
+            group.add_argument(_flag(f.name), dest=f.name, type=kind, default=None, help=help_text)
+
+
+def build_parser(description: str = "Pretrain LST or the interleaved baseline on megatron-core.") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--config", default=None, help="YAML file of flag values (sections or flat keys)")
+    parser.add_argument("--model-flavour", default=None, choices=sorted(MODEL_FLAVOURS),
+                        help="named model shape (debug, 420m, 1b, 7b)")
+    _add_fields(parser.add_argument_group("model shape (overrides the flavour)"), ModelConfig)
+    for title, cls in SECTIONS.items():
+        _add_fields(parser.add_argument_group(title), cls)
+    return parser
+
+
+def _flatten_yaml(values: dict) -> dict:
+    flat: dict = {}
+    for key, value in (values or {}).items():
+        if isinstance(value, dict) and key in (*SECTIONS, "model"):
+            flat.update({k.replace("-", "_"): v for k, v in value.items()})
+        else:
+            flat[key.replace("-", "_")] = value
+    return flat
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    with path.open() as handle:
+        loaded = yaml.safe_load(handle)
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ValueError(f"{path}: expected a mapping of flag names to values")
+    return _flatten_yaml(loaded or {})
+
+
+def config_from_values(values: dict, flavour: Optional[str] = None) -> Config:
+    """Build a Config from flat {field: value}; unknown keys are an error naming them."""
+    values = dict(values)
+    flavour = values.pop("model_flavour", None) or flavour or "debug"
+    model_fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    model_overrides = {k: values.pop(k) for k in list(values) if k in model_fields}
+    sections = {}
+    for name, cls in SECTIONS.items():
+        names = {f.name for f in dataclasses.fields(cls)}
+        sections[name] = cls(**{k: values.pop(k) for k in list(values) if k in names})
+    extra = values.pop("extra", {}) or {}
+    if values:
+        raise ValueError(f"unknown configuration keys: {sorted(values)}")
+    data = sections["data"]
+    if isinstance(data.data_path, str):
+        data.data_path = data.data_path.split()
+    return Config(model_config=model_flavour(flavour, **model_overrides), extra=extra, **sections)
+
+
+def parse_args(argv: Optional[list[str]] = None, extra_parser_hook=None) -> Config:
+    """Parse flags (and ``--config`` YAML) into a validated Config."""
+    parser = build_parser()
+    if extra_parser_hook is not None:
+        extra_parser_hook(parser)
+    namespace = parser.parse_args(argv)
+    values = load_yaml(namespace.config) if namespace.config else {}
+    cli = {k: v for k, v in vars(namespace).items() if v is not None and k != "config"}
+    values.update(cli)
+    try:
+        config = config_from_values(values)
+    except (TypeError, ValueError) as error:
+        parser.error(str(error))
+    validate(config, parser)
+    return config
+
+
+def validate(config: Config, parser: Optional[argparse.ArgumentParser] = None) -> None:
+    """Refuse settings that cannot work, with the reason."""
+    problems = []
+    if config.train.model not in ("lst", "baseline"):
+        problems.append(f"--model must be lst or baseline, got {config.train.model!r}")
+    if config.train.nan_policy not in ("skip", "stop"):
+        problems.append(f"--nan-policy must be skip or stop, got {config.train.nan_policy!r}")
+    if config.train.transformer_impl not in ("auto", "local", "transformer_engine"):
+        problems.append(f"--transformer-impl must be auto, local or transformer_engine")
+    if config.data.global_batch_size % config.data.micro_batch_size:
+        problems.append(
+            f"--global-batch-size {config.data.global_batch_size} is not a multiple of "
+            f"--micro-batch-size {config.data.micro_batch_size}"
+        )
+    if problems:
+        message = "; ".join(problems)
+        if parser is not None:
+            parser.error(message)
+        raise ValueError(message)

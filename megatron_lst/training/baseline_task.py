@@ -1,0 +1,134 @@
+"""The interleaved baseline as a ``TrainingTask``: GPTModel over Megatron GPT indexed datasets.
+
+Text-only corpora preprocessed by ``tools/preprocess_data.py`` (or Megatron-LM's own tool) are
+read by megatron-core's ``GPTDataset`` and blended by weight with ``BlendedMegatronDatasetBuilder``.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
+from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
+
+from megatron_lst.models.baseline import build_baseline_model, padded_vocab_size
+from megatron_lst.models.init import initialize_by_global_name
+from megatron_lst.models.flops import gpt_training_flops
+from megatron_lst.models.specs import resolve_use_te, transformer_config
+from megatron_lst.tokenizer import JointTokenizer
+from megatron_lst.training.arguments import Config
+from megatron_lst.training.task import forward_with_loss
+
+
+class MegatronTokenizerAdapter:
+    """The few tokenizer attributes megatron-core's GPTDataset reads."""
+
+    def __init__(self, tokenizer: JointTokenizer):
+        self.vocab_size = tokenizer.vocab_size
+        self.eod = tokenizer.eos_id
+        self.pad = tokenizer.pad_id
+        self.bos = tokenizer.bos_id
+        # megatron-core hashes this into the dataset cache key: a new vocabulary, a new cache
+        self.unique_identifiers = {"class": "JointTokenizer", **tokenizer.layout()}
+
+
+def parse_blend(data_path: list[str]) -> tuple[list[str], list[float] | None]:
+    """``['0.3', 'a', '0.7', 'b']`` -> (['a', 'b'], [0.3, 0.7]); ``['a']`` -> (['a'], None)."""
+    if not data_path:
+        raise ValueError("--data-path is empty: give one or more dataset prefixes")
+    if len(data_path) == 1:
+        return list(data_path), None
+    if len(data_path) % 2:
+        raise ValueError(f"--data-path must alternate weight and prefix, got {data_path}")
+    try:
+        weights = [float(w) for w in data_path[0::2]]
+    except ValueError as error:
+        raise ValueError(f"--data-path weights must be numbers, got {data_path[0::2]}") from error
+    return list(data_path[1::2]), weights
+
+
+def load_tokenizer(config: Config) -> JointTokenizer:
+    if not config.data.tokenizer_model:
+        raise ValueError("--tokenizer-model is required (a SentencePiece .model or .tiktoken file)")
+    return JointTokenizer.from_file(config.data.tokenizer_model, num_units=config.data.num_units)
+
+
+class BaselineTask:
+    """Plain next-token prediction with megatron-core's GPTModel."""
+
+    name = "baseline"
+
+    def __init__(self, config: Config, tokenizer: JointTokenizer | None = None):
+        self.config = config
+        self.tokenizer = tokenizer or load_tokenizer(config)
+        self.use_te = resolve_use_te(
+            None if config.train.transformer_impl == "auto" else config.train.transformer_impl == "transformer_engine"
+        )
+        self.transformer_config = transformer_config(
+            config.model_config,
+            tensor_model_parallel_size=config.parallel.tensor_model_parallel_size,
+            pipeline_model_parallel_size=config.parallel.pipeline_model_parallel_size,
+            bf16=config.train.bf16,
+            sequence_parallel=config.parallel.sequence_parallel,
+            recompute=config.train.recompute_granularity,
+        )
+
+    def build_model(self, config: Config, pre_process: bool, post_process: bool) -> torch.nn.Module:
+        model = build_baseline_model(
+            config.model_config,
+            self.transformer_config,
+            vocab_size=self.tokenizer.vocab_size,
+            max_sequence_length=config.data.seq_length,
+            use_te=self.use_te,
+            pre_process=pre_process,
+            post_process=post_process,
+        )
+        shape = config.model_config
+        initialize_by_global_name(model, config.data.seed, shape.init_method_std, shape.num_layers)
+        return model
+
+    def build_datasets(self, config: Config, train_samples: int, valid_samples: int) -> tuple:
+        prefixes, weights = parse_blend(config.data.data_path)
+        dataset_config = GPTDatasetConfig(
+            random_seed=config.data.seed,
+            sequence_length=config.data.seq_length,
+            blend=(prefixes, weights),
+            split=config.data.split,
+            path_to_cache=config.data.data_cache_path,
+            tokenizer=MegatronTokenizerAdapter(self.tokenizer),
+            reset_position_ids=False,
+            reset_attention_mask=False,
+            eod_mask_loss=False,
+            create_attention_mask=False,
+            mmap_bin_files=True,
+        )
+        train, valid, _ = BlendedMegatronDatasetBuilder(
+            GPTDataset, [train_samples, valid_samples, 0], lambda: True, dataset_config
+        ).build()
+        return train, valid
+
+    def forward_step(self, data_iterator: Iterator[dict], model: torch.nn.Module) -> tuple:
+        batch = next(data_iterator)
+        tokens = batch["tokens"].long()
+        return forward_with_loss(
+            lambda: model(tokens, batch["position_ids"].long(), None, labels=batch["labels"].long()),
+            batch["loss_mask"],
+        )
+
+    def batch_tokens(self, batch: dict) -> int:
+        return int(batch["tokens"].numel())
+
+    def batch_flops(self, batch: dict) -> float:
+        model = self.config.model_config
+        return gpt_training_flops(
+            num_tokens=int(batch["tokens"].numel()),
+            seq_len=int(batch["tokens"].shape[1]),
+            num_layers=model.num_layers,
+            hidden_size=model.hidden_size,
+            ffn_hidden_size=model.ffn_size(),
+            num_attention_heads=model.num_attention_heads,
+            num_query_groups=model.num_query_groups,
+            vocab_size=padded_vocab_size(self.tokenizer.vocab_size, 1),
+            gated_mlp=model.swiglu,
+        )

@@ -1,0 +1,372 @@
+"""The training loop: thin, on megatron-core's DDP, optimizer, scheduler and pipeline schedules.
+
+One step = ``get_forward_backward_func()`` over the step's micro-batches (gradient
+accumulation, 1F1B under PP), a global NaN/Inf check of the loss, then the megatron optimizer
+(grad clipping inside) and ``OptimizerParamScheduler``. Around it: periodic validation, log
+lines and TensorBoard scalars, atomic checkpoints, stop conditions (iterations, FLOPs budget,
+token budget, SIGTERM/SIGUSR1 from a scheduler) and exact resume.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Iterator, Optional
+
+import torch
+from megatron.core import parallel_state
+from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
+from megatron.core.optimizer import OptimizerConfig as MegatronOptimizerConfig
+from megatron.core.optimizer import get_megatron_optimizer
+from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+from megatron.core.pipeline_parallel import get_forward_backward_func
+
+from megatron_lst.training.arguments import Config
+from megatron_lst.training.checkpointing import load_checkpoint, save_checkpoint
+from megatron_lst.training.initialize import initialize_distributed, print_rank_0
+from megatron_lst.training.metrics import MetricsLogger
+from megatron_lst.training.sampler import build_data_iterator
+from megatron_lst.training.signals import PreemptionHandler
+from megatron_lst.training.task import TrainingTask
+
+
+@dataclass
+class TrainState:
+    """Everything about progress that a checkpoint must carry for an exact resume."""
+
+    iteration: int = 0
+    consumed_samples: int = 0
+    flops_so_far: float = 0.0
+    tokens_so_far: float = 0.0
+    skipped_iterations: int = 0
+
+    def to_common(self) -> dict:
+        return {
+            "iteration": self.iteration,
+            "consumed_samples": self.consumed_samples,
+            "flops_so_far": self.flops_so_far,
+            "tokens_so_far": self.tokens_so_far,
+            "skipped_iterations": self.skipped_iterations,
+        }
+
+
+@dataclass
+class StepResult:
+    metrics: dict = field(default_factory=dict)
+    grad_norm: Optional[float] = None
+    skipped: bool = False
+    tokens: float = 0.0
+    flops: float = 0.0
+
+
+class CountingIterator:
+    """Passes micro-batches through to megatron while adding up their tokens and FLOPs."""
+
+    def __init__(self, iterator: Iterator[dict], task: TrainingTask):
+        self.iterator = iterator
+        self.task = task
+        self.tokens = 0.0
+        self.flops = 0.0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        batch = next(self.iterator)
+        self.tokens += self.task.batch_tokens(batch)
+        self.flops += self.task.batch_flops(batch)
+        return batch
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+class Trainer:
+    """Builds the parallel model, optimizer and data for a task; runs and resumes training."""
+
+    def __init__(self, config: Config, task_factory):
+        self.config = config
+        parallel = config.parallel
+        initialize_distributed(
+            parallel.tensor_model_parallel_size,
+            parallel.pipeline_model_parallel_size,
+            backend=parallel.distributed_backend,
+            seed=config.data.seed,
+        )
+        self.task: TrainingTask = task_factory(config)
+        self.dp_rank = parallel_state.get_data_parallel_rank()
+        self.dp_size = parallel_state.get_data_parallel_world_size()
+        micro_per_step = config.data.micro_batch_size * self.dp_size
+        if config.data.global_batch_size % micro_per_step:
+            raise ValueError(
+                f"--global-batch-size {config.data.global_batch_size} is not divisible by "
+                f"--micro-batch-size x data-parallel size = {config.data.micro_batch_size} x {self.dp_size}"
+            )
+        self.num_microbatches = config.data.global_batch_size // micro_per_step
+        self.model = self._build_model()
+        self.optimizer = self._build_optimizer()
+        self.scheduler = self._build_scheduler()
+        self.state = TrainState()
+        self.metrics = MetricsLogger(config)
+        self._load()
+        self._build_data()
+
+    # ---------------------------------------------------------------- construction
+    def _build_model(self) -> DistributedDataParallel:
+        module = self.task.build_model(
+            self.config,
+            pre_process=parallel_state.is_pipeline_first_stage(),
+            post_process=parallel_state.is_pipeline_last_stage(),
+        )
+        if not torch.cuda.is_available():
+            module = module.cpu()
+        else:
+            module = module.cuda()
+        tconfig = module.config
+        ddp_config = DistributedDataParallelConfig(
+            grad_reduce_in_fp32=True,
+            overlap_grad_reduce=False,
+            use_distributed_optimizer=self.config.parallel.use_distributed_optimizer,
+        )
+        model = DistributedDataParallel(config=tconfig, ddp_config=ddp_config, module=module)
+        tconfig.finalize_model_grads_func = finalize_model_grads
+        tconfig.no_sync_func = model.no_sync
+        return model
+
+    def _build_optimizer(self):
+        opt, train = self.config.optimizer, self.config.train
+        megatron_config = MegatronOptimizerConfig(
+            optimizer="adam",
+            lr=opt.lr,
+            min_lr=opt.lr * opt.min_lr_ratio,
+            weight_decay=opt.weight_decay,
+            adam_beta1=opt.adam_beta1,
+            adam_beta2=opt.adam_beta2,
+            adam_eps=opt.adam_eps,
+            clip_grad=opt.clip_grad,
+            bf16=train.bf16,
+            params_dtype=torch.bfloat16 if train.bf16 else torch.float32,
+            use_distributed_optimizer=self.config.parallel.use_distributed_optimizer,
+        )
+        return get_megatron_optimizer(megatron_config, [self.model])
+
+    def _build_scheduler(self) -> OptimizerParamScheduler:
+        opt, data = self.config.optimizer, self.config.data
+        decay_iters = opt.lr_decay_iters or self.config.train.train_iters
+        warmup = min(opt.lr_warmup_iters, max(decay_iters - 1, 0))
+        return OptimizerParamScheduler(
+            self.optimizer,
+            init_lr=0.0,
+            max_lr=opt.lr,
+            min_lr=opt.lr * opt.min_lr_ratio,
+            lr_warmup_steps=warmup * data.global_batch_size,
+            lr_decay_steps=decay_iters * data.global_batch_size,
+            lr_decay_style=opt.lr_decay_style,
+            start_wd=opt.weight_decay,
+            end_wd=opt.weight_decay,
+            wd_incr_steps=decay_iters * data.global_batch_size,
+            wd_incr_style="constant",
+        )
+
+    def _build_data(self) -> None:
+        cfg = self.config
+        train_samples = cfg.train.train_iters * cfg.data.global_batch_size
+        # validation re-reads the same first samples at every run, so its losses are comparable
+        valid_samples = max(cfg.logging.eval_iters * cfg.data.global_batch_size, 1)
+        self.train_dataset, self.valid_dataset = self.task.build_datasets(cfg, train_samples, valid_samples)
+        self.train_iterator = self._iterator(self.train_dataset, self.state.consumed_samples)
+
+    def _iterator(self, dataset, consumed: int) -> Iterator[dict]:
+        return build_data_iterator(
+            dataset, consumed, self.config.data.micro_batch_size, self.dp_rank, self.dp_size,
+            num_workers=int(self.config.extra.get("num_workers", 0)),
+            collate_fn=getattr(self.task, "collate", None),
+        )
+
+    # ---------------------------------------------------------------- checkpoints
+    def _load(self) -> None:
+        ckpt = self.config.checkpoint
+        if not ckpt.load:
+            return
+        no_optim = ckpt.no_load_optim or ckpt.finetune
+        loaded = load_checkpoint(
+            ckpt.load,
+            _unwrap(self.model),
+            optimizer=None if no_optim else self.optimizer,
+            scheduler=None if no_optim else self.scheduler,
+            load_rng=not ckpt.finetune,
+        )
+        if loaded is None:
+            print_rank_0(f"no checkpoint found in {ckpt.load}; starting from scratch")
+            return
+        if not ckpt.finetune:
+            for key in ("iteration", "consumed_samples", "flops_so_far", "tokens_so_far", "skipped_iterations"):
+                setattr(self.state, key, type(getattr(self.state, key))(loaded.get(key, 0)))
+            self.task_state_loaded(loaded)
+        print_rank_0(f"loaded {loaded['checkpoint_dir']} at iteration {self.state.iteration}")
+
+    def task_state_loaded(self, loaded: dict) -> None:
+        if hasattr(self.task, "load_state"):
+            self.task.load_state(loaded.get("task_state"))
+
+    def save(self) -> None:
+        if not self.config.checkpoint.save:
+            return
+        common = self.state.to_common()
+        common["config"] = repr(self.config.to_dict())
+        if hasattr(self.task, "state"):
+            common["task_state"] = self.task.state()
+        if hasattr(self.task, "tokenizer"):
+            common["vocab_layout"] = repr(self.task.tokenizer.layout())
+        path = save_checkpoint(
+            self.config.checkpoint.save, self.state.iteration, _unwrap(self.model),
+            self.optimizer, self.scheduler, common,
+        )
+        print_rank_0(f"saved checkpoint {path}")
+
+    # ---------------------------------------------------------------- one step
+    def _forward_backward(self, iterator: Iterator[dict], num_microbatches: int, forward_only: bool):
+        return get_forward_backward_func()(
+            forward_step_func=self.task.forward_step,
+            data_iterator=iterator,
+            model=[self.model],
+            num_microbatches=num_microbatches,
+            seq_length=self.config.data.seq_length,
+            micro_batch_size=self.config.data.micro_batch_size,
+            forward_only=forward_only,
+        )
+
+    def _reduce_metrics(self, losses: list[dict]) -> dict:
+        """Sum [sum, count] pairs over micro-batches, DP ranks and PP (last stage has them)."""
+        names = sorted({name for item in losses for name in item})
+        names = _broadcast_names_from_last_stage(names)
+        totals = torch.zeros(len(names), 2, dtype=torch.float64)
+        for item in losses:
+            for index, name in enumerate(names):
+                if name in item:
+                    totals[index] += item[name].detach().double().cpu().view(-1)[:2]
+        if parallel_state.is_pipeline_last_stage():
+            torch.distributed.all_reduce(totals, group=parallel_state.get_data_parallel_group())
+        totals = _broadcast_from_last_stage(totals)
+        return {name: (totals[i, 0] / totals[i, 1].clamp(min=1)).item() for i, name in enumerate(names)}
+
+    def train_step(self) -> StepResult:
+        cfg = self.config
+        self.model.zero_grad_buffer()
+        self.optimizer.zero_grad()
+        counted = CountingIterator(self.train_iterator, self.task)
+        if hasattr(self.task, "set_step"):  # e.g. the curriculum patcher's schedule
+            self.task.set_step(self.state.iteration)
+        losses = self._forward_backward(counted, self.num_microbatches, forward_only=False)
+        metrics = self._reduce_metrics(losses)
+        if cfg.train.debug_inject_nan_iter is not None and self.state.iteration + 1 == cfg.train.debug_inject_nan_iter:
+            metrics["lm loss"] = float("nan")
+        result = StepResult(metrics=metrics, tokens=counted.tokens, flops=counted.flops)
+        if not math.isfinite(metrics.get("lm loss", 0.0)):
+            result.skipped = True
+            print_rank_0(
+                f"iteration {self.state.iteration + 1}: loss is {metrics['lm loss']} (NaN/Inf); "
+                + ("skipping this step" if cfg.train.nan_policy == "skip" else "stopping (--nan-policy stop)")
+            )
+            if cfg.train.nan_policy == "stop":
+                raise FloatingPointError(f"non-finite loss at iteration {self.state.iteration + 1}")
+            self.optimizer.zero_grad()
+        else:
+            update_successful, grad_norm, _ = self.optimizer.step()
+            result.grad_norm = grad_norm
+            if update_successful:
+                self.scheduler.step(increment=cfg.data.global_batch_size)
+            else:
+                result.skipped = True
+        dp_tokens = torch.tensor([result.tokens, result.flops], dtype=torch.float64)
+        torch.distributed.all_reduce(dp_tokens, group=parallel_state.get_data_parallel_group())
+        result.tokens, result.flops = dp_tokens.tolist()
+        return result
+
+    def evaluate(self) -> dict:
+        cfg = self.config
+        if cfg.logging.eval_iters <= 0 or self.valid_dataset is None:
+            return {}
+        self.model.eval()
+        iterator = self._iterator(self.valid_dataset, 0)
+        losses: list[dict] = []
+        with torch.no_grad():
+            for _ in range(cfg.logging.eval_iters):
+                losses += self._forward_backward(iterator, self.num_microbatches, forward_only=True) or []
+        self.model.train()
+        return self._reduce_metrics(losses)
+
+    # ---------------------------------------------------------------- the loop
+    def _budget_reached(self) -> Optional[str]:
+        train = self.config.train
+        if self.state.iteration >= train.train_iters:
+            return f"reached --train-iters {train.train_iters}"
+        if train.train_flops is not None and self.state.flops_so_far >= train.train_flops:
+            return f"reached --train-flops {train.train_flops:.3g}"
+        if train.train_tokens is not None and self.state.tokens_so_far >= train.train_tokens:
+            return f"reached --train-tokens {train.train_tokens:.3g}"
+        return None
+
+    def train(self) -> TrainState:
+        cfg = self.config
+        if cfg.train.skip_train:
+            self.metrics.validation(self.state, self.evaluate())
+            self.metrics.close()
+            return self.state
+        handler = PreemptionHandler()
+        self.model.train()
+        interval_time, interval_tokens = 0.0, 0.0
+        reason = self._budget_reached()
+        while reason is None:
+            step_start = time.time()
+            result = self.train_step()
+            interval_time += time.time() - step_start
+            state = self.state
+            state.iteration += 1
+            state.consumed_samples += cfg.data.global_batch_size
+            state.flops_so_far += result.flops
+            state.tokens_so_far += result.tokens
+            state.skipped_iterations += int(result.skipped)
+            interval_tokens += result.tokens
+            lr = self.optimizer.param_groups[0]["lr"]
+            self.metrics.step(state, result, lr)
+            if state.iteration % cfg.logging.log_interval == 0:
+                self.metrics.log_line(state, result, lr, interval_time, interval_tokens, cfg.logging.log_interval)
+                interval_time, interval_tokens = 0.0, 0.0
+            if cfg.logging.eval_interval and state.iteration % cfg.logging.eval_interval == 0:
+                self.metrics.validation(state, self.evaluate())
+            reason = self._budget_reached()
+            if cfg.train.exit_interval and state.iteration % cfg.train.exit_interval == 0:
+                reason = reason or f"reached --exit-interval {cfg.train.exit_interval}"
+            if handler.should_stop():
+                reason = f"received {handler.signal_name}: saving and exiting"
+            interval_save = cfg.checkpoint.save_interval and state.iteration % cfg.checkpoint.save_interval == 0
+            if interval_save or reason is not None:
+                self.save()
+        print_rank_0(f"training stopped at iteration {self.state.iteration}: {reason}")
+        handler.restore()
+        self.metrics.close()
+        return self.state
+
+
+def _broadcast_from_last_stage(tensor: torch.Tensor) -> torch.Tensor:
+    if parallel_state.get_pipeline_model_parallel_world_size() == 1:
+        return tensor
+    group = parallel_state.get_pipeline_model_parallel_group()
+    source = parallel_state.get_pipeline_model_parallel_last_rank()
+    torch.distributed.broadcast(tensor, src=source, group=group)
+    return tensor
+
+
+def _broadcast_names_from_last_stage(names: list[str]) -> list[str]:
+    if parallel_state.get_pipeline_model_parallel_world_size() == 1:
+        return names
+    holder = [names]
+    torch.distributed.broadcast_object_list(
+        holder,
+        src=parallel_state.get_pipeline_model_parallel_last_rank(),
+        group=parallel_state.get_pipeline_model_parallel_group(),
+    )
+    return holder[0]

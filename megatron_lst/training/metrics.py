@@ -1,0 +1,71 @@
+"""Log lines, TensorBoard scalars and an optional jsonl of metrics, from the logging rank only."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from megatron_lst.training.initialize import is_logging_rank
+
+
+class MetricsLogger:
+    def __init__(self, config):
+        self.config = config
+        self.enabled = is_logging_rank()
+        self.writer = None
+        self.json_path = Path(config.logging.log_json) if config.logging.log_json else None
+        if self.enabled and config.logging.tensorboard_dir:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=config.logging.tensorboard_dir, max_queue=100)
+        if self.enabled and self.json_path is not None:
+            self.json_path.parent.mkdir(parents=True, exist_ok=True)
+
+    def _record(self, kind: str, iteration: int, values: dict) -> None:
+        if self.writer is not None:
+            for name, value in values.items():
+                if value is not None:
+                    self.writer.add_scalar(f"{kind}/{name}", value, iteration)
+        if self.json_path is not None:
+            with self.json_path.open("a") as handle:
+                handle.write(json.dumps({"kind": kind, "iteration": iteration, "time": time.time(), **values}) + "\n")
+
+    def step(self, state, result, lr: float) -> None:
+        if not self.enabled:
+            return
+        values = {name.replace(" ", "_"): value for name, value in result.metrics.items()}
+        values.update(
+            lr=lr,
+            grad_norm=result.grad_norm,
+            skipped=int(result.skipped),
+            flops_so_far=state.flops_so_far,
+            tokens_so_far=state.tokens_so_far,
+            consumed_samples=state.consumed_samples,
+        )
+        self._record("train", state.iteration, values)
+
+    def log_line(self, state, result, lr: float, elapsed: float, tokens: float, steps: int) -> None:
+        if not self.enabled:
+            return
+        tokens_per_s = tokens / max(elapsed, 1e-9)
+        metrics = " | ".join(f"{name} {value:.4f}" for name, value in sorted(result.metrics.items()))
+        grad = f"{result.grad_norm:.3f}" if result.grad_norm is not None else "-"
+        print(
+            f"iteration {state.iteration:8d} | {metrics} | lr {lr:.3e} | grad norm {grad} | "
+            f"{1000 * elapsed / steps:.1f} ms/step | {tokens_per_s:.0f} tokens/s | "
+            f"FLOPs so far {state.flops_so_far:.3e} | skipped {state.skipped_iterations}",
+            flush=True,
+        )
+        self._record("throughput", state.iteration, {"tokens_per_s": tokens_per_s, "ms_per_step": 1000 * elapsed / steps})
+
+    def validation(self, state, metrics: dict) -> None:
+        if not self.enabled or not metrics:
+            return
+        text = " | ".join(f"{name} {value:.4f}" for name, value in sorted(metrics.items()))
+        print(f"validation at iteration {state.iteration} | {text}", flush=True)
+        self._record("valid", state.iteration, {name.replace(" ", "_"): v for name, v in metrics.items()})
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()

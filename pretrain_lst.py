@@ -1,0 +1,38 @@
+"""Pretrain LST or the interleaved baseline (``--model lst|baseline``) on megatron-core.
+
+Single process:      python pretrain_lst.py --config examples/configs/debug.yaml --data-path ...
+Tensor/pipeline/DP:  torchrun --nproc-per-node 2 pretrain_lst.py --tensor-model-parallel-size 2 ...
+Every flag is listed, with its meaning, by ``--help``.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from megatron_lst.training.arguments import Config, parse_args
+
+
+def task_factory(config: Config):
+    """The TrainingTask for ``--model``."""
+    if config.train.model == "baseline":
+        from megatron_lst.training.baseline_task import BaselineTask
+
+        return BaselineTask(config)
+    from megatron_lst.training.lst_task import LSTTask
+
+    return LSTTask(config)
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = parse_args(argv)
+    from megatron_lst.training.initialize import destroy_distributed
+    from megatron_lst.training.loop import Trainer
+
+    trainer = Trainer(config, task_factory)
+    trainer.train()
+    destroy_distributed()
+    return 0
+
+
+if __name__ == "__main__":  # dist_checkpointing's writer uses multiprocessing: keep this guard
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""Shared fixtures: a small real text corpus, and a runner for pretrain_lst.py (1 or N ranks)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def pretrain_command(args: list[str], nproc: int = 1) -> list[str]:
+    script = str(REPO_ROOT / "pretrain_lst.py")
+    if nproc == 1:
+        return [sys.executable, script, *args]
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
+            "--master-addr", "127.0.0.1", "--master-port", str(free_port()), script, *args]
+
+
+def child_env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env["PYTHONWARNINGS"] = "ignore"
+    return env
+
+
+def run_pretrain(args: list[str], nproc: int = 1, timeout: int = 600, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(pretrain_command(args, nproc), env=child_env(), capture_output=True, text=True,
+                            timeout=timeout, cwd=REPO_ROOT)
+    if check and result.returncode != 0:
+        raise AssertionError(f"pretrain failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
+    return result
+
+
+def read_metrics(path: Path, kind: str = "train") -> dict[int, dict]:
+    """iteration -> metrics of that kind, from a --log-json file."""
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines()]
+    return {row["iteration"]: row for row in rows if row["kind"] == kind}
+
+
+@pytest.fixture(scope="session")
+def text_corpus(tmp_path_factory):
+    from megatron_lst.demo.text_corpus import build_text_corpus
+
+    return build_text_corpus(tmp_path_factory.mktemp("text_corpus"))
+
+
+@pytest.fixture
+def base_args(text_corpus, tmp_path) -> list[str]:
+    """A tiny baseline run on the real text corpus."""
+    return [
+        "--model-flavour", "debug", "--model", "baseline",
+        "--data-path", text_corpus.data_prefix, "--tokenizer-model", str(text_corpus.tokenizer_model),
+        "--data-cache-path", str(tmp_path / "index_cache"),
+        "--seq-length", "64", "--micro-batch-size", "2", "--global-batch-size", "4",
+        "--lr", "1e-3", "--lr-warmup-iters", "2", "--log-interval", "1",
+        "--eval-interval", "1000", "--eval-iters", "1", "--seed", "7",
+    ]
