@@ -1,0 +1,46 @@
+#!/usr/bin/env python
+"""Train a SentencePiece BPE over speech-unit sequences (the "BPE SpeechLLM" baseline).
+
+    python tools/train_unit_bpe.py --input speech.jsonl --output-prefix units_bpe --vocab-size 1000
+
+Reads the "units" of every aligned-speech jsonl line; pass the resulting .model to
+tools/preprocess_data.py --unit-bpe. Lines without a valid unit list are ignored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from megatron_lst.data.jsonl_records import RecordError, load_json_object, parse_units  # noqa: E402
+from megatron_lst.data.unit_bpe import DEFAULT_UNIT_BPE_VOCAB, train_unit_bpe  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--input", required=True, help="aligned-speech jsonl")
+    parser.add_argument("--output-prefix", required=True, help="writes PREFIX.model and PREFIX.vocab")
+    parser.add_argument("--vocab-size", type=int, default=DEFAULT_UNIT_BPE_VOCAB, help="BPE pieces (default 1000)")
+    parser.add_argument("--num-units", type=int, default=501, help="speech unit codebook size (default 501)")
+    args = parser.parse_args(argv)
+    sequences = []
+    with open(args.input, encoding="utf-8", errors="replace") as handle:
+        for line in handle:
+            try:
+                sequences.append(parse_units(load_json_object(line), args.num_units).tolist())
+            except RecordError:
+                continue
+    try:
+        model = train_unit_bpe(sequences, args.output_prefix, args.vocab_size)
+    except (ValueError, RuntimeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote {model}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
