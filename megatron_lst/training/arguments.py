@@ -136,7 +136,7 @@ def _base_type(annotation: Any) -> Any:
 def _add_fields(group: argparse._ArgumentGroup, cls: type) -> None:
     for f in dataclasses.fields(cls):
         kind = _base_type(f.type)
-        help_text = f.metadata.get("help", "")
+        help_text = f.metadata.get("help", "").replace("%", "%%")
         if kind is bool:
             group.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction,
                                default=None, help=help_text)

@@ -1,0 +1,83 @@
+"""The joint vocabulary: layout, round trips, SentencePiece training, bad ids."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from megatron_lst.tokenizer import JointTokenizer, SentencePieceText, VocabLayout, train_sentencepiece
+
+LINES = [
+    "the quick brown fox jumps over the lazy dog",
+    "speech and text share one vocabulary in this model",
+    "a spoken word costs about six units but little more than one text token",
+] * 20
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory) -> JointTokenizer:
+    model = train_sentencepiece(LINES, tmp_path_factory.mktemp("spm") / "bpe", vocab_size=120)
+    return JointTokenizer.from_file(model)
+
+
+def test_layout_is_text_then_specials_then_markers_then_units():
+    layout = VocabLayout(text_vocab_size=100, num_units=501, spare_units=1)
+    assert (layout.bos_id, layout.eos_id, layout.pad_id) == (100, 101, 102)
+    assert (layout.text_marker_id, layout.speech_marker_id) == (103, 104)
+    assert layout.unit_offset == 105
+    assert layout.vocab_size == 105 + 502
+    ids = np.array([0, 99, 100, 104, 105, 606, 607])
+    assert layout.is_text(ids).tolist() == [True, True, False, False, False, False, False]
+    assert layout.is_unit(ids).tolist() == [False, False, False, False, True, True, False]
+
+
+def test_text_round_trips(tokenizer):
+    text = "the lazy dog jumps over the quick fox"
+    ids = tokenizer.encode_text(text)
+    assert all(0 <= i < tokenizer.vocab.text_vocab_size for i in ids)
+    assert tokenizer.text_model.decode(ids) == text
+
+
+def test_units_round_trip_and_render(tokenizer):
+    units = np.array([0, 7, 500, 501])  # 501 is the spare slot
+    ids = tokenizer.encode_units(units)
+    assert ids.tolist() == (units + tokenizer.unit_offset).tolist()
+    assert tokenizer.decode_units(ids).tolist() == units.tolist()
+    mixed = [tokenizer.bos_id, tokenizer.text_marker_id, *tokenizer.encode_text("the dog"),
+             tokenizer.speech_marker_id, *ids[:2].tolist(), tokenizer.eos_id]
+    assert tokenizer.decode(mixed) == "<bos><t>the dog<s>[0][7]<eos>"
+
+
+def test_out_of_range_units_and_ids_are_rejected(tokenizer):
+    with pytest.raises(ValueError, match="speech unit 502 is outside"):
+        tokenizer.encode_units([1, 502])
+    with pytest.raises(ValueError, match="speech unit -1"):
+        tokenizer.encode_units([-1])
+    with pytest.raises(ValueError, match="outside the joint vocabulary"):
+        tokenizer.decode([tokenizer.vocab_size])
+
+
+def test_unit_count_is_configurable(tokenizer):
+    small = JointTokenizer(tokenizer.text_model, num_units=100, spare_units=0)
+    assert small.vocab_size == tokenizer.vocab.text_vocab_size + 5 + 100
+    assert small.layout()["num_units"] == 100
+
+
+def test_missing_model_file_names_the_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothing.model"):
+        SentencePieceText(tmp_path / "nothing.model")
+
+
+def test_tiktoken_rank_file_loads_locally(tmp_path):
+    tiktoken = pytest.importorskip("tiktoken")
+    import base64
+
+    ranks = [bytes([b]) for b in range(256)] + [b"th", b"the"]
+    (tmp_path / "tiny.tiktoken").write_text(
+        "".join(f"{base64.b64encode(tok).decode()} {rank}\n" for rank, tok in enumerate(ranks))
+    )
+    joint = JointTokenizer.from_file(tmp_path / "tiny.tiktoken")
+    assert joint.vocab.text_vocab_size == 258
+    ids = joint.encode_text("the cat")
+    assert ids[0] == 257 and joint.text_model.decode(ids) == "the cat"
+    del tiktoken

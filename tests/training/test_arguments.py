@@ -1,0 +1,58 @@
+"""Flags, YAML configs and flavours resolve to the right config objects."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from megatron_lst.training.arguments import build_parser, parse_args
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_help_explains_every_flag():
+    parser = build_parser()
+    undocumented = [a.option_strings for a in parser._actions if a.option_strings and not a.help]
+    assert undocumented == []
+    result = subprocess.run([sys.executable, str(REPO / "pretrain_lst.py"), "--help"], capture_output=True,
+                            text=True, cwd=REPO, env={"PYTHONPATH": str(REPO), "PATH": ""})
+    assert result.returncode == 0
+    for flag in ("--tensor-model-parallel-size", "--pipeline-model-parallel-size", "--micro-batch-size",
+                 "--global-batch-size", "--seq-length", "--lr", "--train-iters", "--save", "--load",
+                 "--save-interval", "--tensorboard-dir", "--data-path"):
+        assert flag in result.stdout
+
+
+def test_precedence_default_flavour_yaml_cli(tmp_path):
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text("model_flavour: 1b\ntrain:\n  train_iters: 50\noptimizer:\n  lr: 1.0e-3\n")
+    config = parse_args(["--config", str(config_file), "--lr", "2e-3", "--num-layers", "3"])
+    assert config.model_config.hidden_size == 2048  # from the 1b flavour
+    assert config.model_config.num_layers == 3  # command line over flavour
+    assert config.train.train_iters == 50  # YAML over default
+    assert config.optimizer.lr == 2e-3  # command line over YAML
+    assert config.optimizer.weight_decay == 0.1 and config.optimizer.adam_beta2 == 0.95  # paper defaults
+
+
+def test_weighted_data_path_is_kept_in_order():
+    config = parse_args(["--data-path", "0.33", "speech", "0.67", "text"])
+    assert config.data.data_path == ["0.33", "speech", "0.67", "text"]
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "examples" / "configs").glob("*.yaml")))
+def test_shipped_configs_parse(name):
+    parse_args(["--config", str(REPO / "examples" / "configs" / name)])
+
+
+def test_bad_settings_are_refused_with_the_reason(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--global-batch-size", "10", "--micro-batch-size", "4"])
+    assert "not a multiple of --micro-batch-size 4" in capsys.readouterr().err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("no_such_flag: 3\n")
+    with pytest.raises(SystemExit):
+        parse_args(["--config", str(bad)])
+    assert "unknown configuration keys: ['no_such_flag']" in capsys.readouterr().err
