@@ -24,5 +24,5 @@ RUN pip install --no-cache-dir "pybind11>=2.11" "megatron-core>=0.16.1,<0.17" \
     && python setup.py build_ext --inplace
 
 USER 1000:1000
-HEALTHCHECK --interval=5m --timeout=60s CMD python -c "import megatron_lst, megatron_lst._patching, megatron_lst._indexed_builder; print(megatron_lst.__version__)"
+HEALTHCHECK --interval=5m --timeout=60s CMD ["python", "-c", "import megatron_lst, megatron_lst._patching, megatron_lst._indexed_builder; print(megatron_lst.__version__)"]
 CMD ["python", "pretrain_lst.py", "--help"]
