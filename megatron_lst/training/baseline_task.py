@@ -6,19 +6,24 @@ read by megatron-core's ``GPTDataset`` and blended by weight with ``BlendedMegat
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Iterator
 
 import torch
 from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
 from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 
+from megatron_lst.data.blending import build_lst_datasets
+from megatron_lst.data.datasets import LSTDatasetConfig
+from megatron_lst.data.sampler import collate_packed
+from megatron_lst.data.speech_documents import is_speech_text_dataset
 from megatron_lst.models.baseline import build_baseline_model, padded_vocab_size
 from megatron_lst.models.init import initialize_by_global_name
 from megatron_lst.models.flops import gpt_training_flops
 from megatron_lst.models.specs import resolve_use_te, transformer_config
 from megatron_lst.tokenizer import JointTokenizer
 from megatron_lst.training.arguments import Config
-from megatron_lst.training.task import forward_with_loss
+from megatron_lst.training.task import masked_token_loss
 
 
 class MegatronTokenizerAdapter:
@@ -58,6 +63,7 @@ class BaselineTask:
     """Plain next-token prediction with megatron-core's GPTModel."""
 
     name = "baseline"
+    collate = None  # the DataLoader's default stacking suits GPTDataset items
 
     def __init__(self, config: Config, tokenizer: JointTokenizer | None = None):
         self.config = config
@@ -90,6 +96,9 @@ class BaselineTask:
 
     def build_datasets(self, config: Config, train_samples: int, valid_samples: int) -> tuple:
         prefixes, weights = parse_blend(config.data.data_path)
+        if any(is_speech_text_dataset(prefix) for prefix in prefixes):
+            return self._interleaved_datasets(config, prefixes, weights, train_samples, valid_samples)
+        self.collate = None
         dataset_config = GPTDatasetConfig(
             random_seed=config.data.seed,
             sequence_length=config.data.seq_length,
@@ -108,16 +117,33 @@ class BaselineTask:
         ).build()
         return train, valid
 
+    def _interleaved_datasets(self, config, prefixes, weights, train_samples: int, valid_samples: int) -> tuple:
+        """Speech-text blends: the same packed interleaved samples LST reads, one token per position.
+
+        A sample holds ``seq_length + 1`` tokens (inputs plus the last target), like GPTDataset's.
+        """
+        dataset_config = LSTDatasetConfig(
+            random_seed=config.data.seed,
+            sequence_length=config.data.seq_length + 1,
+            blend=(prefixes, weights),
+            split=config.data.split,
+            path_to_cache=config.data.data_cache_path,
+            vocab=self.tokenizer.vocab,
+            patch_size=1,
+            max_tokens=config.data.seq_length + 1,
+        )
+        train, valid, _ = build_lst_datasets(dataset_config, [train_samples, valid_samples, 0])
+        self.collate = partial(packed_to_gpt_batch, pad_id=self.tokenizer.pad_id, length=config.data.seq_length + 1)
+        return train, valid
+
     def forward_step(self, data_iterator: Iterator[dict], model: torch.nn.Module) -> tuple:
         batch = next(data_iterator)
         tokens = batch["tokens"].long()
-        return forward_with_loss(
-            lambda: model(tokens, batch["position_ids"].long(), None, labels=batch["labels"].long()),
-            batch["loss_mask"],
-        )
+        output = model(tokens, batch["position_ids"].long(), None, labels=batch["labels"].long())
+        return output, partial(modality_token_loss, batch["loss_mask"], batch.get("is_speech"))
 
     def batch_tokens(self, batch: dict) -> int:
-        return int(batch["tokens"].numel())
+        return int(batch["loss_mask"].sum())
 
     def batch_flops(self, batch: dict) -> float:
         model = self.config.model_config
@@ -132,3 +158,32 @@ class BaselineTask:
             vocab_size=padded_vocab_size(self.tokenizer.vocab_size, 1),
             gated_mlp=model.swiglu,
         )
+
+
+def packed_to_gpt_batch(samples: list[dict], pad_id: int, length: int) -> dict:
+    """Packed interleaved samples -> the GPT batch fields (inputs, shifted labels, loss mask)."""
+    packed = collate_packed(samples, pad_id=pad_id, pad_to=length)
+    tokens = packed["tokens"]
+    labels = tokens[:, 1:].contiguous()
+    loss_mask = (labels != pad_id).float()
+    return {
+        "tokens": tokens[:, :-1].contiguous(),
+        "labels": torch.where(labels == pad_id, torch.zeros_like(labels), labels),
+        "loss_mask": loss_mask,
+        "position_ids": torch.arange(length - 1).expand(tokens.shape[0], -1).contiguous(),
+        "is_speech": packed["is_speech"][:, 1:].contiguous(),
+    }
+
+
+def modality_token_loss(loss_mask: torch.Tensor, is_speech_target, per_token_loss: torch.Tensor):
+    """The mean-over-tokens loss plus separate text and speech losses when the batch has speech."""
+    if is_speech_target is None:
+        return masked_token_loss(loss_mask, per_token_loss)
+    losses = per_token_loss.float()
+    speech = loss_mask * is_speech_target.float()
+    text = loss_mask - speech
+    extra = {
+        "speech loss": torch.stack([(losses * speech).sum().detach(), speech.sum()]),
+        "text loss": torch.stack([(losses * text).sum().detach(), text.sum()]),
+    }
+    return masked_token_loss(loss_mask, per_token_loss, extra)
