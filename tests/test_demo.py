@@ -1,0 +1,23 @@
+"""`make demo-quick`'s job end to end: real corpus, real training, a report with every section."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO_ROOT, child_env
+
+
+@pytest.mark.slow
+def test_quick_demo_builds_trains_and_reports(tmp_path):
+    result = subprocess.run([sys.executable, "tools/run_demo.py", "--out", str(tmp_path), "--quick"],
+                            cwd=REPO_ROOT, env=child_env(), capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = (tmp_path / "report.md").read_text()
+    for section in ("## Training (compute-controlled)", "| baseline |", "## Evaluation", "loss_vs_flops.png"):
+        assert section in report
+    assert (tmp_path / "loss_vs_flops.png").stat().st_size > 1000
+    assert Path(tmp_path / "runs" / "baseline" / "checkpoints" / "latest_checkpointed_iteration.txt").is_file()
