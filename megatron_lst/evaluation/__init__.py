@@ -1,0 +1,1 @@
+"""Evaluation: story-completion benchmarks (format, builders) and likelihood scoring (LST.md §6)."""
