@@ -1,0 +1,142 @@
+"""Held-out story-completion benchmarks built from demo text that training never saw.
+
+The demo corpus writes ``heldout_documents.jsonl`` (``{"id", "sentences": [...]}``), documents that
+``megatron_lst.demo.corpus`` kept out of every training file. Each window of five consecutive
+sentences becomes one item: four sentences of prompt, and the true fifth sentence among endings
+taken from *other* documents, so that a model that follows the story beats chance while a model that
+only judges sentence fluency does not.
+
+* StoryCloze-like: 1 true ending + 1 distractor (chance 50%).
+* HellaSwag-like:  1 true ending + 3 distractors from three different documents (chance 25%).
+
+Everything is drawn from one ``numpy`` generator seeded by ``seed`` over documents sorted by id, so
+the same file and seed give the same benchmark whatever the order of the input lines.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from megatron_lst.evaluation.items import Item, Part
+
+PROMPT_SENTENCES = 4
+
+
+@dataclass(frozen=True)
+class HeldoutDocument:
+    id: str
+    sentences: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class BenchmarkSpec:
+    """How a benchmark is drawn: endings per item, and how many 5-sentence windows per document."""
+
+    name: str
+    num_endings: int
+    windows_per_document: int = 1
+
+
+STORY_CLOZE = BenchmarkSpec("storycloze", num_endings=2)
+HELLASWAG = BenchmarkSpec("hellaswag", num_endings=4)
+BENCHMARKS = {spec.name: spec for spec in (STORY_CLOZE, HELLASWAG)}
+
+
+def read_heldout_documents(path: str | Path) -> list[HeldoutDocument]:
+    documents = []
+    with Path(path).open() as handle:
+        for line_number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            try:
+                documents.append(HeldoutDocument(str(row["id"]), tuple(str(s) for s in row["sentences"])))
+            except KeyError as error:
+                raise ValueError(f"{path}:{line_number}: expected keys 'id' and 'sentences'") from error
+    return documents
+
+
+def story_windows(documents: list[HeldoutDocument], windows_per_document: int) -> list[tuple[int, int]]:
+    """(document index, first sentence) of non-overlapping 5-sentence windows; short documents
+    (fewer than five sentences) give none."""
+    window = PROMPT_SENTENCES + 1
+    windows = []
+    for index, document in enumerate(documents):
+        count = min(len(document.sentences) // window, windows_per_document)
+        windows.extend((index, start * window) for start in range(count))
+    return windows
+
+
+def _distractors(documents: list[HeldoutDocument], own_index: int, true_ending: str, count: int,
+                 rng: np.random.Generator) -> list[str]:
+    """``count`` sentences, each from a different document than the item's and than each other."""
+    others = [i for i in range(len(documents)) if i != own_index and documents[i].sentences]
+    if len(others) < count:
+        raise ValueError(f"need at least {count + 1} documents to draw {count} distractors per item, "
+                         f"got {len(others) + 1}")
+    chosen: list[str] = []
+    for document_index in rng.permutation(others):
+        sentences = [s for s in documents[document_index].sentences if s != true_ending and s not in chosen]
+        if sentences:
+            chosen.append(sentences[int(rng.integers(len(sentences)))])
+        if len(chosen) == count:
+            return chosen
+    raise ValueError(f"could not find {count} distinct distractor sentences for document {own_index}")
+
+
+def build_benchmark(documents: list[HeldoutDocument], spec: BenchmarkSpec, seed: int = 0,
+                    max_items: Optional[int] = None) -> list[Item]:
+    """Text-only items (add speech with ``tools/synthesize_benchmark.py``)."""
+    documents = sorted(documents, key=lambda document: document.id)
+    rng = np.random.default_rng(seed)
+    windows = story_windows(documents, spec.windows_per_document)
+    if max_items is not None and len(windows) > max_items:
+        keep = np.sort(rng.choice(len(windows), size=max_items, replace=False))
+        windows = [windows[i] for i in keep]
+    items = []
+    for document_index, start in windows:
+        sentences = documents[document_index].sentences[start:start + PROMPT_SENTENCES + 1]
+        true_ending = sentences[-1]
+        endings = _distractors(documents, document_index, true_ending, spec.num_endings - 1, rng)
+        label = int(rng.integers(spec.num_endings))
+        endings.insert(label, true_ending)
+        items.append(Item(
+            id=f"{spec.name}/{documents[document_index].id}/{start}",
+            label=label,
+            prompt=Part(text=" ".join(sentences[:-1])),
+            endings=tuple(Part(text=ending) for ending in endings),
+        ))
+    return items
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """``python -m megatron_lst.evaluation.benchmarks --heldout DIR/heldout_documents.jsonl ...``"""
+    import argparse
+
+    from megatron_lst.evaluation.items import write_items
+
+    parser = argparse.ArgumentParser(description="Build a text-only story-completion benchmark from held-out "
+                                                 "documents (add speech with tools/synthesize_benchmark.py).")
+    parser.add_argument("--heldout", required=True, help="heldout_documents.jsonl of the demo corpus")
+    parser.add_argument("--kind", choices=sorted(BENCHMARKS), default="storycloze",
+                        help="storycloze: true 5th sentence vs 1 other; hellaswag: vs 3 others")
+    parser.add_argument("--output", required=True, help="benchmark jsonl to write")
+    parser.add_argument("--seed", type=int, default=0, help="same seed and input, same benchmark")
+    parser.add_argument("--max-items", type=int, default=None, help="keep at most this many items")
+    parser.add_argument("--windows-per-document", type=int, default=1,
+                        help="non-overlapping 5-sentence windows taken from one document")
+    args = parser.parse_args(argv)
+    spec = BenchmarkSpec(args.kind, BENCHMARKS[args.kind].num_endings, args.windows_per_document)
+    items = build_benchmark(read_heldout_documents(args.heldout), spec, args.seed, args.max_items)
+    write_items(args.output, items)
+    print(f"wrote {len(items)} {args.kind} items to {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
