@@ -96,6 +96,47 @@ class LoggingConfig:
 
 
 @dataclass
+class PatchingArgs:
+    """How LST groups speech units into patches (LST.md §3); ignored by the baseline."""
+
+    patching: str = field(default="static", metadata={"help": "static, aligned, mixed or curriculum"})
+    patch_size: int = field(default=4, metadata={"help": "speech units per static patch (paper's best: 4)"})
+    silence_mode: str = field(
+        default="sil_sep", metadata={"help": "aligned: sil_sep (silence its own patch) or sil_merged (joins a word)"}
+    )
+    max_patch_length: Optional[int] = field(default=None, metadata={"help": "split longer patches (None = no cap)"})
+    curriculum_tau1: float = field(
+        default=0.0,
+        metadata={"help": "curriculum: all aligned until here; a value <= 1 is a fraction of --train-iters, "
+                          "larger values are iterations"},
+    )
+    curriculum_tau2: float = field(
+        default=0.0,
+        metadata={"help": "curriculum: all static from here (linear in between); same units as tau1"},
+    )
+    fold_speech_marker: bool = field(
+        default=False, metadata={"help": "fold <s> into the first patch of its speech span (default: own patch)"}
+    )
+    mixed_aligned_probability: float = field(
+        default=0.5, metadata={"help": "mixed: probability that a sequence is patched aligned"}
+    )
+
+    def to_patching_config(self, train_iters: int, seed: int):
+        """The ``PatchingConfig`` of a run, with the curriculum boundaries in optimizer steps."""
+        from megatron_lst.patching.config import PatchingConfig
+
+        def steps(value: float) -> float:
+            return value * train_iters if value <= 1.0 else value
+
+        return PatchingConfig(
+            strategy=self.patching, patch_size=self.patch_size, silence_mode=self.silence_mode,
+            max_patch_length=self.max_patch_length, fold_speech_marker=self.fold_speech_marker,
+            tau1=steps(self.curriculum_tau1), tau2=steps(self.curriculum_tau2), seed=seed,
+            mixed_aligned_probability=self.mixed_aligned_probability,
+        )
+
+
+@dataclass
 class Config:
     """Everything one training run is told."""
 
@@ -106,6 +147,7 @@ class Config:
     train: TrainConfig
     checkpoint: CheckpointConfig
     logging: LoggingConfig
+    patching: PatchingArgs = field(default_factory=PatchingArgs)
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -119,6 +161,7 @@ SECTIONS = {
     "train": TrainConfig,
     "checkpoint": CheckpointConfig,
     "logging": LoggingConfig,
+    "patching": PatchingArgs,
 }
 
 
@@ -228,6 +271,11 @@ def validate(config: Config, parser: Optional[argparse.ArgumentParser] = None) -
             f"--global-batch-size {config.data.global_batch_size} is not a multiple of "
             f"--micro-batch-size {config.data.micro_batch_size}"
         )
+    if config.train.model == "lst":
+        try:
+            config.patching.to_patching_config(config.train.train_iters, config.data.seed)
+        except ValueError as error:
+            problems.append(str(error))
     if problems:
         message = "; ".join(problems)
         if parser is not None:

@@ -1,0 +1,195 @@
+"""The LST's local modules: the patch encoder (tokens -> patch states) and patch decoder (-> logits).
+
+Both are stacks of megatron-core ``TransformerLayer``s built from ``ModuleSpec``s, so they shard
+under tensor parallelism exactly like the global transformer:
+
+- a *window layer*: causal self-attention limited to the last ``local_window_size`` tokens (RoPE
+  over token positions), then a SwiGLU MLP (the GPT local spec with a windowed SDPA core);
+- a *cross layer*: cross-attention only (no self-attention, no MLP), queries from one sequence,
+  keys/values from the other, with an explicit boolean mask.
+
+Encoder: embed, then per layer ``window -> cross`` where patch queries (initialised by max-pooling
+the token states of their patch after the first window layer) attend the tokens of their own patch.
+Decoder: per layer ``cross -> window`` where token queries attend the global outputs of the patches
+up to their decoder patch id (the one-patch lag of LST.md §2), then a final norm and the
+vocabulary-parallel output head.
+
+The local modules always use the SDPA spec (also on GPU): their masks (window, patch membership,
+documents) are arbitrary boolean masks that the transformer-engine spec does not take as such.
+Masks here follow megatron-core's convention, True = forbidden.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Optional
+
+import torch
+from megatron.core import tensor_parallel
+from megatron.core.models.common.embeddings.rotary_pos_embedding import RotaryEmbedding
+from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+from megatron.core.fusions.fused_bias_dropout import get_bias_dropout_add
+from megatron.core.tensor_parallel.layers import ColumnParallelLinear, RowParallelLinear
+from megatron.core.transformer.attention import CrossAttention, CrossAttentionSubmodules
+from megatron.core.transformer.enums import AttnMaskType
+from megatron.core.transformer.identity_op import IdentityFuncOp, IdentityOp
+from megatron.core.transformer.module import MegatronModule
+from megatron.core.transformer.spec_utils import ModuleSpec, build_module
+from megatron.core.transformer.transformer_config import TransformerConfig
+from megatron.core.transformer.transformer_layer import TransformerLayer, TransformerLayerSubmodules
+
+from megatron_lst.models.attention import SDPACoreAttention
+from megatron_lst.patching import decoder_cross_attention_mask, encoder_cross_attention_mask, max_pool_patches
+
+
+def _norm_spec(normalization: str):
+    return get_gpt_layer_local_spec(normalization=normalization).submodules.input_layernorm
+
+
+def window_layer_spec(window_size: int, normalization: str) -> ModuleSpec:
+    """Causal sliding-window self-attention + MLP (the GPT local spec, windowed SDPA core)."""
+    spec = copy.deepcopy(get_gpt_layer_local_spec(normalization=normalization))
+    spec.submodules.self_attention.submodules.core_attention = ModuleSpec(
+        module=SDPACoreAttention, params={"window_size": window_size}
+    )
+    return spec
+
+
+def cross_layer_spec(normalization: str) -> ModuleSpec:
+    """Cross-attention only: pre-norm, CrossAttention over an explicit mask, residual add.
+
+    A layer without self-attention needs ``IdentityFuncOp`` for its bias-dropout-add
+    (MEGATRON_NOTES.md); the MLP is left out, so its bda is ``IdentityFuncOp`` as well.
+    """
+    return ModuleSpec(
+        module=TransformerLayer,
+        submodules=TransformerLayerSubmodules(
+            self_attn_bda=IdentityFuncOp,
+            pre_cross_attn_layernorm=_norm_spec(normalization),
+            cross_attention=ModuleSpec(
+                module=CrossAttention,
+                params={"attn_mask_type": AttnMaskType.padding},
+                submodules=CrossAttentionSubmodules(
+                    linear_q=ColumnParallelLinear,
+                    linear_kv=ColumnParallelLinear,
+                    core_attention=SDPACoreAttention,
+                    linear_proj=RowParallelLinear,
+                ),
+            ),
+            cross_attn_bda=get_bias_dropout_add,
+            mlp=IdentityOp,
+            mlp_bda=IdentityFuncOp,
+        ),
+    )
+
+
+def document_self_mask(document_ids: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """[B, N] document ids -> [B, 1, N, N] True where query and key lie in different documents."""
+    if document_ids is None:
+        return None
+    return (document_ids[:, :, None] != document_ids[:, None, :])[:, None]
+
+
+class LocalStack(MegatronModule):
+    """``num_layers`` pairs of (window, cross) layers in a fixed order; shared by encoder and decoder."""
+
+    def __init__(self, config: TransformerConfig, window_size: int, normalization: str, rotary_base: float):
+        super().__init__(config=config)
+        window_spec = window_layer_spec(window_size, normalization)
+        cross_spec = cross_layer_spec(normalization)
+        self.window_layers = torch.nn.ModuleList(
+            build_module(window_spec, config=config, layer_number=i + 1) for i in range(config.num_layers)
+        )
+        self.cross_layers = torch.nn.ModuleList(
+            build_module(cross_spec, config=config, layer_number=i + 1) for i in range(config.num_layers)
+        )
+        self.rotary = RotaryEmbedding(
+            kv_channels=config.kv_channels, rotary_percent=1.0, rotary_base=int(rotary_base),
+            use_cpu_initialization=config.use_cpu_initialization,
+        )
+
+    def window(self, index: int, states: torch.Tensor, self_mask: Optional[torch.Tensor]) -> torch.Tensor:
+        rotary = self.rotary(states.shape[0])
+        output, _ = self.window_layers[index](states, attention_mask=self_mask, rotary_pos_emb=rotary)
+        return output
+
+    def cross(self, index: int, queries: torch.Tensor, keys: torch.Tensor, forbidden: torch.Tensor) -> torch.Tensor:
+        output, _ = self.cross_layers[index](queries, attention_mask=None, context=keys, context_mask=forbidden)
+        return output
+
+
+class PatchEncoder(MegatronModule):
+    """Tokens [B, N] -> (token states [N, B, E], patch states [P, B, k*E]) for [B, P] patch lengths."""
+
+    def __init__(self, config: TransformerConfig, vocab_size: int, window_size: int, normalization: str,
+                 rotary_base: float, cross_attn_k: int = 1):
+        super().__init__(config=config)
+        if cross_attn_k < 1:
+            raise ValueError(f"cross_attn_k must be >= 1, got {cross_attn_k}")
+        self.cross_attn_k = cross_attn_k
+        self.embedding = tensor_parallel.VocabParallelEmbedding(
+            vocab_size, config.hidden_size, init_method=config.init_method, config=config
+        )
+        self.stack = LocalStack(config, window_size, normalization, rotary_base)
+        # k > 1: the k queries of a patch start from the same pooled state plus a learned offset each
+        self.query_offsets = (
+            torch.nn.Parameter(torch.zeros(cross_attn_k, config.hidden_size)) if cross_attn_k > 1 else None
+        )
+
+    def _initial_queries(self, token_states: torch.Tensor, patch_lengths: torch.Tensor) -> torch.Tensor:
+        pooled = max_pool_patches(token_states.transpose(0, 1), patch_lengths)  # [B, P, E]
+        if self.query_offsets is not None:
+            pooled = (pooled[:, :, None, :] + self.query_offsets).flatten(1, 2)  # [B, P*k, E]
+        return pooled.transpose(0, 1).contiguous()
+
+    def forward(self, tokens: torch.Tensor, patch_lengths: torch.Tensor,
+                document_ids: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        batch, seq_len = tokens.shape
+        num_patches = patch_lengths.shape[1]
+        token_states = self.embedding(tokens).transpose(0, 1).contiguous()  # [N, B, E]
+        allowed = encoder_cross_attention_mask(patch_lengths, seq_len, document_ids=document_ids)
+        # a patch with no input token (the last, target-only patch; right padding) would give an
+        # all-forbidden row and NaN: let it see BOS (causally harmless) and zero its state
+        has_tokens = allowed.any(-1)  # [B, P]
+        allowed[..., 0] |= ~has_tokens
+        forbidden = (~allowed).repeat_interleave(self.cross_attn_k, dim=1)[:, None]  # [B, 1, P*k, N]
+        keep = has_tokens.repeat_interleave(self.cross_attn_k, dim=1).T[:, :, None].to(token_states.dtype)
+        self_mask = document_self_mask(document_ids)
+        patch_states = None
+        for index in range(len(self.stack.window_layers)):
+            token_states = self.stack.window(index, token_states, self_mask)
+            if patch_states is None:
+                patch_states = self._initial_queries(token_states, patch_lengths)
+            patch_states = self.stack.cross(index, patch_states, token_states, forbidden) * keep
+        width = self.config.hidden_size
+        patch_states = patch_states.view(num_patches, self.cross_attn_k, batch, width)
+        patch_states = patch_states.permute(0, 2, 1, 3).reshape(num_patches, batch, self.cross_attn_k * width)
+        return token_states, patch_states
+
+
+class PatchDecoder(MegatronModule):
+    """(token states [N, B, D], global patch outputs [P, B, D]) -> vocab-parallel logits [N, B, V/tp]."""
+
+    def __init__(self, config: TransformerConfig, vocab_size: int, window_size: int, normalization: str,
+                 rotary_base: float):
+        super().__init__(config=config)
+        self.stack = LocalStack(config, window_size, normalization, rotary_base)
+        self.final_norm = build_module(
+            _norm_spec(normalization), config=config, hidden_size=config.hidden_size, eps=config.layernorm_epsilon
+        )
+        self.output_layer = ColumnParallelLinear(
+            config.hidden_size, vocab_size, config=config, init_method=config.init_method,
+            bias=False, gather_output=False,
+        )
+
+    def forward(self, token_states: torch.Tensor, patch_states: torch.Tensor, patch_lengths: torch.Tensor,
+                document_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+        seq_len = token_states.shape[0]
+        allowed = decoder_cross_attention_mask(patch_lengths, seq_len, document_ids=document_ids)
+        forbidden = (~allowed)[:, None]  # [B, 1, N, P]
+        self_mask = document_self_mask(document_ids)
+        for index in range(len(self.stack.window_layers)):
+            token_states = self.stack.cross(index, token_states, patch_states, forbidden)
+            token_states = self.stack.window(index, token_states, self_mask)
+        logits, _ = self.output_layer(self.final_norm(token_states))
+        return logits

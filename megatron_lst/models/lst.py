@@ -1,0 +1,165 @@
+"""LSTModel: patch encoder -> global transformer over patches -> patch decoder (LST.md §2).
+
+Pipeline parallelism (DESIGN.md §2): the encoder lives on the first stage (``pre_process``), the
+decoder, output head and loss on the last (``post_process``); the global layers are split by
+megatron-core's ``TransformerBlock``. One tensor crosses each stage boundary:
+``cat([patch_states (P), token_states (N)])`` in [seq, batch, width] layout, each part
+zero-padded to the wider of the global and encoder widths, so the decoder on the last stage gets
+the encoder's token states. P changes every micro-batch, hence ``variable_seq_lengths``.
+Every stage reads the micro-batch, so each knows N and P to split the tensor it receives.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from megatron.core import tensor_parallel
+from megatron.core.enums import ModelType
+from megatron.core.models.common.embeddings.rotary_pos_embedding import RotaryEmbedding
+from megatron.core.transformer.module import MegatronModule
+from megatron.core.transformer.transformer_block import TransformerBlock
+from megatron.core.transformer.transformer_config import TransformerConfig
+
+from megatron_lst.models.config import ModelConfig
+from megatron_lst.models.local import PatchDecoder, PatchEncoder
+from megatron_lst.models.specs import gpt_layer_spec
+
+
+def global_document_mask(patch_lengths: torch.Tensor, document_ids: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """[B, 1, P, P] True where two patches belong to different documents (block-causal global)."""
+    if document_ids is None:
+        return None
+    starts = (torch.cumsum(patch_lengths, -1) - patch_lengths).clamp(max=document_ids.shape[1] - 1)
+    patch_documents = document_ids.gather(1, starts.long())
+    return (patch_documents[:, :, None] != patch_documents[:, None, :])[:, None]
+
+
+class LSTModel(MegatronModule):
+    """One pipeline stage of the LST; ``forward`` returns the per-token loss [B, N] on the last stage."""
+
+    def __init__(
+        self,
+        shape: ModelConfig,
+        global_config: TransformerConfig,
+        encoder_config: TransformerConfig,
+        decoder_config: TransformerConfig,
+        vocab_size: int,
+        use_te: bool = False,
+        pre_process: bool = True,
+        post_process: bool = True,
+    ):
+        super().__init__(config=global_config)
+        self.model_type = ModelType.encoder_or_decoder
+        self.pre_process = pre_process
+        self.post_process = post_process
+        self.global_width = global_config.hidden_size
+        self.encoder_width = encoder_config.hidden_size
+        self.boundary_width = max(self.global_width, self.encoder_width)
+        self.input_tensor: Optional[torch.Tensor] = None
+        if pre_process:
+            self.patch_encoder = PatchEncoder(
+                encoder_config, vocab_size, shape.local_window_size, shape.normalization,
+                shape.rotary_base, shape.cross_attn_k,
+            )
+            self.encoder_to_global = torch.nn.Linear(
+                shape.cross_attn_k * encoder_config.hidden_size, global_config.hidden_size, bias=False
+            )
+        self.global_rotary = RotaryEmbedding(
+            kv_channels=global_config.kv_channels, rotary_percent=1.0, rotary_base=int(shape.rotary_base),
+            use_cpu_initialization=global_config.use_cpu_initialization,
+        )
+        self.global_block = TransformerBlock(
+            config=global_config, spec=gpt_layer_spec(use_te, shape.normalization),
+            pre_process=True, post_process=post_process,
+        )
+        if post_process:
+            self.global_to_decoder = torch.nn.Linear(global_config.hidden_size, decoder_config.hidden_size, bias=False)
+            self.token_to_decoder = (
+                torch.nn.Linear(encoder_config.hidden_size, decoder_config.hidden_size, bias=False)
+                if encoder_config.hidden_size != decoder_config.hidden_size else None
+            )
+            self.patch_decoder = PatchDecoder(
+                decoder_config, vocab_size, shape.local_window_size, shape.normalization, shape.rotary_base
+            )
+
+    def set_input_tensor(self, input_tensor) -> None:
+        """Called by megatron's schedules with the tensor received from the previous stage."""
+        if isinstance(input_tensor, (list, tuple)):
+            input_tensor = input_tensor[0]
+        self.input_tensor = input_tensor
+
+    def _pack(self, patch_states: torch.Tensor, token_states: torch.Tensor) -> torch.Tensor:
+        width = self.boundary_width
+        return torch.cat([F.pad(patch_states, (0, width - patch_states.shape[-1])),
+                          F.pad(token_states, (0, width - token_states.shape[-1]))], dim=0)
+
+    def _unpack(self, boundary: torch.Tensor, num_patches: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return boundary[:num_patches, :, : self.global_width], boundary[num_patches:, :, : self.encoder_width]
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        patch_lengths: torch.Tensor,
+        labels: Optional[torch.Tensor] = None,
+        document_ids: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """tokens [B, N], patch_lengths [B, P] (patching the N+1 tokens), labels [B, N].
+
+        Returns the per-token loss [B, N] with labels on the last stage, the vocab-parallel
+        logits [B, N, V/tp] without, and the boundary tensor on every other stage.
+        """
+        num_patches = patch_lengths.shape[1]
+        if self.pre_process:
+            token_states, patch_states = self.patch_encoder(tokens, patch_lengths, document_ids)
+            patch_states = self.encoder_to_global(patch_states)
+        else:
+            patch_states, token_states = self._unpack(self.input_tensor, num_patches)
+        patch_states = self.global_block(
+            patch_states,
+            attention_mask=global_document_mask(patch_lengths, document_ids),
+            rotary_pos_emb=self.global_rotary(num_patches),
+        )
+        if not self.post_process:
+            return self._pack(patch_states, token_states)
+        decoder_patches = self.global_to_decoder(patch_states)
+        if self.token_to_decoder is not None:
+            token_states = self.token_to_decoder(token_states)
+        logits = self.patch_decoder(token_states, decoder_patches, patch_lengths, document_ids)  # [N, B, V/tp]
+        if labels is None:
+            return logits.transpose(0, 1).contiguous()
+        loss = tensor_parallel.vocab_parallel_cross_entropy(logits.float(), labels.transpose(0, 1).contiguous())
+        return loss.transpose(0, 1).contiguous()
+
+
+def lst_transformer_configs(shape: ModelConfig, **parallel) -> tuple[TransformerConfig, TransformerConfig, TransformerConfig]:
+    """(global, encoder, decoder) ``TransformerConfig``s for one LST.
+
+    ``parallel`` holds ``transformer_config`` keywords (TP/PP sizes, bf16, ...). The local configs
+    keep pipeline size 1 so their layers are numbered from 1 on whichever stage builds them;
+    PP > 1 switches the global config to variable sequence lengths (the patch count changes
+    every micro-batch), which megatron-core 0.16.1 ties to the alltoall dispatcher setting.
+    """
+    from megatron_lst.models.specs import transformer_config
+
+    if shape.encoder_num_layers < 1 or shape.decoder_num_layers < 1:
+        raise ValueError(
+            "LST needs at least one patch encoder and one patch decoder layer "
+            f"(got --encoder-num-layers {shape.encoder_num_layers}, --decoder-num-layers {shape.decoder_num_layers}); "
+            "a model without local modules is the baseline: use --model baseline"
+        )
+    global_extra = {}
+    if parallel.get("pipeline_model_parallel_size", 1) > 1:
+        global_extra = dict(variable_seq_lengths=True, moe_token_dispatcher_type="alltoall")
+    global_config = transformer_config(shape, **parallel, **global_extra)
+    local = dict(parallel, pipeline_model_parallel_size=1, sequence_parallel=False, recompute=None)
+    encoder_config = transformer_config(
+        shape, num_layers=shape.encoder_num_layers, hidden_size=shape.encoder_hidden_size,
+        num_attention_heads=shape.encoder_num_attention_heads, **local,
+    )
+    decoder_config = transformer_config(
+        shape, num_layers=shape.decoder_num_layers, hidden_size=shape.decoder_hidden_size,
+        num_attention_heads=shape.decoder_num_attention_heads, **local,
+    )
+    return global_config, encoder_config, decoder_config
