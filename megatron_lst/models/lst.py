@@ -52,6 +52,8 @@ class LSTModel(MegatronModule):
     ):
         super().__init__(config=global_config)
         self.model_type = ModelType.encoder_or_decoder
+        # read by finalize_model_grads under PP: the LST ties no weights across stages
+        self.share_embeddings_and_output_weights = False
         self.pre_process = pre_process
         self.post_process = post_process
         self.global_width = global_config.hidden_size
