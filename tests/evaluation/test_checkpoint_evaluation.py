@@ -1,0 +1,83 @@
+"""A real (two-iteration) baseline checkpoint saved at TP=2, scored at TP=1 in-process and by the CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from megatron_lst.evaluation.items import Item, Part, write_items
+from tests.conftest import REPO_ROOT, child_env, run_pretrain
+
+
+@pytest.fixture(scope="module")
+def tp2_checkpoint(text_corpus, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("eval_ckpt")
+    run_pretrain([
+        "--model-flavour", "debug", "--model", "baseline",
+        "--data-path", text_corpus.data_prefix, "--tokenizer-model", str(text_corpus.tokenizer_model),
+        "--data-cache-path", str(folder / "index_cache"), "--seq-length", "64",
+        "--micro-batch-size", "2", "--global-batch-size", "4", "--lr", "1e-3", "--lr-warmup-iters", "2",
+        "--eval-interval", "1000", "--eval-iters", "1", "--seed", "7", "--train-iters", "2",
+        "--tensor-model-parallel-size", "2", "--save", str(folder / "ckpt"),
+    ], nproc=2)
+    return folder / "ckpt"
+
+
+@pytest.fixture(scope="module")
+def scorer(tp2_checkpoint):
+    from megatron_lst.evaluation.model_scorer import CheckpointScorer
+    from megatron_lst.training.initialize import destroy_distributed
+
+    yield CheckpointScorer.from_checkpoint(tp2_checkpoint)
+    destroy_distributed()
+
+
+def test_checkpoint_config_is_read_back_at_tp1(tp2_checkpoint, text_corpus):
+    from megatron_lst.evaluation.model_scorer import config_from_checkpoint
+
+    config = config_from_checkpoint(tp2_checkpoint)
+    assert config.train.model == "baseline" and config.parallel.tensor_model_parallel_size == 1
+    assert config.data.seq_length == 64 and config.data.tokenizer_model == str(text_corpus.tokenizer_model)
+
+
+def test_log_probs_are_normalised_and_independent_of_batch_padding(scorer):
+    rng = np.random.default_rng(0)
+    tokenizer = scorer.tokenizer
+    sequences = [np.concatenate([[tokenizer.bos_id, tokenizer.text_marker_id],
+                                 rng.integers(0, tokenizer.vocab.text_vocab_size, size=n)]) for n in (5, 17, 9)]
+    together = scorer.token_logprobs(sequences)
+    alone = [scorer.token_logprobs([sequence])[0] for sequence in sequences]
+    for sequence, batched, single in zip(sequences, together, alone):
+        assert batched.shape == (len(sequence) - 1,) and np.all(batched < 0)
+        np.testing.assert_allclose(batched, single, rtol=1e-5, atol=1e-5)
+    # the model's own training loss uses the padded vocabulary: slicing it can only raise a log-prob
+    tokens = torch.as_tensor(sequences[1][None, :-1])
+    labels = torch.as_tensor(sequences[1][None, 1:])
+    positions = torch.arange(tokens.shape[1])[None]
+    with torch.no_grad():
+        loss = scorer.model(tokens, positions, None, labels=labels)[0].numpy()
+    assert np.all(together[1] >= -loss - 1e-5)
+
+
+def test_cli_scores_text_only_benchmark_and_names_skipped_directions(tp2_checkpoint, tmp_path):
+    items = [Item(f"i{i}", i % 2, Part(text="The cat sat on the mat."),
+                  (Part(text="It purred."), Part(text="Markets closed lower today."))) for i in range(3)]
+    write_items(tmp_path / "bench.jsonl", items)
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "tools" / "evaluate.py"), "--checkpoint", str(tp2_checkpoint),
+         "--benchmark", str(tmp_path / "bench.jsonl"), "--batch-size", "4", "--output", str(tmp_path / "r.json")],
+        env=child_env(), capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "S->S skipped: no units in the benchmark's prompts" in result.stdout
+    assert "T->S skipped: no units in the benchmark's endings" in result.stdout
+    saved = json.loads((tmp_path / "r.json").read_text())
+    assert list(saved["results"]) == ["T->T"]
+    accuracy = saved["results"]["T->T"]["accuracy"]
+    assert set(accuracy) == {"sum", "mean", "seq_nll"} and accuracy["sum"]["total"] == 3
+    # identical items: one prediction for all, so labels 0,1,0 give 1/3 or 2/3
+    assert accuracy["sum"]["correct"] in (1, 2)
