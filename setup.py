@@ -55,8 +55,10 @@ EXTRAS = {
         "scikit-learn>=1.3",
         "matplotlib>=3.7",
         "espeakng-loader==0.2.4",
+        "faiss-cpu>=1.8",
     ],
     "tiktoken": ["tiktoken>=0.6"],
+    "hubert": ["transformers>=4.40"],  # tools/extract_units.py --hubert (a user's checkpoint)
     "gpu": ["transformer-engine[pytorch]"],
     "deepspeed": ["deepspeed>=0.19,<0.20"],
 }
