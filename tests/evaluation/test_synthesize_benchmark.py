@@ -1,0 +1,63 @@
+"""Speech for a text benchmark: prompt and endings spoken separately, units from a saved extractor."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from megatron_lst.demo.espeak import espeak_available, get_espeak
+from megatron_lst.demo.units import FrontEndConfig, LogMelUnitExtractor, log_mel_features
+from megatron_lst.evaluation.items import Item, Part, read_items, write_items
+from megatron_lst.evaluation.speech import PartSynthesizer
+from tests.conftest import REPO_ROOT, child_env
+
+pytestmark = pytest.mark.skipif(not espeak_available(), reason="pip install espeakng-loader")
+SMALL = FrontEndConfig(pca_dim=16, num_units=20)
+
+
+@pytest.fixture(scope="module")
+def extractor_path(tmp_path_factory):
+    sentences = ["The quick brown fox jumps over the lazy dog.", "She sells sea shells by the sea shore."]
+    features = [log_mel_features(s.waveform, s.sample_rate, SMALL)
+                for s in (get_espeak().synthesize(text) for text in sentences)]
+    path = tmp_path_factory.mktemp("extractor") / "unit_extractor.npz"
+    LogMelUnitExtractor.fit(features, SMALL).save(path)
+    return path
+
+
+def story_item(label: int) -> Item:
+    return Item(f"s{label}", label, Part(text="Tom went to the park. He saw a dog."),
+                (Part(text="He threw it a ball."), Part(text="The bank raised its rates.")))
+
+
+def test_each_part_is_spoken_on_its_own(extractor_path):
+    extractor = LogMelUnitExtractor.load(extractor_path)
+    synthesizer = PartSynthesizer(extractor)
+    spoken = synthesizer.part(Part(text="He threw it a ball."))
+    alone = get_espeak().synthesize("He threw it a ball.")
+    expected = extractor.transform(alone.waveform, alone.sample_rate)
+    assert spoken.text == "He threw it a ball." and len(spoken.units) > 10
+    assert all(0 <= unit < SMALL.num_units for unit in spoken.units)
+    # espeak keeps a little state between calls: lengths agree to a frame or two, not bit for bit
+    assert abs(len(spoken.units) - len(expected)) <= 2
+
+
+def test_cli_fills_units_on_every_part(extractor_path, tmp_path):
+    write_items(tmp_path / "text.jsonl", [story_item(0), story_item(1)])
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "tools" / "synthesize_benchmark.py"), "--input", str(tmp_path / "text.jsonl"),
+         "--output", str(tmp_path / "speech.jsonl"), "--extractor", str(extractor_path)],
+        env=child_env(), capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "wrote 2 items" in result.stdout
+    items = read_items(tmp_path / "speech.jsonl")
+    assert [item.label for item in items] == [0, 1]
+    for item in items:
+        assert item.prompt.units and all(ending.units for ending in item.endings)
+        assert item.prompt.text == "Tom went to the park. He saw a dog."
+    # the same sentence gets the same units wherever it appears (one synthesis, cached)
+    assert items[0].prompt.units == items[1].prompt.units
+    assert np.asarray(items[0].endings[0].units).max() < SMALL.num_units

@@ -1,0 +1,51 @@
+#!/usr/bin/env python
+"""Add speech to a text benchmark: espeak-ng speaks the prompt and each ending separately.
+
+    python tools/synthesize_benchmark.py --input storycloze.jsonl --output storycloze_speech.jsonl \
+        --extractor demo_corpus/unit_extractor.npz
+
+Writes the same items with "units" on every prompt and ending (evaluation/FORMAT.md), so
+tools/evaluate.py can then run S->S, S->T and T->S as well as T->T. Use the unit extractor saved by
+the demo corpus the model was trained on; other units would be a different codebook. Items espeak
+cannot speak are left out and counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tqdm import tqdm  # noqa: E402
+
+from megatron_lst.demo.units import LogMelUnitExtractor  # noqa: E402
+from megatron_lst.evaluation.items import read_items, write_items  # noqa: E402
+from megatron_lst.evaluation.speech import PartSynthesizer, Voice, synthesize_items, unit_count  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--input", required=True, help="benchmark jsonl with text on every part")
+    parser.add_argument("--output", required=True, help="benchmark jsonl to write, with units added")
+    parser.add_argument("--extractor", required=True, help="unit_extractor.npz of the demo corpus")
+    parser.add_argument("--voice", default="en-us", help="espeak-ng voice (default en-us)")
+    parser.add_argument("--rate", type=int, default=175, help="speaking rate in words per minute (default 175)")
+    parser.add_argument("--pitch", type=int, default=50, help="pitch 0-100 (default 50)")
+    args = parser.parse_args(argv)
+
+    items = read_items(args.input)
+    synthesizer = PartSynthesizer(LogMelUnitExtractor.load(args.extractor), Voice(args.voice, args.rate, args.pitch))
+    failures: list[str] = []
+    spoken = list(synthesize_items(tqdm(items, desc="synthesising", unit="item"), synthesizer,
+                                   on_failure=lambda item, error: failures.append(f"{item.id}: {error}")))
+    write_items(args.output, spoken)
+    print(f"wrote {len(spoken)} items ({unit_count(spoken)} units) to {args.output}")
+    if failures:
+        print(f"left out {len(failures)} items espeak could not speak, e.g. {failures[0]}", file=sys.stderr)
+    return 0 if spoken else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
