@@ -1,0 +1,163 @@
+"""LSTModel in one process: causality over random patchings, patch-size-1 and degenerate shapes,
+and the FLOPs split of static patching."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from megatron_lst.models.config import model_flavour
+from megatron_lst.models.flops import gpt_training_flops, lst_training_flops
+from megatron_lst.models.lst import LSTModel, lst_transformer_configs
+from megatron_lst.patching import PatchingConfig, compute_patches
+from megatron_lst.tokenizer import VocabLayout
+
+LAYOUT = VocabLayout(text_vocab_size=40, num_units=12, spare_units=1)
+VOCAB = 128  # padded joint vocabulary (LAYOUT.vocab_size rounded up)
+
+
+@pytest.fixture(scope="module")
+def model_parallel():
+    """A one-rank gloo group with megatron's model-parallel state, as pretrain_lst.py sets up."""
+    from megatron.core import parallel_state, tensor_parallel
+
+    from megatron_lst.training.cpu_compat import apply_cpu_patches
+
+    apply_cpu_patches()
+    if not torch.distributed.is_initialized():
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(29000 + os.getpid() % 1000))
+        torch.distributed.init_process_group("gloo", rank=0, world_size=1)
+    if not parallel_state.model_parallel_is_initialized():
+        parallel_state.initialize_model_parallel(1, 1)
+    tensor_parallel.model_parallel_cuda_manual_seed(3, inference_rng_tracker=True)
+    yield
+
+
+def build_model(**overrides) -> LSTModel:
+    shape = model_flavour("debug", local_window_size=6, **overrides)
+    global_config, encoder_config, decoder_config = lst_transformer_configs(shape)
+    model = LSTModel(shape, global_config, encoder_config, decoder_config, vocab_size=VOCAB)
+    return model.eval()
+
+
+def random_sample(rng: np.random.Generator, length: int, two_documents: bool) -> dict:
+    """BOS, then alternating text blocks and <s> speech spans of aligned segments, up to ``length``."""
+    columns = {name: [] for name in ("tokens", "is_speech", "segment_ids", "is_silence", "document_ids")}
+    segment, document = 0, 0
+
+    def push(token, speech=False, seg=-1, silence=False):
+        for name, value in zip(columns, (token, speech, seg, silence, document)):
+            columns[name].append(value)
+
+    push(LAYOUT.bos_id)
+    while len(columns["tokens"]) < length:
+        if two_documents and document == 0 and len(columns["tokens"]) > length // 2:
+            document = 1
+            push(LAYOUT.bos_id)
+        if rng.random() < 0.4:
+            push(LAYOUT.text_marker_id)
+            for _ in range(rng.integers(1, 4)):
+                push(int(rng.integers(0, LAYOUT.text_vocab_size)))
+        else:
+            push(LAYOUT.speech_marker_id)
+            for _ in range(rng.integers(1, 4)):
+                silence = bool(rng.random() < 0.2)
+                for _ in range(rng.integers(1, 7)):
+                    push(LAYOUT.unit_offset + int(rng.integers(0, LAYOUT.num_units)), True, segment, silence)
+                segment += 1
+    return {name: np.asarray(values[:length]) for name, values in columns.items()}
+
+
+def patched_batch(seed: int, config: PatchingConfig, rows: int = 2, length: int = 33, two_documents=False):
+    rng = np.random.default_rng(seed)
+    samples = [random_sample(rng, length, two_documents) for _ in range(rows)]
+    batch = {name: torch.from_numpy(np.stack([s[name] for s in samples])) for name in samples[0]}
+    boundaries = compute_patches(
+        batch["tokens"], batch["is_speech"], config, LAYOUT, segment_ids=batch["segment_ids"],
+        is_silence=batch["is_silence"], document_ids=batch["document_ids"],
+    )
+    return batch, boundaries.patch_lengths.long()
+
+
+def other_token(token: int, rng: np.random.Generator) -> int:
+    """A different token of the same kind, so patch boundaries stay valid."""
+    if token >= LAYOUT.unit_offset:
+        return LAYOUT.unit_offset + (token - LAYOUT.unit_offset + 1 + int(rng.integers(0, LAYOUT.num_units - 1))) % LAYOUT.num_units
+    if token < LAYOUT.text_vocab_size:
+        return (token + 1 + int(rng.integers(0, LAYOUT.text_vocab_size - 1))) % LAYOUT.text_vocab_size
+    return token
+
+
+@pytest.mark.parametrize("strategy,patch_size", [("static", 1), ("static", 4), ("static", 6), ("aligned", 4)])
+@pytest.mark.parametrize("two_documents", [False, True])
+def test_changing_token_j_never_changes_earlier_logits(model_parallel, strategy, patch_size, two_documents):
+    torch.manual_seed(0)
+    model = build_model()
+    config = PatchingConfig(strategy=strategy, patch_size=patch_size)
+    rng = np.random.default_rng(patch_size)
+    for seed in range(2):
+        batch, patch_lengths = patched_batch(seed, config, two_documents=two_documents)
+        inputs = batch["tokens"][:, :-1].long()
+        documents = batch["document_ids"][:, :-1].long() if two_documents else None
+        with torch.no_grad():
+            reference = model(inputs, patch_lengths, document_ids=documents)
+        assert torch.isfinite(reference).all()
+        for j in rng.choice(np.arange(1, inputs.shape[1]), size=4, replace=False):
+            changed = inputs.clone()
+            changed[:, j] = torch.tensor([other_token(int(t), rng) for t in inputs[:, j]])
+            with torch.no_grad():
+                logits = model(changed, patch_lengths, document_ids=documents)
+            torch.testing.assert_close(logits[:, :j], reference[:, :j], rtol=0, atol=1e-5)
+            if (changed[:, j] != inputs[:, j]).any():
+                assert not torch.allclose(logits[:, j:], reference[:, j:]), "token j influences nothing after it"
+
+
+def test_loss_and_gradients_are_finite_with_padding_and_k_queries(model_parallel):
+    model = build_model(cross_attn_k=2).train()
+    batch, patch_lengths = patched_batch(5, PatchingConfig(strategy="static", patch_size=4), rows=3)
+    tokens = batch["tokens"].long()
+    padded = torch.cat([patch_lengths, torch.zeros(3, 2, dtype=torch.long)], dim=1)  # right-padded slots
+    loss = model(tokens[:, :-1], padded, labels=tokens[:, 1:])
+    assert loss.shape == (3, tokens.shape[1] - 1)
+    loss.mean().backward()
+    for name, param in model.named_parameters():
+        assert param.grad is not None and torch.isfinite(param.grad).all(), name
+
+
+def test_patch_size_one_gives_one_global_position_per_token(model_parallel):
+    batch, patch_lengths = patched_batch(1, PatchingConfig(strategy="static", patch_size=1))
+    assert patch_lengths.shape[1] == batch["tokens"].shape[1] and (patch_lengths == 1).all()
+    model = build_model()
+    with torch.no_grad():
+        logits = model(batch["tokens"][:, :-1].long(), patch_lengths)
+    assert torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("field", ["encoder_num_layers", "decoder_num_layers"])
+def test_zero_local_layers_is_rejected_pointing_to_the_baseline(field):
+    with pytest.raises(ValueError, match="--model baseline"):
+        lst_transformer_configs(model_flavour("debug", **{field: 0}))
+
+
+def test_static_four_on_speech_only_shortens_the_global_sequence_and_its_flops():
+    units = LAYOUT.unit_offset + np.arange(256) % LAYOUT.num_units
+    tokens = np.concatenate([[LAYOUT.bos_id, LAYOUT.speech_marker_id], units])[None]
+    is_speech = tokens >= LAYOUT.unit_offset
+    by_four = compute_patches(tokens, is_speech, PatchingConfig(strategy="static", patch_size=4), LAYOUT)
+    by_one = compute_patches(tokens, is_speech, PatchingConfig(strategy="static", patch_size=1), LAYOUT)
+    patches_four, patches_one = int(by_four.num_patches[0]), int(by_one.num_patches[0])
+    assert patches_one == tokens.shape[1] and patches_four == 2 + 256 // 4
+    shape = model_flavour("debug")
+    n = tokens.shape[1] - 1
+    four = lst_training_flops(shape, 1, n, patches_four, VOCAB)
+    one = lst_training_flops(shape, 1, n, patches_one, VOCAB)
+    assert four["global"] < one["global"] / 3.5  # 4x fewer positions, and attention over fewer keys
+    assert four["encoder"] < one["encoder"] and four["decoder"] < one["decoder"]
+    assert four["total"] == pytest.approx(four["encoder"] + four["global"] + four["decoder"])
+    baseline = gpt_training_flops(n, n, shape.num_layers, shape.hidden_size, shape.ffn_size(),
+                                  shape.num_attention_heads, VOCAB)
+    assert four["global"] < baseline / 3.5
