@@ -186,6 +186,9 @@ class PatchDecoder(MegatronModule):
                 document_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
         seq_len = token_states.shape[0]
         allowed = decoder_cross_attention_mask(patch_lengths, seq_len, document_ids=document_ids)
+        # a document that does not open with BOS leaves its first token no patch of its own
+        # document: let it see patch 0 (BOS, complete before token 1) rather than nothing (NaN)
+        allowed[..., 0] |= ~allowed.any(-1)
         forbidden = (~allowed)[:, None]  # [B, 1, N, P]
         self_mask = document_self_mask(document_ids)
         for index in range(len(self.stack.window_layers)):

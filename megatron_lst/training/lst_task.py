@@ -12,6 +12,7 @@ from __future__ import annotations
 from functools import partial
 from typing import Iterator, Optional
 
+import numpy as np
 import torch
 from megatron.core import parallel_state
 from torch.utils.data import default_collate
@@ -36,6 +37,30 @@ def gpt_samples_to_lst_batch(samples: list[dict]) -> dict:
     stacked = default_collate(samples)
     full = torch.cat([stacked["tokens"], stacked["labels"][:, -1:]], dim=1).long()
     return {"tokens": full, "is_speech": torch.zeros_like(full, dtype=torch.bool)}
+
+
+def open_documents_with_bos(sample: dict, bos_id: int) -> dict:
+    """Prepend BOS to every document piece of a packed sample that does not start with one.
+
+    The packer may start a sample with the tail of a split document; the patching schema (and
+    the one-patch lag: token 0 must sit in a complete length-1 patch) needs BOS there.
+    """
+    documents = np.asarray(sample["document_ids"])
+    starts = np.flatnonzero(np.r_[True, documents[1:] != documents[:-1]])
+    missing = starts[np.asarray(sample["tokens"])[starts] != bos_id]
+    if len(missing) == 0:
+        return sample
+    fill = {"tokens": bos_id, "is_speech": False, "segment_ids": -1, "is_silence": False}
+    opened = dict(sample)
+    for name, value in fill.items():
+        opened[name] = np.insert(np.asarray(sample[name]), missing, value)
+    opened["document_ids"] = np.insert(documents, missing, documents[missing])
+    return opened
+
+
+def collate_lst_samples(samples: list[dict], bos_id: int, pad_id: int) -> dict:
+    """Packed samples, each document opened with BOS, right-padded to the longest."""
+    return collate_packed([open_documents_with_bos(sample, bos_id) for sample in samples], pad_id=pad_id)
 
 
 class LSTTask:
@@ -92,7 +117,7 @@ class LSTTask:
             max_tokens=positions * self.patching.patch_size,
         )
         train, valid, _ = build_lst_datasets(dataset_config, [train_samples, valid_samples, 0])
-        self.collate = partial(collate_packed, pad_id=self.tokenizer.pad_id)
+        self.collate = partial(collate_lst_samples, bos_id=self.tokenizer.bos_id, pad_id=self.tokenizer.pad_id)
         return train, valid
 
     # ------------------------------------------------------------------ patching

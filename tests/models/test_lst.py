@@ -161,3 +161,19 @@ def test_static_four_on_speech_only_shortens_the_global_sequence_and_its_flops()
     baseline = gpt_training_flops(n, n, shape.num_layers, shape.hidden_size, shape.ffn_size(),
                                   shape.num_attention_heads, VOCAB)
     assert four["global"] < baseline / 3.5
+
+
+def test_packed_document_pieces_are_opened_with_bos():
+    from megatron_lst.training.lst_task import open_documents_with_bos
+
+    unit = LAYOUT.unit_offset
+    sample = {"tokens": np.array([unit, unit + 1, LAYOUT.eos_id, LAYOUT.bos_id, 3, unit, unit]),
+              "is_speech": np.array([1, 1, 0, 0, 0, 1, 1], bool), "segment_ids": np.array([0, 0, -1, -1, -1, 1, 1]),
+              "is_silence": np.zeros(7, bool), "document_ids": np.array([0, 0, 0, 1, 1, 2, 2])}
+    opened = open_documents_with_bos(sample, LAYOUT.bos_id)
+    assert opened["tokens"].tolist() == [LAYOUT.bos_id, unit, unit + 1, LAYOUT.eos_id, LAYOUT.bos_id, 3,
+                                         LAYOUT.bos_id, unit, unit]
+    assert opened["document_ids"].tolist() == [0, 0, 0, 0, 1, 1, 2, 2, 2]
+    assert opened["is_speech"].tolist() == [False, True, True, False, False, False, False, True, True]
+    compute_patches(opened["tokens"], opened["is_speech"], PatchingConfig(), LAYOUT,
+                    segment_ids=opened["segment_ids"], document_ids=opened["document_ids"])

@@ -40,3 +40,35 @@ def test_lst_pipeline_parallel_1f1b_matches_single_rank(base_args, tmp_path):
     run_pretrain([*args, "--log-json", str(tmp_path / "pp1.jsonl")])
     run_pretrain([*args, "--pipeline-model-parallel-size", "2", "--log-json", str(tmp_path / "pp2.jsonl")], nproc=2)
     assert_close(losses(tmp_path / "pp1.jsonl"), losses(tmp_path / "pp2.jsonl"), range(1, 4), 1e-5)
+
+
+@pytest.fixture(scope="module")
+def speech_text_prefix(tmp_path_factory, text_corpus) -> str:
+    """A small aligned speech-text corpus, preprocessed with the text corpus's tokenizer."""
+    import importlib.util
+    import json
+
+    from megatron_lst.data.synthetic import random_aligned_records
+
+    tool_path = Path(__file__).resolve().parents[2] / "tools" / "preprocess_data.py"
+    spec = importlib.util.spec_from_file_location("preprocess_data_for_lst", tool_path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    root = tmp_path_factory.mktemp("speech_corpus")
+    source = root / "speech.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in random_aligned_records(80, seed=3)))
+    assert tool.main(["--input", str(source), "--output-prefix", str(root / "sp"),
+                      "--tokenizer-model", str(text_corpus.tokenizer_model), "--append-eod", "--quiet"]) == 0
+    return str(root / "sp_speech_document")
+
+
+@pytest.mark.slow
+def test_lst_on_speech_text_with_mixed_patching_pipeline_matches_single_rank(base_args, speech_text_prefix, tmp_path):
+    """Variable patch counts per micro-batch cross the PP boundary; text and speech losses are logged."""
+    args = [*lst_args(base_args), "--data-path", "0.5", speech_text_prefix, "0.5", base_args[base_args.index("--data-path") + 1],
+            "--patching", "mixed", "--patch-size", "4", "--train-iters", "2", "--global-batch-size", "8"]
+    run_pretrain([*args, "--log-json", str(tmp_path / "pp1.jsonl")])
+    run_pretrain([*args, "--pipeline-model-parallel-size", "2", "--log-json", str(tmp_path / "pp2.jsonl")], nproc=2)
+    reference = read_metrics(tmp_path / "pp1.jsonl")
+    assert {"speech_loss", "text_loss"} <= set(reference[1])
+    assert_close(losses(tmp_path / "pp1.jsonl"), losses(tmp_path / "pp2.jsonl"), range(1, 3), 1e-5)
