@@ -57,11 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.model != "auto" and args.model != config.train.model:
         print(f"error: --model {args.model} but the checkpoint holds a {config.train.model} model", file=sys.stderr)
         return 2
-    try:
-        scorer = CheckpointScorer.from_checkpoint(args.checkpoint, args.iteration, args.tokenizer_model)
-    except NotImplementedError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    scorer = CheckpointScorer.from_checkpoint(args.checkpoint, args.iteration, args.tokenizer_model)
     builder = SequenceBuilder(scorer.tokenizer, max_length=args.max_length or scorer.max_length)
     report = evaluate_items(items, builder, scorer, args.directions, args.batch_size)
     print(f"{args.benchmark}: {len(items)} items, checkpoint {args.checkpoint} ({config.train.model})")

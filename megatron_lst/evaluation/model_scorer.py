@@ -6,8 +6,15 @@ saved at any TP/PP to this layout. The run's own configuration is read from the 
 state (``config``, the repr of ``Config.to_dict()``), so the evaluator needs no training flags;
 only the tokenizer path may be overridden when the checkpoint moved machines.
 
-Supported: ``--model baseline`` (megatron-core GPTModel). ``--model lst`` needs the LST training
-task (``megatron_lst.training.lst_task``) and raises a clear error until it exists.
+Both model families reduce to one function, next-token logits of a right-padded batch:
+
+* baseline (megatron-core GPTModel): the model reads all L tokens; logits at t predict t + 1.
+* LST: the model reads the first L - 1 tokens with the patch lengths of all L (the one-patch lag,
+  LST.md §2), patched *static* with the run's patch size whatever the training strategy: the paper
+  evaluates without an aligner (LST.md §3), and static needs nothing but the tokens.
+
+Padding goes after each sequence and attention is causal, so it cannot change a sequence's
+log-probs; for LST the pad tokens are text-like, each its own patch after the real ones.
 """
 
 from __future__ import annotations
@@ -16,19 +23,20 @@ import ast
 import os
 import socket
 from pathlib import Path
-from typing import Optional
+from dataclasses import replace
+from typing import Callable, Optional
 
 import numpy as np
 import torch
 from megatron.core import dist_checkpointing
 
 from megatron_lst.tokenizer import JointTokenizer
-from megatron_lst.training.arguments import Config, config_from_values
+from megatron_lst.patching import compute_patches
+from megatron_lst.training.arguments import SECTIONS, Config, config_from_values
 from megatron_lst.training.checkpointing import iteration_dir, load_checkpoint, read_latest_iteration
 from megatron_lst.training.initialize import initialize_distributed
 
-SECTION_KEYS = ("parallel", "optimizer", "data", "train", "checkpoint", "logging")
-
+NextTokenLogits = Callable[[torch.Tensor], torch.Tensor]
 
 def checkpoint_iteration_dir(root: str | Path, iteration: Optional[int] = None) -> Path:
     iteration = read_latest_iteration(root) if iteration is None else iteration
@@ -48,8 +56,8 @@ def config_from_checkpoint(root: str | Path, iteration: Optional[int] = None,
         raise KeyError(f"{root}: the checkpoint's common state has no 'config'; it was not written by pretrain_lst.py")
     saved = ast.literal_eval(common["config"])
     values = dict(saved["model_config"])
-    for section in SECTION_KEYS:
-        values.update(saved[section])
+    for section in SECTIONS:
+        values.update(saved.get(section, {}))
     values["extra"] = saved.get("extra", {})
     values.update(tensor_model_parallel_size=1, pipeline_model_parallel_size=1, sequence_parallel=False,
                   use_distributed_optimizer=False, load=str(root), save=None)
@@ -77,21 +85,51 @@ def build_task(config: Config):
 
         return BaselineTask(config)
     if config.train.model == "lst":
-        raise NotImplementedError(
-            "evaluating --model lst is not yet supported: the LST model and task "
-            "(megatron_lst/models/lst.py, megatron_lst/training/lst_task.py) are not in this tree yet")
+        from megatron_lst.training.lst_task import LSTTask
+
+        return LSTTask(config)
     raise ValueError(f"unknown model {config.train.model!r} in the checkpoint's config")
 
 
-class CheckpointScorer:
-    """Log-probs of token t given tokens < t from a GPTModel-like checkpoint, batch by batch."""
+def baseline_logits(model: torch.nn.Module) -> NextTokenLogits:
+    def logits(tokens: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(tokens.shape[1], device=tokens.device).unsqueeze(0).expand_as(tokens)
+        return model(tokens, positions, None)[:, :-1]
 
-    def __init__(self, model: torch.nn.Module, tokenizer: JointTokenizer, device: torch.device,
-                 max_length: Optional[int] = None):
+    return logits
+
+
+def lst_logits(model: torch.nn.Module, config: Config, tokenizer: JointTokenizer) -> NextTokenLogits:
+    """Static patching of the whole sequence; the model reads all but the last token."""
+    static = config.patching.to_patching_config(config.train.train_iters, config.data.seed)
+    static = replace(static, strategy="static")
+
+    def logits(tokens: torch.Tensor) -> torch.Tensor:
+        is_speech = torch.as_tensor(tokenizer.vocab.is_unit(tokens.cpu().numpy()), device=tokens.device)
+        patch_lengths = compute_patches(tokens, is_speech, static, tokenizer.vocab).patch_lengths.long()
+        return model(tokens[:, :-1].contiguous(), patch_lengths.to(tokens.device))
+
+    return logits
+
+
+def next_token_logits(model: torch.nn.Module, config: Config, tokenizer: JointTokenizer) -> NextTokenLogits:
+    if config.train.model == "lst":
+        return lst_logits(model, config, tokenizer)
+    return baseline_logits(model)
+
+
+class CheckpointScorer:
+    """Log-probs of token t given tokens < t from a trained checkpoint, batch by batch."""
+
+    def __init__(self, logits_of: NextTokenLogits, model: torch.nn.Module, tokenizer: JointTokenizer,
+                 device: torch.device, max_length: Optional[int] = None):
+        self.logits_of = logits_of
         self.model = model
         self.tokenizer = tokenizer
         self.device = device
-        self.max_length = max_length  # the training sequence length: longer inputs were never seen
+        # Tokens per sequence: the run's --seq-length. For LST that counts patches, so the cap is
+        # conservative (never more global positions than in training), tight for text, loose for speech.
+        self.max_length = max_length
 
     @classmethod
     def from_checkpoint(cls, root: str | Path, iteration: Optional[int] = None,
@@ -107,19 +145,17 @@ class CheckpointScorer:
         if load_checkpoint(root, model, optimizer=None, scheduler=None, iteration=iteration, load_rng=False) is None:
             raise FileNotFoundError(f"nothing to load in {root}")
         model.eval()
-        return cls(model, task.tokenizer, device, max_length=config.data.seq_length)
+        return cls(next_token_logits(model, config, task.tokenizer), model, task.tokenizer, device,
+                   max_length=config.data.seq_length)
 
     @torch.no_grad()
     def token_logprobs(self, sequences: list[np.ndarray]) -> list[np.ndarray]:
-        """Right-padded batch, causal attention: padding after a sequence cannot change it."""
         lengths = [len(sequence) for sequence in sequences]
         tokens = torch.full((len(sequences), max(lengths)), self.tokenizer.pad_id, dtype=torch.long)
         for row, sequence in enumerate(sequences):
             tokens[row, :len(sequence)] = torch.as_tensor(sequence, dtype=torch.long)
         tokens = tokens.to(self.device)
-        positions = torch.arange(tokens.shape[1], device=self.device).unsqueeze(0).expand_as(tokens)
-        logits = self.model(tokens, positions, None)
-        logits = logits[..., :self.tokenizer.vocab_size].float()
-        logprobs = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, tokens[:, 1:, None]).squeeze(-1)
+        logits = self.logits_of(tokens)[..., :self.tokenizer.vocab_size].float()
+        logprobs = torch.log_softmax(logits, dim=-1).gather(-1, tokens[:, 1:, None]).squeeze(-1)
         return [logprobs[row, :length - 1].cpu().numpy().astype(np.float64)
                 for row, length in enumerate(lengths)]

@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Callable, Iterable, Iterator, Optional
 
-
 from megatron_lst.demo.espeak import get_espeak
 from megatron_lst.demo.normalise import normalise_text
 from megatron_lst.demo.units import LogMelUnitExtractor
