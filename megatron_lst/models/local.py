@@ -37,6 +37,7 @@ from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.spec_utils import ModuleSpec, build_module
 from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron.core.transformer.transformer_layer import TransformerLayer, TransformerLayerSubmodules
+from megatron.core.transformer.utils import sharded_state_dict_default
 
 from megatron_lst.models.attention import SDPACoreAttention
 from megatron_lst.patching import decoder_cross_attention_mask, encoder_cross_attention_mask, max_pool_patches
@@ -107,6 +108,16 @@ class LocalStack(MegatronModule):
             kv_channels=config.kv_channels, rotary_percent=1.0, rotary_base=int(rotary_base),
             use_cpu_initialization=config.use_cpu_initialization,
         )
+
+    def sharded_state_dict(self, prefix: str = "", sharded_offsets: tuple = (), metadata: Optional[dict] = None) -> dict:
+        """Each layer's own sharded state (TP axes included); a plain ``ModuleList`` would be saved
+        as if replicated, which breaks TP resharding of checkpoints."""
+        state = {}
+        for name, layers in (("window_layers", self.window_layers), ("cross_layers", self.cross_layers)):
+            for index, layer in enumerate(layers):
+                state.update(layer.sharded_state_dict(f"{prefix}{name}.{index}.", sharded_offsets, metadata))
+        state.update(sharded_state_dict_default(self.rotary, f"{prefix}rotary.", sharded_offsets, metadata))
+        return state
 
     def window(self, index: int, states: torch.Tensor, self_mask: Optional[torch.Tensor]) -> torch.Tensor:
         rotary = self.rotary(states.shape[0])

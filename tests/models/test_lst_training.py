@@ -25,13 +25,21 @@ def assert_close(reference: dict, other: dict, iterations, rel: float) -> None:
 
 
 @pytest.mark.slow
-def test_lst_tensor_parallel_matches_single_rank(base_args, tmp_path):
-    args = [*lst_args(base_args), "--train-iters", "3"]
+def test_lst_tensor_parallel_matches_single_rank_and_its_checkpoint_reshards(base_args, tmp_path):
+    args = [*lst_args(base_args), "--train-iters", "3", "--eval-interval", "3", "--eval-iters", "2"]
+    save = tmp_path / "ckpt"
     run_pretrain([*args, "--log-json", str(tmp_path / "tp1.jsonl")])
-    run_pretrain([*args, "--tensor-model-parallel-size", "2", "--log-json", str(tmp_path / "tp2.jsonl")], nproc=2)
+    run_pretrain([*args, "--tensor-model-parallel-size", "2", "--save", str(save),
+                  "--log-json", str(tmp_path / "tp2.jsonl")], nproc=2)
     reference = losses(tmp_path / "tp1.jsonl")
     assert all(math.isfinite(value) for value in reference.values())
     assert_close(reference, losses(tmp_path / "tp2.jsonl"), range(1, 4), 1e-5)
+    # the TP=2 checkpoint (dist_checkpointing, sharded_state_dict) loads at TP=1
+    run_pretrain([*args, "--load", str(save), "--no-load-optim", "--skip-train",
+                  "--log-json", str(tmp_path / "loaded.jsonl")])
+    tp2 = read_metrics(tmp_path / "tp2.jsonl", "valid")[3]["lm_loss"]
+    loaded = read_metrics(tmp_path / "loaded.jsonl", "valid")[3]["lm_loss"]
+    assert math.isclose(loaded, tp2, rel_tol=1e-5), (loaded, tp2)
 
 
 @pytest.mark.slow
