@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Story-completion accuracy of a checkpoint: which ending does the model find most likely?
 
-    python tools/evaluate.py --checkpoint runs/base --benchmark storycloze.jsonl \
-        --directions ss tt st ts --batch-size 16 --output results.json
+    python tools/evaluate.py --checkpoint runs/base --benchmark storycloze.jsonl
+        --directions ss tt st ts --batch-size 16 --output results.json  (one line)
 
 The benchmark is the jsonl of megatron_lst/evaluation/FORMAT.md. A direction is evaluated only when
 the benchmark carries its fields (S->S needs "units" in prompts and endings, T->T needs "text");
@@ -31,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--iteration", type=int, default=None, help="which saved iteration (default: latest)")
     parser.add_argument("--benchmark", required=True, help="benchmark jsonl (see evaluation/FORMAT.md)")
     parser.add_argument("--directions", nargs="+", default=["ss", "tt", "st", "ts"], choices=sorted(DIRECTIONS),
-                        help="ss = speech prompt and endings, tt = text, st = speech prompt/text endings, ts")
+                        help="ss: speech prompt and endings; tt: text prompt and endings; "
+                             "st: speech prompt, text endings; ts: text prompt, speech endings")
     parser.add_argument("--batch-size", type=int, default=16, help="candidate sequences per forward pass")
     parser.add_argument("--max-length", type=int, default=None,
                         help="longest sequence in tokens; longer prompts lose their oldest tokens "

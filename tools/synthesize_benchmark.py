@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Add speech to a text benchmark: espeak-ng speaks the prompt and each ending separately.
 
-    python tools/synthesize_benchmark.py --input storycloze.jsonl --output storycloze_speech.jsonl \
-        --extractor demo_corpus/unit_extractor.npz
+    python tools/synthesize_benchmark.py --input storycloze.jsonl --output storycloze_speech.jsonl
+        --extractor demo_corpus/unit_extractor.npz  (one line)
 
 Writes the same items with "units" on every prompt and ending (evaluation/FORMAT.md), so
 tools/evaluate.py can then run S->S, S->T and T->S as well as T->T. Use the unit extractor saved by

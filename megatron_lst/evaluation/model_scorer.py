@@ -68,14 +68,26 @@ def config_from_checkpoint(root: str | Path, iteration: Optional[int] = None,
     return config_from_values(values)
 
 
-def _use_a_free_port_when_alone() -> None:
-    """Outside torchrun, evaluation is one process: take a free rendezvous port rather than one
-    inherited from a parent process (a test runner, a training script) that may still hold it."""
-    if "WORLD_SIZE" in os.environ:
+def initialize_single_process(seed: int) -> None:
+    """TP = PP = 1 process groups. Outside torchrun, rendezvous on a free port, and only for the
+    moment of initialisation: a port inherited from a parent (a test runner, a training script), or
+    one left in the environment for children, may still be held."""
+    if torch.distributed.is_initialized() or "WORLD_SIZE" in os.environ:
+        initialize_distributed(1, 1, seed=seed)
         return
+    saved = {name: os.environ.get(name) for name in ("MASTER_ADDR", "MASTER_PORT")}
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         os.environ["MASTER_PORT"] = str(probe.getsockname()[1])
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    try:
+        initialize_distributed(1, 1, seed=seed)
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def build_task(config: Config):
@@ -135,9 +147,7 @@ class CheckpointScorer:
     def from_checkpoint(cls, root: str | Path, iteration: Optional[int] = None,
                         tokenizer_model: Optional[str] = None) -> "CheckpointScorer":
         config = config_from_checkpoint(root, iteration, tokenizer_model)
-        if not torch.distributed.is_initialized():
-            _use_a_free_port_when_alone()
-        initialize_distributed(1, 1, seed=config.data.seed)
+        initialize_single_process(config.data.seed)
         task = build_task(config)
         model = task.build_model(config, True, True)
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -62,6 +62,10 @@ DIRECTIONS = {
 }
 
 
+class EndingTooLong(ValueError):
+    """An ending alone does not fit the length the model is evaluated at."""
+
+
 class TokenScorer(Protocol):
     def token_logprobs(self, sequences: list[np.ndarray]) -> list[np.ndarray]:
         """For each sequence of joint ids, log p(token t | tokens < t) for t = 1 .. len - 1."""
@@ -100,7 +104,8 @@ class SequenceBuilder:
         if self.max_length is not None:
             room = self.max_length - len(head) - len(switch) - len(ending)
             if room < 1:
-                raise ValueError(f"an ending of {len(ending)} tokens does not fit in {self.max_length} positions")
+                raise EndingTooLong(f"an ending of {len(ending)} tokens does not fit in {self.max_length} "
+                                    f"tokens with BOS and markers")
             prompt = prompt[-room:]
         tokens = np.concatenate([np.asarray(head, np.int64), prompt,
                                  np.asarray(switch, np.int64), ending])

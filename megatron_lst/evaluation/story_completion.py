@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from megatron_lst.evaluation.items import Item
-from megatron_lst.evaluation.scoring import (DIRECTIONS, SCORES, DirectionResult, SequenceBuilder,
-                                             TokenScorer, score_direction, skip_reason)
+from megatron_lst.evaluation.scoring import (DIRECTIONS, SCORES, DirectionResult, EndingTooLong,
+                                             SequenceBuilder, TokenScorer, score_direction, skip_reason)
 
 
 @dataclass
@@ -27,6 +27,8 @@ class BenchmarkReport:
 def evaluate_items(items: Sequence[Item], builder: SequenceBuilder, scorer: TokenScorer,
                    directions: Sequence[str] = ("ss", "tt", "st", "ts"),
                    batch_size: int = 16) -> BenchmarkReport:
+    """Every requested direction the items support; one whose endings outgrow the model's length
+    is skipped with the reason rather than truncated (a cut ending is a different ending)."""
     report = BenchmarkReport()
     for name in directions:
         if name not in DIRECTIONS:
@@ -36,7 +38,10 @@ def evaluate_items(items: Sequence[Item], builder: SequenceBuilder, scorer: Toke
         if reason is not None:
             report.skipped[direction.label] = reason
             continue
-        report.results.append(score_direction(items, direction, builder, scorer, batch_size))
+        try:
+            report.results.append(score_direction(items, direction, builder, scorer, batch_size))
+        except EndingTooLong as error:
+            report.skipped[direction.label] = f"{error} (raise --max-length)"
     return report
 
 

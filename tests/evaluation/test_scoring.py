@@ -138,6 +138,15 @@ def test_text_only_benchmark_runs_tt_and_skips_speech_directions():
     assert "T->T" in table
 
 
+def test_direction_whose_endings_do_not_fit_is_skipped_not_truncated():
+    items = [Item("x", 0, Part(text="a b c", units=(1, 2)), (Part(text="d", units=(0, 1, 2, 3, 0)), Part(text="e", units=(1,))))]
+    report = evaluate_items(items, SequenceBuilder(toy_tokenizer(), max_length=6), BigramScorer.random(15, seed=0),
+                            directions=["ss", "tt"])
+    assert [r.direction.label for r in report.results] == ["T->T"]
+    assert report.skipped == {"S->S": "an ending of 5 tokens does not fit in 6 tokens with BOS and markers "
+                                      "(raise --max-length)"}
+
+
 def test_partly_synthesised_benchmark_is_skipped_with_a_count():
     items = random_items(4, seed=6)
     items[2] = Item("bare", 0, Part(text="a"), (Part(text="b"), Part(text="c")))
