@@ -272,6 +272,10 @@ def validate(config: Config, parser: Optional[argparse.ArgumentParser] = None) -
             f"--micro-batch-size {config.data.micro_batch_size}"
         )
     if config.train.model == "lst":
+        shape = config.model_config
+        if shape.encoder_num_layers < 1 or shape.decoder_num_layers < 1:
+            problems.append("--model lst needs --encoder-num-layers and --decoder-num-layers >= 1; "
+                            "a model without local modules is the baseline: use --model baseline")
         try:
             config.patching.to_patching_config(config.train.train_iters, config.data.seed)
         except ValueError as error:

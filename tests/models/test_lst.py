@@ -3,8 +3,6 @@ and the FLOPs split of static patching."""
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 import torch
@@ -21,20 +19,26 @@ VOCAB = 128  # padded joint vocabulary (LAYOUT.vocab_size rounded up)
 
 @pytest.fixture(scope="module")
 def model_parallel():
-    """A one-rank gloo group with megatron's model-parallel state, as pretrain_lst.py sets up."""
+    """A one-rank gloo group with megatron's model-parallel state, torn down after the module.
+
+    The rendezvous goes through ``init_method`` rather than MASTER_* variables, which would leak
+    into the environment of the subprocess runs of other tests.
+    """
     from megatron.core import parallel_state, tensor_parallel
 
     from megatron_lst.training.cpu_compat import apply_cpu_patches
+    from tests.conftest import free_port
 
     apply_cpu_patches()
-    if not torch.distributed.is_initialized():
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(29000 + os.getpid() % 1000))
-        torch.distributed.init_process_group("gloo", rank=0, world_size=1)
-    if not parallel_state.model_parallel_is_initialized():
-        parallel_state.initialize_model_parallel(1, 1)
+    created = not torch.distributed.is_initialized()
+    if created:
+        torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    parallel_state.initialize_model_parallel(1, 1)
     tensor_parallel.model_parallel_cuda_manual_seed(3, inference_rng_tracker=True)
     yield
+    parallel_state.destroy_model_parallel()
+    if created:
+        torch.distributed.destroy_process_group()
 
 
 def build_model(**overrides) -> LSTModel:
@@ -177,3 +181,22 @@ def test_packed_document_pieces_are_opened_with_bos():
     assert opened["is_speech"].tolist() == [False, True, True, False, False, False, False, True, True]
     compute_patches(opened["tokens"], opened["is_speech"], PatchingConfig(), LAYOUT,
                     segment_ids=opened["segment_ids"], document_ids=opened["document_ids"])
+
+
+def test_patching_flags_become_a_patching_config_with_curriculum_in_steps():
+    from megatron_lst.training.arguments import parse_args
+
+    config = parse_args(["--model", "lst", "--train-iters", "200", "--patching", "curriculum",
+                         "--curriculum-tau1", "0.25", "--curriculum-tau2", "150", "--patch-size", "6",
+                         "--silence-mode", "sil_merged", "--max-patch-length", "8", "--fold-speech-marker"])
+    patching = config.patching.to_patching_config(config.train.train_iters, config.data.seed)
+    assert (patching.strategy, patching.patch_size, patching.silence_mode) == ("curriculum", 6, "sil_merged")
+    assert (patching.tau1, patching.tau2, patching.max_patch_length, patching.fold_speech_marker) == (50, 150, 8, True)
+
+
+def test_zero_local_layers_is_a_flag_error_pointing_to_the_baseline(capsys):
+    from megatron_lst.training.arguments import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--model", "lst", "--decoder-num-layers", "0"])
+    assert "--model baseline" in capsys.readouterr().err
