@@ -20,23 +20,27 @@ log-probs; for LST the pad tokens are text-like, each its own patch after the re
 from __future__ import annotations
 
 import ast
+import dataclasses
 import os
 import socket
-from pathlib import Path
+import sys
 from dataclasses import replace
+from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
 import torch
 from megatron.core import dist_checkpointing
 
-from megatron_lst.tokenizer import JointTokenizer
+from megatron_lst.models.config import ModelConfig
 from megatron_lst.patching import compute_patches
+from megatron_lst.tokenizer import JointTokenizer
 from megatron_lst.training.arguments import SECTIONS, Config, config_from_values
 from megatron_lst.training.checkpointing import iteration_dir, load_checkpoint, read_latest_iteration
 from megatron_lst.training.initialize import initialize_distributed
 
 NextTokenLogits = Callable[[torch.Tensor], torch.Tensor]
+
 
 def checkpoint_iteration_dir(root: str | Path, iteration: Optional[int] = None) -> Path:
     iteration = read_latest_iteration(root) if iteration is None else iteration
@@ -48,16 +52,36 @@ def checkpoint_iteration_dir(root: str | Path, iteration: Optional[int] = None) 
     return path
 
 
+def read_common_state(root: str | Path, iteration: Optional[int] = None) -> dict:
+    return dist_checkpointing.load_common_state_dict(str(checkpoint_iteration_dir(root, iteration)))
+
+
+def check_vocabulary(common: dict, tokenizer: JointTokenizer) -> None:
+    """Refuse a tokenizer whose id layout differs from the one the model was trained with."""
+    if "vocab_layout" not in common:
+        return
+    saved = ast.literal_eval(common["vocab_layout"])
+    for name in ("text_vocab_size", "num_units", "spare_units"):
+        if saved.get(name) != getattr(tokenizer.vocab, name):
+            raise ValueError(f"the tokenizer gives {name} = {getattr(tokenizer.vocab, name)} but the model "
+                             f"was trained with {saved.get(name)}: pass the run's --tokenizer-model")
+
+
 def config_from_checkpoint(root: str | Path, iteration: Optional[int] = None,
                            tokenizer_model: Optional[str] = None) -> Config:
     """The training run's Config, re-laid for single-process evaluation (TP = PP = 1, fp32 on CPU)."""
-    common = dist_checkpointing.load_common_state_dict(str(checkpoint_iteration_dir(root, iteration)))
+    common = read_common_state(root, iteration)
     if "config" not in common:
         raise KeyError(f"{root}: the checkpoint's common state has no 'config'; it was not written by pretrain_lst.py")
     saved = ast.literal_eval(common["config"])
     values = dict(saved["model_config"])
     for section in SECTIONS:
         values.update(saved.get(section, {}))
+    known = {f.name for cls in (ModelConfig, *SECTIONS.values()) for f in dataclasses.fields(cls)}
+    dropped = sorted(set(values) - known)
+    if dropped:  # a checkpoint from an older version of the code: its settings we no longer have
+        print(f"note: ignoring settings this version does not know: {dropped}", file=sys.stderr)
+    values = {name: value for name, value in values.items() if name in known}
     values["extra"] = saved.get("extra", {})
     values.update(tensor_model_parallel_size=1, pipeline_model_parallel_size=1, sequence_parallel=False,
                   use_distributed_optimizer=False, load=str(root), save=None)
@@ -149,6 +173,7 @@ class CheckpointScorer:
         config = config_from_checkpoint(root, iteration, tokenizer_model)
         initialize_single_process(config.data.seed)
         task = build_task(config)
+        check_vocabulary(read_common_state(root, iteration), task.tokenizer)
         model = task.build_model(config, True, True)
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         model.to(device)

@@ -81,3 +81,12 @@ def test_cli_scores_text_only_benchmark_and_names_skipped_directions(tp2_checkpo
     assert set(accuracy) == {"sum", "mean", "seq_nll"} and accuracy["sum"]["total"] == 3
     # identical items: one prediction for all, so labels 0,1,0 give 1/3 or 2/3
     assert accuracy["sum"]["correct"] in (1, 2)
+
+
+def test_a_tokenizer_of_another_size_is_refused(tp2_checkpoint, tmp_path):
+    from megatron_lst.evaluation.model_scorer import check_vocabulary, read_common_state
+    from megatron_lst.tokenizer import JointTokenizer, train_sentencepiece
+
+    other = train_sentencepiece([f"line {i} of other text" for i in range(50)], tmp_path / "other", vocab_size=40)
+    with pytest.raises(ValueError, match="text_vocab_size"):
+        check_vocabulary(read_common_state(tp2_checkpoint), JointTokenizer.from_file(other))
