@@ -139,7 +139,8 @@ def test_text_only_benchmark_runs_tt_and_skips_speech_directions():
 
 
 def test_direction_whose_endings_do_not_fit_is_skipped_not_truncated():
-    items = [Item("x", 0, Part(text="a b c", units=(1, 2)), (Part(text="d", units=(0, 1, 2, 3, 0)), Part(text="e", units=(1,))))]
+    endings = (Part(text="d", units=(0, 1, 2, 3, 0)), Part(text="e", units=(1,)))
+    items = [Item("x", 0, Part(text="a b c", units=(1, 2)), endings)]
     report = evaluate_items(items, SequenceBuilder(toy_tokenizer(), max_length=6), BigramScorer.random(15, seed=0),
                             directions=["ss", "tt"])
     assert [r.direction.label for r in report.results] == ["T->T"]
