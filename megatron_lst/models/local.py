@@ -143,9 +143,9 @@ class PatchEncoder(MegatronModule):
         )
         self.stack = LocalStack(config, window_size, normalization, rotary_base)
         # k > 1: the k queries of a patch start from the same pooled state plus a learned offset each
-        self.query_offsets = (
-            torch.nn.Parameter(torch.zeros(cross_attn_k, config.hidden_size)) if cross_attn_k > 1 else None
-        )
+        self.query_offsets = None
+        if cross_attn_k > 1:
+            self.query_offsets = torch.nn.Parameter(torch.zeros(cross_attn_k, config.hidden_size, dtype=config.params_dtype))
 
     def _initial_queries(self, token_states: torch.Tensor, patch_lengths: torch.Tensor) -> torch.Tensor:
         pooled = max_pool_patches(token_states.transpose(0, 1), patch_lengths)  # [B, P, E]

@@ -60,13 +60,17 @@ class LSTModel(MegatronModule):
         self.encoder_width = encoder_config.hidden_size
         self.boundary_width = max(self.global_width, self.encoder_width)
         self.input_tensor: Optional[torch.Tensor] = None
+        # the width-changing projections are plain linears, replicated across TP ranks (their
+        # inputs are identical there, and megatron's column-parallel layers after them all-reduce
+        # the input gradients, so their gradients agree too)
+        dtype = global_config.params_dtype
         if pre_process:
             self.patch_encoder = PatchEncoder(
                 encoder_config, vocab_size, shape.local_window_size, shape.normalization,
                 shape.rotary_base, shape.cross_attn_k,
             )
             self.encoder_to_global = torch.nn.Linear(
-                shape.cross_attn_k * encoder_config.hidden_size, global_config.hidden_size, bias=False
+                shape.cross_attn_k * encoder_config.hidden_size, global_config.hidden_size, bias=False, dtype=dtype
             )
         self.global_rotary = RotaryEmbedding(
             kv_channels=global_config.kv_channels, rotary_percent=1.0, rotary_base=int(shape.rotary_base),
@@ -77,9 +81,11 @@ class LSTModel(MegatronModule):
             pre_process=True, post_process=post_process,
         )
         if post_process:
-            self.global_to_decoder = torch.nn.Linear(global_config.hidden_size, decoder_config.hidden_size, bias=False)
+            self.global_to_decoder = torch.nn.Linear(
+                global_config.hidden_size, decoder_config.hidden_size, bias=False, dtype=dtype
+            )
             self.token_to_decoder = (
-                torch.nn.Linear(encoder_config.hidden_size, decoder_config.hidden_size, bias=False)
+                torch.nn.Linear(encoder_config.hidden_size, decoder_config.hidden_size, bias=False, dtype=dtype)
                 if encoder_config.hidden_size != decoder_config.hidden_size else None
             )
             self.patch_decoder = PatchDecoder(

@@ -120,8 +120,10 @@ def test_changing_token_j_never_changes_earlier_logits(model_parallel, strategy,
                 assert not torch.allclose(logits[:, j:], reference[:, j:]), "token j influences nothing after it"
 
 
-def test_loss_and_gradients_are_finite_with_padding_and_k_queries(model_parallel):
-    model = build_model(cross_attn_k=2).train()
+@pytest.mark.parametrize("widths", [(64, 64), (32, 48)])
+def test_loss_and_gradients_are_finite_with_padding_and_k_queries(model_parallel, widths):
+    encoder_width, decoder_width = widths
+    model = build_model(cross_attn_k=2, encoder_hidden_size=encoder_width, decoder_hidden_size=decoder_width).train()
     batch, patch_lengths = patched_batch(5, PatchingConfig(strategy="static", patch_size=4), rows=3)
     tokens = batch["tokens"].long()
     padded = torch.cat([patch_lengths, torch.zeros(3, 2, dtype=torch.long)], dim=1)  # right-padded slots
@@ -130,6 +132,18 @@ def test_loss_and_gradients_are_finite_with_padding_and_k_queries(model_parallel
     loss.mean().backward()
     for name, param in model.named_parameters():
         assert param.grad is not None and torch.isfinite(param.grad).all(), name
+
+
+def test_bf16_parameters_run_end_to_end(model_parallel):
+    shape = model_flavour("debug", local_window_size=6, encoder_hidden_size=32)
+    configs = lst_transformer_configs(shape, bf16=True)
+    model = LSTModel(shape, *configs, vocab_size=VOCAB)
+    # norm scales stay fp32 in megatron-core's torch-norm fallback, as in the global GPT block
+    assert {param.dtype for param in model.parameters() if param.dim() > 1} == {torch.bfloat16}
+    batch, patch_lengths = patched_batch(2, PatchingConfig(strategy="static", patch_size=4))
+    tokens = batch["tokens"].long()
+    loss = model(tokens[:, :-1], patch_lengths, labels=tokens[:, 1:])
+    assert loss.dtype == torch.float32 and torch.isfinite(loss).all()
 
 
 def test_patch_size_one_gives_one_global_position_per_token(model_parallel):
