@@ -131,11 +131,13 @@ class PackedLSTDataset(MegatronDataset):
             if speech.any():
                 segment_ids[speech] += next_segment - segment_ids[speech].min()
                 next_segment = int(segment_ids[speech].max()) + 1
-            columns["tokens"].append(stream.tokens[start:end])
-            columns["is_speech"].append(stream.is_speech[start:end])
-            columns["segment_ids"].append(segment_ids)
-            columns["is_silence"].append(stream.is_silence[start:end])
-            columns["document_ids"].append(np.full(end - start, document_number, np.int32))
+            opening = 1 if start else 0  # a continued document reopens with BOS (see plan_packing)
+            pieces = {"tokens": stream.tokens[start:end], "is_speech": stream.is_speech[start:end],
+                      "segment_ids": segment_ids, "is_silence": stream.is_silence[start:end]}
+            opener = {"tokens": self.vocab.bos_id, "is_speech": False, "segment_ids": -1, "is_silence": False}
+            for name, values in pieces.items():
+                columns[name].append(np.concatenate([np.full(opening, opener[name], values.dtype), values]))
+            columns["document_ids"].append(np.full(end - start + opening, document_number, np.int32))
         sample = {name: np.concatenate(parts) for name, parts in columns.items()}
         sample["num_positions"] = np.int64(count_global_positions(sample, self.packing.patch_size))
         return sample

@@ -41,8 +41,9 @@ def patch_start_mask(is_speech: np.ndarray, patch_size: int) -> np.ndarray:
 def count_global_positions(sample: Mapping[str, np.ndarray], patch_size: int) -> int:
     """Global positions of a sample under static patching: ceil(run/p) per speech run, 1 per other token.
 
-    TODO(patching): call megatron_lst.patching's static strategy once it lands, so that packing and
-    the model agree by construction.
+    This is the static strategy of ``megatron_lst.patching`` (marker not folded) counted without
+    building the patches, so it also works on document pieces that do not start with BOS;
+    ``tests/data/test_packed_datasets.py`` checks it against the C++ kernel.
     """
     return int(patch_start_mask(sample["is_speech"], patch_size).sum())
 
@@ -71,11 +72,12 @@ class PackedPlan:
         return 1.0 - self.positions_used / self.positions_total if self.positions_total else 0.0
 
 
-def _cut_end(cumulative_positions: np.ndarray, starts: np.ndarray, start: int, config: PackingConfig) -> int:
-    """Largest end after ``start`` that fits an empty sample and lands on a patch start."""
+def _cut_end(cumulative_positions: np.ndarray, starts: np.ndarray, start: int, config: PackingConfig,
+             reserved: int = 0) -> int:
+    """Largest end after ``start`` that fits an empty sample (less ``reserved`` slots) on a patch start."""
     base = cumulative_positions[start - 1] if start else 0
-    end = min(start + config.max_tokens,
-              int(np.searchsorted(cumulative_positions, base + config.seq_length, side="right")))
+    end = min(start + config.max_tokens - reserved,
+              int(np.searchsorted(cumulative_positions, base + config.seq_length - reserved, side="right")))
     while end < len(starts) and not starts[end] and end > start + 1:
         end -= 1
     return end
@@ -99,20 +101,23 @@ def plan_packing(is_speech_per_document: Iterable[np.ndarray], config: PackingCo
         cumulative = np.cumsum(starts)
         start, length = 0, len(starts)
         while start < length:
-            positions = int(cumulative[-1] - (cumulative[start - 1] if start else 0))
-            if used_positions + positions <= config.seq_length and used_tokens + length - start <= config.max_tokens:
+            # a piece that continues a cut document always opens a sample, with one BOS the
+            # dataset prepends (LST's first patch must be BOS alone): reserve its token and position
+            opening = 1 if start else 0
+            positions = int(cumulative[-1] - (cumulative[start - 1] if start else 0)) + opening
+            if used_positions + positions <= config.seq_length and used_tokens + length - start + opening <= config.max_tokens:
                 end = length
             elif used_tokens:
                 close_sample()
                 continue
             else:
-                end = _cut_end(cumulative, starts, start, config)
-                positions = int(cumulative[end - 1] - (cumulative[start - 1] if start else 0))
+                end = _cut_end(cumulative, starts, start, config, reserved=opening)
+                positions = int(cumulative[end - 1] - (cumulative[start - 1] if start else 0)) + opening
             documents.append(position)
             piece_starts.append(start)
             piece_ends.append(end)
             used_positions += positions
-            used_tokens += end - start
+            used_tokens += end - start + opening
             total_used += positions
             start = end
             if end < length:

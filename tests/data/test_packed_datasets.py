@@ -79,6 +79,7 @@ def test_samples_follow_the_schema(corpora, sentencepiece_model):
         assert sample["num_positions"] <= 64 and len(tokens) <= 256
         starts = np.flatnonzero(np.diff(sample["document_ids"]) > 0) + 1
         assert np.all(tokens[starts] == tokenizer.bos_id)
+        assert tokens[0] == tokenizer.bos_id  # a continued document reopens with BOS too
 
 
 def test_blend_follows_weights_and_resume_is_exact(corpora, sentencepiece_model):
@@ -115,3 +116,19 @@ def test_epochs_reshuffle_and_reinterleave(corpora, sentencepiece_model):
     first_epoch = per_epoch[0]
     assert first_epoch < 400
     assert not np.array_equal(train[0]["tokens"], train[first_epoch]["tokens"])
+
+
+def test_packing_counts_agree_with_the_patching_kernel(corpora, sentencepiece_model):
+    """Packing budgets global positions with its own vectorised count; the model patches with the
+    C++ kernel. They must agree, or samples would overflow --seq-length in the global model."""
+    from megatron_lst.patching import PatchingConfig, compute_patches
+
+    tokenizer = JointTokenizer.from_file(sentencepiece_model)
+    blend = blend_from_data_path(["0.5", corpora[0], "0.5", corpora[1]])
+    for patch_size in (1, 4, 6):
+        train, _, _ = build_lst_datasets(make_config(tokenizer, blend, patch_size=patch_size), [30, 0, 0])
+        for index in range(30):
+            sample = train[index]
+            patches = compute_patches(sample["tokens"], sample["is_speech"], PatchingConfig(patch_size=patch_size),
+                                      tokenizer.vocab, document_ids=sample["document_ids"])
+            assert int(patches.num_patches) == count_global_positions(sample, patch_size) == sample["num_positions"]
