@@ -3,7 +3,8 @@
 A flavour fixes the *global* transformer (identical for LST and the baseline, so that
 compute- and data-controlled comparisons differ in one flag) and the LST's local patch
 encoder/decoder. Shapes of ``420m`` and ``1b`` are the paper's (LST.md §2, §5); ``7b`` is this
-project's choice (the paper gives no local shapes for it); ``debug`` runs on a CPU in seconds.
+project's choice (the paper gives no local shapes for it); ``debug`` runs on a CPU in seconds and
+``demo`` is the CPU demo's (a few minutes).
 """
 
 from __future__ import annotations
@@ -61,6 +62,14 @@ class ModelConfig:
 
 MODEL_FLAVOURS: dict[str, ModelConfig] = {
     "debug": ModelConfig(),
+    # The CPU demo: a global model that dominates the local modules, as at real scale (1b: 25 x 2048
+    # global vs 10 x 1024 local), so that compute-controlled runs compare what the paper compares.
+    "demo": ModelConfig(
+        num_layers=4, hidden_size=128, num_attention_heads=4,
+        encoder_num_layers=1, encoder_hidden_size=64, encoder_num_attention_heads=4,
+        decoder_num_layers=1, decoder_hidden_size=64, decoder_num_attention_heads=4,
+        local_window_size=128,
+    ),
     "420m": ModelConfig(
         num_layers=18, hidden_size=1280, num_attention_heads=10,
         encoder_num_layers=7, encoder_hidden_size=768, encoder_num_attention_heads=12,

@@ -1,0 +1,183 @@
+"""The demo's report: markdown tables and PNG plots from the runs' metrics and evaluation results.
+
+Kept apart from ``tools/run_demo.py`` (which only orchestrates) so each plot is a small function of
+plain data: loss vs FLOPs per model, accuracy bars with confidence intervals per direction, speech
+patch-length histograms per patching strategy, and tokens per global position.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def read_metrics(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines()] if Path(path).is_file() else []
+
+
+def summarise_run(rows: list[dict]) -> dict:
+    """The last training and validation numbers of one run."""
+    train_rows = [r for r in rows if r["kind"] == "train"]
+    valid_rows = [r for r in rows if r["kind"] == "valid"]
+    last_train = train_rows[-1] if train_rows else {}
+    last_valid = valid_rows[-1] if valid_rows else {}
+    return {
+        "iterations": last_train.get("iteration"),
+        "flops": last_train.get("flops_so_far"),
+        "raw_tokens": last_train.get("tokens_so_far"),
+        "train_loss": last_train.get("lm_loss"),
+        "valid_loss": last_valid.get("lm_loss"),
+        "valid_speech_loss": last_valid.get("speech_loss"),
+        "valid_text_loss": last_valid.get("text_loss"),
+    }
+
+
+def plot_loss_vs_flops(runs: dict[str, list[dict]], path: Path) -> None:
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for name, rows in runs.items():
+        train_rows = [r for r in rows if r["kind"] == "train"]
+        axis.plot([r["flops_so_far"] for r in train_rows], [r["lm_loss"] for r in train_rows], label=f"{name} train")
+        valid_rows = [r for r in rows if r["kind"] == "valid"]
+        flops_at = {r["iteration"]: r["flops_so_far"] for r in train_rows}
+        points = [(flops_at[r["iteration"]], r["lm_loss"]) for r in valid_rows if r["iteration"] in flops_at]
+        if points:
+            axis.plot(*zip(*points), "o--", label=f"{name} valid")
+    axis.set_xlabel("training FLOPs")
+    axis.set_ylabel("loss (nats/token)")
+    axis.set_title("loss vs compute")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def accuracy_rows(evaluations: dict[str, dict[str, dict]]) -> list[dict]:
+    """Flatten ``{model: {benchmark: tools/evaluate.py --output json}}`` to one row per accuracy."""
+    rows = []
+    for model, benchmarks in evaluations.items():
+        for benchmark, result in benchmarks.items():
+            for direction, entry in result.get("results", {}).items():
+                for score, accuracy in entry["accuracy"].items():
+                    rows.append({"model": model, "benchmark": benchmark, "direction": direction, "score": score,
+                                 **accuracy})
+    return rows
+
+
+def plot_accuracy(rows: list[dict], benchmark: str, score: str, path: Path) -> None:
+    """Accuracy per direction for each model on one benchmark, with 95% Wilson interval whiskers."""
+    plt = _pyplot()
+    rows = [r for r in rows if r["benchmark"] == benchmark and r["score"] == score]
+    models = sorted({r["model"] for r in rows})
+    directions = sorted({r["direction"] for r in rows})
+    figure, axis = plt.subplots(figsize=(7, 4))
+    width = 0.8 / max(len(models), 1)
+    for index, model in enumerate(models):
+        found = {r["direction"]: r for r in rows if r["model"] == model}
+        values = [found[d]["accuracy"] if d in found else np.nan for d in directions]
+        below = [found[d]["accuracy"] - found[d]["ci95_low"] if d in found else 0 for d in directions]
+        above = [found[d]["ci95_high"] - found[d]["accuracy"] if d in found else 0 for d in directions]
+        axis.bar(np.arange(len(directions)) + index * width, values, width, yerr=[below, above], capsize=3,
+                 label=model)
+    axis.set_xticks(np.arange(len(directions)) + width * (len(models) - 1) / 2, directions)
+    axis.set_ylabel("accuracy")
+    axis.set_ylim(0, 1)
+    axis.set_title(f"{benchmark}: accuracy by {score} score, 95% intervals")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def patch_statistics(samples: Iterable[dict], vocab, strategies: dict) -> dict[str, dict]:
+    """Speech patch lengths and tokens per global position for each named ``PatchingConfig``."""
+    from megatron_lst.patching import compute_patches
+
+    samples = list(samples)
+    stats = {}
+    for name, config in strategies.items():
+        lengths: list[np.ndarray] = []
+        tokens = positions = 0
+        for sample in samples:
+            patches = compute_patches(sample["tokens"], sample["is_speech"], config, vocab,
+                                      segment_ids=sample["segment_ids"], is_silence=sample["is_silence"],
+                                      document_ids=sample["document_ids"])
+            patch_lengths = np.asarray(patches.patch_lengths)[: int(patches.num_patches)]
+            starts = np.asarray(patches.patch_starts)[: int(patches.num_patches)]
+            speech_patch = np.asarray(sample["is_speech"])[starts]
+            lengths.append(patch_lengths[speech_patch])
+            tokens += len(sample["tokens"])
+            positions += int(patches.num_patches)
+        all_lengths = np.concatenate(lengths) if lengths else np.zeros(0, int)
+        stats[name] = {
+            "speech_patch_lengths": all_lengths,
+            "mean_speech_patch_length": float(all_lengths.mean()) if all_lengths.size else 0.0,
+            "tokens_per_position": tokens / max(positions, 1),
+        }
+    return stats
+
+
+def plot_patch_lengths(stats: dict[str, dict], path: Path) -> None:
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(6, 4))
+    top = max((int(s["speech_patch_lengths"].max()) for s in stats.values() if s["speech_patch_lengths"].size), default=1)
+    bins = np.arange(1, min(top, 40) + 2) - 0.5
+    for name, entry in stats.items():
+        axis.hist(np.minimum(entry["speech_patch_lengths"], 40), bins=bins, histtype="step", density=True,
+                  label=f"{name} (mean {entry['mean_speech_patch_length']:.1f})")
+    axis.set_xlabel("speech units per patch")
+    axis.set_ylabel("fraction of speech patches")
+    axis.set_title("speech patch lengths by strategy")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def plot_tokens_per_position(stats: dict[str, dict], path: Path) -> None:
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(6, 3.5))
+    names = list(stats)
+    axis.bar(names, [stats[n]["tokens_per_position"] for n in names])
+    axis.set_ylabel("raw tokens per global position")
+    axis.set_title("compression of the global sequence")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def _fmt(value, spec: str) -> str:
+    return format(value, spec) if isinstance(value, (int, float)) and value == value else "-"
+
+
+def training_table(runs: dict[str, list[dict]]) -> list[str]:
+    lines = ["| model | iterations | FLOPs | raw tokens | train loss | valid loss | valid speech loss | valid text loss |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, rows in runs.items():
+        s = summarise_run(rows)
+        lines.append(
+            f"| {name} | {_fmt(s['iterations'], 'd')} | {_fmt(s['flops'], '.3e')} | {_fmt(s['raw_tokens'], '.0f')} | "
+            f"{_fmt(s['train_loss'], '.4f')} | {_fmt(s['valid_loss'], '.4f')} | "
+            f"{_fmt(s['valid_speech_loss'], '.4f')} | {_fmt(s['valid_text_loss'], '.4f')} |"
+        )
+    return lines
+
+
+def evaluation_table(rows: list[dict]) -> list[str]:
+    lines = ["| benchmark | direction | model | score | accuracy | 95% interval | items |", "|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (r["benchmark"], r["direction"], r["score"], r["model"])):
+        lines.append(f"| {r['benchmark']} | {r['direction']} | {r['model']} | {r['score']} | {r['accuracy']:.3f} | "
+                     f"[{r['ci95_low']:.3f}, {r['ci95_high']:.3f}] | {r['total']} |")
+    return lines
