@@ -85,6 +85,7 @@ class LSTTask:
         )
         self.transformer_config = self.global_config
         self.collate = None
+        self.reports_modalities = False  # text and speech losses, for speech-text corpora
         self.step = 0
         self.microbatch_in_step = 0
 
@@ -100,6 +101,15 @@ class LSTTask:
         return model
 
     def build_datasets(self, config: Config, train_samples: int, valid_samples: int) -> tuple:
+        """``--seq-length`` counts global positions.
+
+        Text-only blends: megatron's GPTDataset, seq_length tokens (+1 target), one patch each,
+        exactly the baseline's samples. Speech-text blends: packed samples of seq_length + 1
+        positions counted with static ``--patch-size`` patches and at most ``patch_size`` times
+        as many tokens (compute-controlled: same positions, more raw tokens); aligned patching
+        and the BOS that opens a split document's tail make the real patch count differ a little,
+        which variable sequence lengths absorb.
+        """
         prefixes, weights = parse_blend(config.data.data_path)
         if not any(is_speech_text_dataset(prefix) for prefix in prefixes):
             train, valid = BaselineTask(config, self.tokenizer).build_datasets(config, train_samples, valid_samples)
@@ -117,6 +127,7 @@ class LSTTask:
             max_tokens=positions * self.patching.patch_size,
         )
         train, valid, _ = build_lst_datasets(dataset_config, [train_samples, valid_samples, 0])
+        self.reports_modalities = True
         self.collate = partial(collate_lst_samples, bos_id=self.tokenizer.bos_id, pad_id=self.tokenizer.pad_id)
         return train, valid
 
@@ -163,7 +174,8 @@ class LSTTask:
         device = next(model.parameters()).device
         output = model(inputs.to(device), batch["patch_lengths"].to(device), labels=labels.to(device),
                        document_ids=None if documents is None else documents.to(device))
-        is_speech_target = batch["is_speech"][:, 1:].to(device) if bool(batch["is_speech"].any()) else None
+        # decided per run, not per micro-batch: every rank must report the same metric names
+        is_speech_target = batch["is_speech"][:, 1:].to(device) if self.reports_modalities else None
         return output, partial(modality_token_loss, loss_mask.to(device), is_speech_target)
 
     def batch_tokens(self, batch: dict) -> int:
