@@ -141,10 +141,17 @@ class LSTModel(MegatronModule):
         return loss.transpose(0, 1).contiguous()
 
 
-def lst_transformer_configs(shape: ModelConfig, **parallel) -> tuple[TransformerConfig, TransformerConfig, TransformerConfig]:
+def lst_transformer_configs(
+    shape: ModelConfig,
+    first_stage_layers: Optional[int] = None,
+    last_stage_layers: Optional[int] = None,
+    **parallel,
+) -> tuple[TransformerConfig, TransformerConfig, TransformerConfig]:
     """(global, encoder, decoder) ``TransformerConfig``s for one LST.
 
-    ``parallel`` holds ``transformer_config`` keywords (TP/PP sizes, bf16, ...). The local configs
+    ``parallel`` holds ``transformer_config`` keywords (TP/PP sizes, bf16, ...). Under PP the
+    first and last stages may get fewer global layers (``first_stage_layers``,
+    ``last_stage_layers``), since they also run the patch encoder and decoder. The local configs
     keep pipeline size 1 so their layers are numbered from 1 on whichever stage builds them;
     PP > 1 switches the global config to variable sequence lengths (the patch count changes
     every micro-batch), which megatron-core 0.16.1 ties to the alltoall dispatcher setting.
@@ -159,7 +166,9 @@ def lst_transformer_configs(shape: ModelConfig, **parallel) -> tuple[Transformer
         )
     global_extra = {}
     if parallel.get("pipeline_model_parallel_size", 1) > 1:
-        global_extra = dict(variable_seq_lengths=True, moe_token_dispatcher_type="alltoall")
+        global_extra = dict(variable_seq_lengths=True, moe_token_dispatcher_type="alltoall",
+                            num_layers_in_first_pipeline_stage=first_stage_layers,
+                            num_layers_in_last_pipeline_stage=last_stage_layers)
     global_config = transformer_config(shape, **parallel, **global_extra)
     local = dict(parallel, pipeline_model_parallel_size=1, sequence_parallel=False, recompute=None)
     encoder_config = transformer_config(

@@ -28,6 +28,16 @@ class ParallelConfig:
         default=False, metadata={"help": "ZeRO-1 style sharded optimizer (GPU only in megatron-core)"}
     )
     distributed_backend: Optional[str] = field(default=None, metadata={"help": "nccl or gloo (default: by device)"})
+    decoder_first_pipeline_num_layers: Optional[int] = field(
+        default=None,
+        metadata={"help": "LST: global layers on the first pipeline stage, which also holds the patch encoder "
+                          "(default: an even split)"},
+    )
+    decoder_last_pipeline_num_layers: Optional[int] = field(
+        default=None,
+        metadata={"help": "LST: global layers on the last pipeline stage, which also holds the patch decoder "
+                          "(default: an even split)"},
+    )
 
 
 @dataclass

@@ -79,6 +79,8 @@ class LSTTask:
             config.model_config,
             tensor_model_parallel_size=config.parallel.tensor_model_parallel_size,
             pipeline_model_parallel_size=config.parallel.pipeline_model_parallel_size,
+            first_stage_layers=config.parallel.decoder_first_pipeline_num_layers,
+            last_stage_layers=config.parallel.decoder_last_pipeline_num_layers,
             bf16=config.train.bf16,
             sequence_parallel=config.parallel.sequence_parallel,
             recompute=config.train.recompute_granularity,

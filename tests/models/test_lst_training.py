@@ -44,11 +44,13 @@ def test_lst_tensor_parallel_matches_single_rank_and_its_checkpoint_reshards(bas
 
 @pytest.mark.slow
 def test_lst_pipeline_parallel_1f1b_matches_single_rank(base_args, tmp_path):
-    """Local widths differ from the global one, so the boundary tensor is padded and split."""
+    """Local widths differ from the global one, so the boundary tensor is padded and split; the
+    first stage (with the encoder) gets 1 of the 3 global layers."""
     args = [*lst_args(base_args), "--train-iters", "3", "--global-batch-size", "8",  # 4 micro-batches: 1F1B
-            "--encoder-hidden-size", "32", "--decoder-hidden-size", "48"]
+            "--encoder-hidden-size", "32", "--decoder-hidden-size", "48", "--num-layers", "3"]
     run_pretrain([*args, "--log-json", str(tmp_path / "pp1.jsonl")])
-    run_pretrain([*args, "--pipeline-model-parallel-size", "2", "--log-json", str(tmp_path / "pp2.jsonl")], nproc=2)
+    run_pretrain([*args, "--pipeline-model-parallel-size", "2", "--decoder-first-pipeline-num-layers", "1",
+                  "--log-json", str(tmp_path / "pp2.jsonl")], nproc=2)
     assert_close(losses(tmp_path / "pp1.jsonl"), losses(tmp_path / "pp2.jsonl"), range(1, 4), 1e-5)
 
 
