@@ -1,11 +1,11 @@
 #!/usr/bin/env python
 """Samples per second of the speech-text input pipeline (interleave + pack + collate).
 
-Builds a synthetic aligned corpus, blends it 33:67 with a text corpus as in the paper, and times a
-torch DataLoader over the packed dataset. The comparison against the training step rate of the
-debug model is to be added once the model exists.
+Builds a synthetic aligned corpus, blends it 33:67 with a text corpus as in the paper, times a
+torch DataLoader over the packed dataset, then trains the ``debug`` LST on the same data with
+pretrain_lst.py and compares the two rates: the loader must never be the bottleneck.
 
-    .venv/bin/python bench/bench_dataloader.py --samples 400 --num-workers 2
+    .venv/bin/python bench/bench_dataloader.py --samples 400 --num-workers 1
 """
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import random
+import subprocess
 import sys
 import tempfile
 import time
@@ -54,7 +56,8 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=400)
     parser.add_argument("--seq-length", type=int, default=1024, help="global positions per sample")
     parser.add_argument("--micro-batch-size", type=int, default=4)
-    parser.add_argument("--num-workers", type=int, default=2)
+    parser.add_argument("--num-workers", type=int, default=1)
+    parser.add_argument("--train-steps", type=int, default=6, help="debug-model steps timed for the comparison")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         model, speech, text = build_corpora(Path(folder), args.documents)
@@ -76,10 +79,31 @@ def main() -> None:
             samples += batch["tokens"].shape[0]
             tokens += int(batch["num_tokens"].sum())
         seconds = time.perf_counter() - start
+        training_samples_per_s = debug_training_rate(Path(folder), model, speech, text, args)
+    loader_samples_per_s = samples / seconds
     print(f"dataset build (plans, blend index): {build_seconds:.2f} s")
     print(f"{samples} samples, {tokens} tokens in {seconds:.2f} s with {args.num_workers} workers")
     print(f"per-sample: {seconds / samples * 1e3:.2f} ms; tokens/s: {tokens / seconds:,.0f}")
-    print(f"data pipeline samples/s (training-step-rate ratio pending): {samples / seconds:.1f}x")
+    print(f"data pipeline: {loader_samples_per_s:.1f} samples/s; debug LST training consumes "
+          f"{training_samples_per_s:.1f} samples/s")
+    print(f"data pipeline / debug LST training samples/s: {loader_samples_per_s / training_samples_per_s:.1f}x")
+
+
+def debug_training_rate(folder: Path, model: str, speech: str, text: str, args) -> float:
+    """Samples/s that the debug LST consumes in training on the same blend (steady-state steps)."""
+    log = folder / "train.jsonl"
+    batch = args.micro_batch_size
+    subprocess.run(
+        [sys.executable, str(ROOT / "pretrain_lst.py"), "--model", "lst", "--model-flavour", "debug",
+         "--tokenizer-model", model, "--data-path", "0.33", speech, "0.67", text, "--split", "1,0,0",
+         "--seq-length", str(args.seq_length), "--micro-batch-size", str(batch), "--global-batch-size", str(batch),
+         "--train-iters", str(args.train_steps), "--log-interval", str(args.train_steps // 2), "--eval-iters", "0",
+         "--lr-warmup-iters", "1", "--log-json", str(log), "--data-cache-path", str(folder / "cache")],
+        check=True, capture_output=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    last_interval = [r for r in rows if r["kind"] == "throughput"][-1]  # the first interval includes warm-up
+    return batch / (last_interval["ms_per_step"] / 1000)
 
 
 if __name__ == "__main__":
