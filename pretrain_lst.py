@@ -2,6 +2,8 @@
 
 Single process:      python pretrain_lst.py --config examples/configs/debug.yaml --data-path ...
 Tensor/pipeline/DP:  torchrun --nproc-per-node 2 pretrain_lst.py --tensor-model-parallel-size 2 ...
+Plan only (layout, FLOPs, memory): python pretrain_lst.py --config examples/configs/7b.yaml --dry-run --world-size 128
+DeepSpeed ZeRO:      torchrun ... pretrain_lst.py --engine deepspeed --deepspeed-config examples/deepspeed/zero1.json
 Every flag is listed, with its meaning, by ``--help``.
 """
 
@@ -25,6 +27,17 @@ def task_factory(config: Config):
 
 def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
+    if config.train.dry_run:
+        from megatron_lst.training.dry_run import run_dry_run
+
+        return run_dry_run(config)
+    from megatron_lst.training.hardware import check_hardware
+
+    check_hardware(config)
+    if config.train.engine == "deepspeed":
+        from megatron_lst.training.deepspeed_engine import run_deepspeed
+
+        return run_deepspeed(config, task_factory)
     from megatron_lst.training.initialize import destroy_distributed
     from megatron_lst.training.loop import Trainer
 

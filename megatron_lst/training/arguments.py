@@ -38,6 +38,9 @@ class ParallelConfig:
         metadata={"help": "LST: global layers on the last pipeline stage, which also holds the patch decoder "
                           "(default: an even split)"},
     )
+    world_size: Optional[int] = field(
+        default=None, metadata={"help": "with --dry-run: GPUs to plan for (default: WORLD_SIZE of the launcher, or 1)"}
+    )
 
 
 @dataclass
@@ -85,6 +88,16 @@ class TrainConfig:
     )
     skip_train: bool = field(default=False, metadata={"help": "only evaluate (after --load), do not train"})
     exit_interval: Optional[int] = field(default=None, metadata={"help": "exit (saving first) after this iteration"})
+    engine: str = field(
+        default="megatron", metadata={"help": "megatron (TP/PP/DP on megatron-core) or deepspeed (ZeRO data parallel)"}
+    )
+    deepspeed_config: Optional[str] = field(
+        default=None, metadata={"help": "--engine deepspeed: ds_config JSON (ZeRO stage and its options)"}
+    )
+    dry_run: bool = field(
+        default=False,
+        metadata={"help": "print the parallel layout, batch, FLOPs, parameters and memory per GPU; do not train"},
+    )
 
 
 @dataclass
@@ -276,6 +289,8 @@ def validate(config: Config, parser: Optional[argparse.ArgumentParser] = None) -
         problems.append(f"--nan-policy must be skip or stop, got {config.train.nan_policy!r}")
     if config.train.transformer_impl not in ("auto", "local", "transformer_engine"):
         problems.append(f"--transformer-impl must be auto, local or transformer_engine")
+    if config.train.engine not in ("megatron", "deepspeed"):
+        problems.append(f"--engine must be megatron or deepspeed, got {config.train.engine!r}")
     if config.data.global_batch_size % config.data.micro_batch_size:
         problems.append(
             f"--global-batch-size {config.data.global_batch_size} is not a multiple of "

@@ -1,0 +1,68 @@
+"""What this machine can run: transformer-engine, apex fused kernels, CUDA; refusals with reasons.
+
+megatron-core quietly falls back (or fails deep inside a layer) when a GPU feature is asked for
+on a machine without it. These checks run before anything is built so that a flag that cannot
+work here is refused in one line that names the flag and what it needs (MEGATRON_NOTES.md: the
+distributed optimizer, the bf16 optimizer and sequence parallel have no CPU path).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+
+import torch
+
+from megatron_lst.models.specs import transformer_engine_available
+from megatron_lst.training.arguments import Config
+
+
+@functools.lru_cache(maxsize=None)
+def apex_kernels() -> dict[str, bool]:
+    """Which of apex's CUDA extensions import (apex is never installed from PyPI: NGC images carry it)."""
+    found = {}
+    for name in ("fused_layer_norm_cuda", "fused_weight_gradient_mlp_cuda", "fast_layer_norm"):
+        try:
+            importlib.import_module(name)
+            found[name] = True
+        except Exception:  # a CUDA-version mismatch raises more than ImportError
+            found[name] = False
+    return found
+
+
+def fused_norms_available() -> bool:
+    """Sequence parallel needs norms that all-reduce their grads: TE's or apex's."""
+    return transformer_engine_available() or (torch.cuda.is_available() and apex_kernels()["fused_layer_norm_cuda"])
+
+
+def hardware_problems(config: Config) -> list[str]:
+    """Flags this machine cannot honour, each with what it needs."""
+    problems = []
+    cuda = torch.cuda.is_available()
+    parallel, train = config.parallel, config.train
+    if train.transformer_impl == "transformer_engine" and not transformer_engine_available():
+        problems.append("--transformer-impl transformer_engine needs CUDA and an importable transformer_engine "
+                        "(use --transformer-impl local or auto)")
+    if parallel.sequence_parallel:
+        if parallel.tensor_model_parallel_size < 2:
+            problems.append("--sequence-parallel splits activations over tensor-parallel ranks: "
+                            "it needs --tensor-model-parallel-size >= 2")
+        if not fused_norms_available():
+            problems.append("--sequence-parallel needs a GPU with transformer-engine or apex norms "
+                            "(megatron-core has no CPU path for it)")
+    if train.engine == "megatron" and not cuda:
+        if parallel.use_distributed_optimizer:
+            problems.append("--use-distributed-optimizer is GPU-only in megatron-core (it checks "
+                            "torch.cuda tensor types); on CPU drop it or use --engine deepspeed")
+        if train.bf16:
+            problems.append("--bf16 uses megatron-core's mixed-precision optimizer, which is GPU-only")
+    if train.recompute_granularity not in (None, "full", "selective"):
+        problems.append(f"--recompute-granularity must be full or selective, got {train.recompute_granularity!r}")
+    return problems
+
+
+def check_hardware(config: Config) -> None:
+    """Raise ``SystemExit`` with every problem when this machine cannot run ``config``."""
+    problems = hardware_problems(config)
+    if problems:
+        raise SystemExit("error: " + "; ".join(problems))
