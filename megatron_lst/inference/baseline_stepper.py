@@ -32,6 +32,9 @@ class BaselineStepper:
         self.global_positions = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.global_calls = 0
 
+    def finish(self, rows: torch.Tensor) -> None:
+        """Nothing is pending: every token was its own global position."""
+
     @torch.no_grad()
     def step(self, tokens: torch.Tensor, close_before: torch.Tensor | None = None,
              completes: torch.Tensor | None = None) -> torch.Tensor:
@@ -44,6 +47,7 @@ class BaselineStepper:
         hidden = model.decoder.final_layernorm(hidden)
         logits, _ = model.output_layer(hidden)
         self.position += 1
-        self.global_positions += 1
+        # rows that stopped step with their flags off: their padding is not generated speech
+        self.global_positions += 1 if completes is None else completes.long()
         self.global_calls += 1
         return logits[0]

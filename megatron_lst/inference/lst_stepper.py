@@ -121,6 +121,13 @@ class LSTStepper:
         self.global_calls += 1
         self.open_patches.clear(rows)
 
+    def finish(self, rows: torch.Tensor) -> None:
+        """Close the open patch of the given rows [B] bool (a row that stops mid-patch), so the
+        caches hold the whole sequence and a caller may continue it in another modality."""
+        rows = rows & (self.open_patches.counts > 0)
+        if bool(rows.any()):
+            self._close_patches(rows)
+
     # ------------------------------------------------------------------ one token
     @torch.no_grad()
     def step(self, tokens: torch.Tensor, close_before: torch.Tensor, completes: torch.Tensor) -> torch.Tensor:
