@@ -69,3 +69,27 @@ def base_args(text_corpus, tmp_path) -> list[str]:
         "--lr", "1e-3", "--lr-warmup-iters", "2", "--log-interval", "1",
         "--eval-interval", "1000", "--eval-iters", "1", "--seed", "7",
     ]
+
+
+@pytest.fixture(scope="module")
+def single_rank_parallel_state():
+    """A one-rank gloo group with megatron's model-parallel state, torn down after the module.
+
+    The rendezvous goes through ``init_method`` rather than MASTER_* variables, which would leak
+    into the environment of the subprocess runs of other tests.
+    """
+    import torch
+    from megatron.core import parallel_state, tensor_parallel
+
+    from megatron_lst.training.cpu_compat import apply_cpu_patches
+
+    apply_cpu_patches()
+    created = not torch.distributed.is_initialized()
+    if created:
+        torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    parallel_state.initialize_model_parallel(1, 1)
+    tensor_parallel.model_parallel_cuda_manual_seed(3, inference_rng_tracker=True)
+    yield
+    parallel_state.destroy_model_parallel()
+    if created:
+        torch.distributed.destroy_process_group()

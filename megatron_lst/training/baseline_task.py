@@ -139,7 +139,7 @@ class BaselineTask:
     def forward_step(self, data_iterator: Iterator[dict], model: torch.nn.Module) -> tuple:
         batch = next(data_iterator)
         tokens = batch["tokens"].long()
-        output = model(tokens, batch["position_ids"].long(), None, labels=batch["labels"].long())
+        output = model(tokens, batch["position_ids"].long(), batch.get("attention_mask"), labels=batch["labels"].long())
         return output, partial(modality_token_loss, batch["loss_mask"], batch.get("is_speech"))
 
     def batch_tokens(self, batch: dict) -> int:
@@ -161,16 +161,22 @@ class BaselineTask:
 
 
 def packed_to_gpt_batch(samples: list[dict], pad_id: int, length: int) -> dict:
-    """Packed interleaved samples -> the GPT batch fields (inputs, shifted labels, loss mask)."""
+    """Packed interleaved samples -> the GPT batch fields (inputs, shifted labels, loss mask).
+
+    Attention is block-causal over the packed documents, as in LST's global model, so that the two
+    models differ only in patching (causality comes from the attention module's causal mask type).
+    """
     packed = collate_packed(samples, pad_id=pad_id, pad_to=length)
     tokens = packed["tokens"]
     labels = tokens[:, 1:].contiguous()
     loss_mask = (labels != pad_id).float()
+    documents = packed["document_ids"][:, :-1]
     return {
         "tokens": tokens[:, :-1].contiguous(),
         "labels": torch.where(labels == pad_id, torch.zeros_like(labels), labels),
         "loss_mask": loss_mask,
         "position_ids": torch.arange(length - 1).expand(tokens.shape[0], -1).contiguous(),
+        "attention_mask": (documents[:, None, :, None] != documents[:, None, None, :]),  # True = forbidden
         "is_speech": packed["is_speech"][:, 1:].contiguous(),
     }
 

@@ -58,6 +58,7 @@ class StepResult:
     skipped: bool = False
     tokens: float = 0.0
     flops: float = 0.0
+    flops_by_module: dict = field(default_factory=dict)
 
 
 class CountingIterator:
@@ -68,6 +69,7 @@ class CountingIterator:
         self.task = task
         self.tokens = 0.0
         self.flops = 0.0
+        self.flops_by_module: dict[str, float] = {}
 
     def __iter__(self):
         return self
@@ -75,7 +77,12 @@ class CountingIterator:
     def __next__(self) -> dict:
         batch = next(self.iterator)
         self.tokens += self.task.batch_tokens(batch)
-        self.flops += self.task.batch_flops(batch)
+        if hasattr(self.task, "flops_breakdown"):  # LST: encoder / global / decoder separately
+            for module, flops in self.task.flops_breakdown(batch).items():
+                self.flops_by_module[module] = self.flops_by_module.get(module, 0.0) + flops
+            self.flops = self.flops_by_module["total"]
+        else:
+            self.flops += self.task.batch_flops(batch)
         return batch
 
 
@@ -280,9 +287,12 @@ class Trainer:
                 self.scheduler.step(increment=cfg.data.global_batch_size)
             else:
                 result.skipped = True
-        dp_tokens = torch.tensor([result.tokens, result.flops], dtype=torch.float64)
-        torch.distributed.all_reduce(dp_tokens, group=parallel_state.get_data_parallel_group())
-        result.tokens, result.flops = dp_tokens.tolist()
+        modules = sorted(counted.flops_by_module)
+        totals = torch.tensor([result.tokens, result.flops, *(counted.flops_by_module[m] for m in modules)],
+                              dtype=torch.float64)
+        torch.distributed.all_reduce(totals, group=parallel_state.get_data_parallel_group())
+        result.tokens, result.flops, *module_flops = totals.tolist()
+        result.flops_by_module = dict(zip(modules, module_flops))
         return result
 
     def evaluate(self) -> dict:

@@ -43,6 +43,7 @@ class MetricsLogger:
             tokens_so_far=state.tokens_so_far,
             consumed_samples=state.consumed_samples,
         )
+        values.update({f"step_flops_{module}": flops for module, flops in result.flops_by_module.items()})
         self._record("train", state.iteration, values)
 
     def log_line(self, state, result, lr: float, elapsed: float, tokens: float, steps: int) -> None:

@@ -18,27 +18,9 @@ VOCAB = 128  # padded joint vocabulary (LAYOUT.vocab_size rounded up)
 
 
 @pytest.fixture(scope="module")
-def model_parallel():
-    """A one-rank gloo group with megatron's model-parallel state, torn down after the module.
-
-    The rendezvous goes through ``init_method`` rather than MASTER_* variables, which would leak
-    into the environment of the subprocess runs of other tests.
-    """
-    from megatron.core import parallel_state, tensor_parallel
-
-    from megatron_lst.training.cpu_compat import apply_cpu_patches
-    from tests.conftest import free_port
-
-    apply_cpu_patches()
-    created = not torch.distributed.is_initialized()
-    if created:
-        torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
-    parallel_state.initialize_model_parallel(1, 1)
-    tensor_parallel.model_parallel_cuda_manual_seed(3, inference_rng_tracker=True)
+def model_parallel(single_rank_parallel_state):
+    """megatron's one-rank parallel state (tests/conftest.py)."""
     yield
-    parallel_state.destroy_model_parallel()
-    if created:
-        torch.distributed.destroy_process_group()
 
 
 def build_model(**overrides) -> LSTModel:
