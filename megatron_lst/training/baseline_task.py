@@ -145,6 +145,9 @@ class BaselineTask:
     def batch_tokens(self, batch: dict) -> int:
         return int(batch["loss_mask"].sum())
 
+    def batch_positions(self, batch: dict) -> int:
+        return self.batch_tokens(batch)  # one position per token
+
     def batch_flops(self, batch: dict) -> float:
         model = self.config.model_config
         return gpt_training_flops(

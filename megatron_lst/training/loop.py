@@ -57,6 +57,7 @@ class StepResult:
     grad_norm: Optional[float] = None
     skipped: bool = False
     tokens: float = 0.0
+    positions: float = 0.0
     flops: float = 0.0
     flops_by_module: dict = field(default_factory=dict)
 
@@ -68,6 +69,7 @@ class CountingIterator:
         self.iterator = iterator
         self.task = task
         self.tokens = 0.0
+        self.positions = 0.0
         self.flops = 0.0
         self.flops_by_module: dict[str, float] = {}
 
@@ -77,6 +79,7 @@ class CountingIterator:
     def __next__(self) -> dict:
         batch = next(self.iterator)
         self.tokens += self.task.batch_tokens(batch)
+        self.positions += self.task.batch_positions(batch)
         if hasattr(self.task, "flops_breakdown"):  # LST: encoder / global / decoder separately
             for module, flops in self.task.flops_breakdown(batch).items():
                 self.flops_by_module[module] = self.flops_by_module.get(module, 0.0) + flops
@@ -270,7 +273,7 @@ class Trainer:
         metrics = self._reduce_metrics(losses)
         if cfg.train.debug_inject_nan_iter is not None and self.state.iteration + 1 == cfg.train.debug_inject_nan_iter:
             metrics["lm loss"] = float("nan")
-        result = StepResult(metrics=metrics, tokens=counted.tokens, flops=counted.flops)
+        result = StepResult(metrics=metrics, tokens=counted.tokens, positions=counted.positions, flops=counted.flops)
         if not math.isfinite(metrics.get("lm loss", 0.0)):
             result.skipped = True
             print_rank_0(
@@ -288,10 +291,10 @@ class Trainer:
             else:
                 result.skipped = True
         modules = sorted(counted.flops_by_module)
-        totals = torch.tensor([result.tokens, result.flops, *(counted.flops_by_module[m] for m in modules)],
-                              dtype=torch.float64)
+        totals = torch.tensor([result.tokens, result.positions, result.flops,
+                               *(counted.flops_by_module[m] for m in modules)], dtype=torch.float64)
         torch.distributed.all_reduce(totals, group=parallel_state.get_data_parallel_group())
-        result.tokens, result.flops, *module_flops = totals.tolist()
+        result.tokens, result.positions, result.flops, *module_flops = totals.tolist()
         result.flops_by_module = dict(zip(modules, module_flops))
         return result
 
@@ -327,7 +330,7 @@ class Trainer:
             return self.state
         handler = PreemptionHandler()
         self.model.train()
-        interval_time, interval_tokens = 0.0, 0.0
+        interval_time, interval_tokens, interval_positions = 0.0, 0.0, 0.0
         reason = self._budget_reached()
         while reason is None:
             step_start = time.time()
@@ -340,11 +343,13 @@ class Trainer:
             state.tokens_so_far += result.tokens
             state.skipped_iterations += int(result.skipped)
             interval_tokens += result.tokens
+            interval_positions += result.positions
             lr = self.optimizer.param_groups[0]["lr"]
             self.metrics.step(state, result, lr)
             if state.iteration % cfg.logging.log_interval == 0:
-                self.metrics.log_line(state, result, lr, interval_time, interval_tokens, cfg.logging.log_interval)
-                interval_time, interval_tokens = 0.0, 0.0
+                self.metrics.log_line(state, result, lr, interval_time, interval_tokens, cfg.logging.log_interval,
+                                      positions=interval_positions)
+                interval_time, interval_tokens, interval_positions = 0.0, 0.0, 0.0
             if cfg.logging.eval_interval and state.iteration % cfg.logging.eval_interval == 0:
                 self.metrics.validation(state, self.evaluate())
             reason = self._budget_reached()

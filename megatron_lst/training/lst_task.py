@@ -183,6 +183,12 @@ class LSTTask:
     def batch_tokens(self, batch: dict) -> int:
         return int((batch["tokens"][:, 1:] != self.tokenizer.pad_id).sum())
 
+    def batch_positions(self, batch: dict) -> int:
+        """Real patches (each PAD token is a length-1 patch of its own and is not counted)."""
+        batch = self.patched(batch)
+        pads = int((batch["tokens"] == self.tokenizer.pad_id).sum())
+        return int((batch["patch_lengths"] > 0).sum()) - pads
+
     def flops_breakdown(self, batch: dict) -> dict[str, float]:
         """Training FLOPs of a micro-batch per module (encoder, global, decoder, total)."""
         batch = self.patched(batch)

@@ -46,19 +46,29 @@ class MetricsLogger:
         values.update({f"step_flops_{module}": flops for module, flops in result.flops_by_module.items()})
         self._record("train", state.iteration, values)
 
-    def log_line(self, state, result, lr: float, elapsed: float, tokens: float, steps: int) -> None:
+    def log_line(self, state, result, lr: float, elapsed: float, tokens: float, steps: int,
+                 positions: float | None = None) -> None:
+        """One line per --log-interval: losses, LR, grad norm, step time, tokens/s and patches/s
+        (global positions: patches for LST, tokens for the baseline) and their ratio."""
         if not self.enabled:
             return
         tokens_per_s = tokens / max(elapsed, 1e-9)
+        positions = tokens if positions is None else positions
+        positions_per_s = positions / max(elapsed, 1e-9)
+        tokens_per_position = tokens / max(positions, 1e-9)
         metrics = " | ".join(f"{name} {value:.4f}" for name, value in sorted(result.metrics.items()))
         grad = f"{result.grad_norm:.3f}" if result.grad_norm is not None else "-"
         print(
             f"iteration {state.iteration:8d} | {metrics} | lr {lr:.3e} | grad norm {grad} | "
-            f"{1000 * elapsed / steps:.1f} ms/step | {tokens_per_s:.0f} tokens/s | "
+            f"{1000 * elapsed / steps:.1f} ms/step | {tokens_per_s:.0f} tokens/s | {positions_per_s:.0f} patches/s | "
+            f"{tokens_per_position:.2f} tokens/position | "
             f"FLOPs so far {state.flops_so_far:.3e} | skipped {state.skipped_iterations}",
             flush=True,
         )
-        self._record("throughput", state.iteration, {"tokens_per_s": tokens_per_s, "ms_per_step": 1000 * elapsed / steps})
+        self._record("throughput", state.iteration, {
+            "tokens_per_s": tokens_per_s, "patches_per_s": positions_per_s,
+            "tokens_per_position": tokens_per_position, "ms_per_step": 1000 * elapsed / steps,
+        })
 
     def validation(self, state, metrics: dict) -> None:
         if not self.enabled or not metrics:

@@ -34,6 +34,9 @@ class TrainingTask(Protocol):
     def batch_tokens(self, batch: dict) -> int:
         """Raw tokens (text tokens + speech units) in one micro-batch."""
 
+    def batch_positions(self, batch: dict) -> int:
+        """Global-model positions in one micro-batch: patches for LST, tokens for the baseline."""
+
 
 def masked_token_loss(loss_mask: torch.Tensor, per_token_loss: torch.Tensor, extra: dict | None = None):
     """megatron loss_func for per-token losses: (sum, count, reported metrics).
