@@ -16,38 +16,79 @@ import torch.nn.functional as F
 
 
 class KVCache:
-    """Keys, values and validity of the slots one attention layer has seen so far."""
+    """Keys, values and validity of the slots one attention layer has seen so far.
+
+    Storage grows by doubling and is written in place, so a step costs O(1) copies rather than
+    re-concatenating the whole cache (which made long generations quadratic in memory traffic).
+    A windowed cache compacts to its last ``window_size`` slots when its storage fills.
+    """
 
     def __init__(self, window_size: Optional[int] = None):
         if window_size is not None and window_size < 1:
             raise ValueError(f"window_size must be >= 1 or None, got {window_size}")
         self.window_size = window_size
-        self.keys: Optional[torch.Tensor] = None  # [B, H, L, D]
-        self.values: Optional[torch.Tensor] = None
-        self.valid: Optional[torch.Tensor] = None  # [B, L] bool
+        self._keys: Optional[torch.Tensor] = None  # [B, H, capacity, D]
+        self._values: Optional[torch.Tensor] = None
+        self._valid: Optional[torch.Tensor] = None  # [B, capacity] bool
+        self.start = 0  # first visible slot
+        self.end = 0  # one past the last written slot
         self.all_valid = True  # lets attention skip the mask when no slot is invalid
 
     @property
     def length(self) -> int:
-        return 0 if self.keys is None else self.keys.shape[2]
+        return self.end - self.start
+
+    @property
+    def keys(self) -> torch.Tensor:
+        return self._keys[:, :, self.start:self.end]
+
+    @property
+    def values(self) -> torch.Tensor:
+        return self._values[:, :, self.start:self.end]
+
+    @property
+    def valid(self) -> torch.Tensor:
+        return self._valid[:, self.start:self.end]
+
+    def _make_room(self, steps: int, like: torch.Tensor) -> None:
+        if self._keys is None:
+            batch, heads, _, dim = like.shape
+            capacity = max(64, 2 * steps if self.window_size is None else 2 * self.window_size + steps)
+            self._keys = like.new_empty(batch, heads, capacity, dim)
+            self._values = like.new_empty(batch, heads, capacity, dim)
+            self._valid = torch.ones(batch, capacity, dtype=torch.bool, device=like.device)
+            return
+        capacity = self._keys.shape[2]
+        if self.end + steps <= capacity:
+            return
+        if self.window_size is not None and self.length + steps <= capacity:
+            keep = slice(self.start, self.end)  # compact the window to the front
+            self._keys[:, :, : self.length] = self._keys[:, :, keep].clone()
+            self._values[:, :, : self.length] = self._values[:, :, keep].clone()
+            self._valid[:, : self.length] = self._valid[:, keep].clone()
+            self.start, self.end = 0, self.length
+            return
+        grow = max(capacity, steps)
+        self._keys = torch.cat([self._keys, torch.empty_like(self._keys[:, :, :grow])], dim=2)
+        self._values = torch.cat([self._values, torch.empty_like(self._values[:, :, :grow])], dim=2)
+        self._valid = torch.cat([self._valid, torch.ones_like(self._valid[:, :grow])], dim=1)
 
     def append(self, keys: torch.Tensor, values: torch.Tensor, valid: Optional[torch.Tensor] = None) -> None:
         """Add one or more slots: keys/values [B, H, S, D], valid [B, S] (None: all valid)."""
-        batch, _, steps, _ = keys.shape
+        steps = keys.shape[2]
+        self._make_room(steps, keys)
+        self._keys[:, :, self.end:self.end + steps] = keys
+        self._values[:, :, self.end:self.end + steps] = values
         if valid is None:
-            valid = torch.ones(batch, steps, dtype=torch.bool, device=keys.device)
+            self._valid[:, self.end:self.end + steps] = True
         else:
+            self._valid[:, self.end:self.end + steps] = valid
             self.all_valid = self.all_valid and bool(valid.all())
-        if self.keys is None:
-            self.keys, self.values, self.valid = keys, values, valid
-        else:
-            self.keys = torch.cat([self.keys, keys], dim=2)
-            self.values = torch.cat([self.values, values], dim=2)
-            self.valid = torch.cat([self.valid, valid], dim=1)
+        self.end += steps
         if self.window_size is not None and self.length > self.window_size:
-            self.keys = self.keys[:, :, -self.window_size:]
-            self.values = self.values[:, :, -self.window_size:]
-            self.valid = self.valid[:, -self.window_size:]
+            self.start = self.end - self.window_size
+            if not self.all_valid:
+                self.all_valid = bool(self.valid.all())
 
 
 def attend_cache(queries: torch.Tensor, cache: KVCache, scale: float) -> torch.Tensor:
