@@ -154,6 +154,22 @@ def next_token_logits(model: torch.nn.Module, config: Config, tokenizer: JointTo
     return baseline_logits(model)
 
 
+def load_model(root: str | Path, iteration: Optional[int] = None, tokenizer_model: Optional[str] = None
+               ) -> tuple[torch.nn.Module, Config, JointTokenizer, torch.device]:
+    """The trained model (eval mode, TP = PP = 1, on GPU when there is one), its run's config and
+    tokenizer; shared by scoring and generation (megatron_lst/inference/loading.py)."""
+    config = config_from_checkpoint(root, iteration, tokenizer_model)
+    initialize_single_process(config.data.seed)
+    task = build_task(config)
+    check_vocabulary(read_common_state(root, iteration), task.tokenizer)
+    model = task.build_model(config, True, True)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
+    if load_checkpoint(root, model, optimizer=None, scheduler=None, iteration=iteration, load_rng=False) is None:
+        raise FileNotFoundError(f"nothing to load in {root}")
+    return model.eval(), config, task.tokenizer, device
+
+
 class CheckpointScorer:
     """Log-probs of token t given tokens < t from a trained checkpoint, batch by batch."""
 
@@ -170,17 +186,8 @@ class CheckpointScorer:
     @classmethod
     def from_checkpoint(cls, root: str | Path, iteration: Optional[int] = None,
                         tokenizer_model: Optional[str] = None) -> "CheckpointScorer":
-        config = config_from_checkpoint(root, iteration, tokenizer_model)
-        initialize_single_process(config.data.seed)
-        task = build_task(config)
-        check_vocabulary(read_common_state(root, iteration), task.tokenizer)
-        model = task.build_model(config, True, True)
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        model.to(device)
-        if load_checkpoint(root, model, optimizer=None, scheduler=None, iteration=iteration, load_rng=False) is None:
-            raise FileNotFoundError(f"nothing to load in {root}")
-        model.eval()
-        return cls(next_token_logits(model, config, task.tokenizer), model, task.tokenizer, device,
+        model, config, tokenizer, device = load_model(root, iteration, tokenizer_model)
+        return cls(next_token_logits(model, config, tokenizer), model, tokenizer, device,
                    max_length=config.data.seq_length)
 
     @torch.no_grad()

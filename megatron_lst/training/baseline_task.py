@@ -23,6 +23,7 @@ from megatron_lst.models.flops import gpt_training_flops
 from megatron_lst.models.specs import resolve_use_te, transformer_config
 from megatron_lst.tokenizer import JointTokenizer
 from megatron_lst.training.arguments import Config
+from megatron_lst.training.data_modes import answer_target_mask, interleave_config
 from megatron_lst.training.task import masked_token_loss
 
 
@@ -129,11 +130,13 @@ class BaselineTask:
             split=config.data.split,
             path_to_cache=config.data.data_cache_path,
             vocab=self.tokenizer.vocab,
+            interleave=interleave_config(config.data.data_mode, config.data.seed),
             patch_size=1,
             max_tokens=config.data.seq_length + 1,
         )
         train, valid, _ = build_lst_datasets(dataset_config, [train_samples, valid_samples, 0])
-        self.collate = partial(packed_to_gpt_batch, pad_id=self.tokenizer.pad_id, length=config.data.seq_length + 1)
+        self.collate = partial(packed_to_gpt_batch, pad_id=self.tokenizer.pad_id, length=config.data.seq_length + 1,
+                               data_mode=config.data.data_mode, vocab=self.tokenizer.vocab)
         return train, valid
 
     def forward_step(self, data_iterator: Iterator[dict], model: torch.nn.Module) -> tuple:
@@ -163,7 +166,8 @@ class BaselineTask:
         )
 
 
-def packed_to_gpt_batch(samples: list[dict], pad_id: int, length: int) -> dict:
+def packed_to_gpt_batch(samples: list[dict], pad_id: int, length: int, data_mode: str = "interleaved",
+                        vocab=None) -> dict:
     """Packed interleaved samples -> the GPT batch fields (inputs, shifted labels, loss mask).
 
     Attention is block-causal over the packed documents, as in LST's global model, so that the two
@@ -173,6 +177,9 @@ def packed_to_gpt_batch(samples: list[dict], pad_id: int, length: int) -> dict:
     tokens = packed["tokens"]
     labels = tokens[:, 1:].contiguous()
     loss_mask = (labels != pad_id).float()
+    answer_mask = None if vocab is None else answer_target_mask(tokens, packed["document_ids"], data_mode, vocab)
+    if answer_mask is not None:  # asr / tts fine-tuning: only the answer's targets
+        loss_mask = loss_mask * answer_mask
     documents = packed["document_ids"][:, :-1]
     return {
         "tokens": tokens[:, :-1].contiguous(),

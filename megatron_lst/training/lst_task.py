@@ -30,6 +30,7 @@ from megatron_lst.patching import compute_patches
 from megatron_lst.tokenizer import JointTokenizer
 from megatron_lst.training.arguments import Config
 from megatron_lst.training.baseline_task import BaselineTask, load_tokenizer, modality_token_loss, parse_blend
+from megatron_lst.training.data_modes import answer_target_mask, interleave_config
 
 
 def gpt_samples_to_lst_batch(samples: list[dict]) -> dict:
@@ -125,6 +126,7 @@ class LSTTask:
             split=config.data.split,
             path_to_cache=config.data.data_cache_path,
             vocab=self.tokenizer.vocab,
+            interleave=interleave_config(config.data.data_mode, config.data.seed),
             patch_size=self.patching.patch_size,
             max_tokens=positions * self.patching.patch_size,
         )
@@ -171,6 +173,9 @@ class LSTTask:
         loss_mask = (targets != pad_id).float()
         labels = torch.where(targets == pad_id, torch.zeros_like(targets), targets)
         documents = batch.get("document_ids")
+        answer_mask = answer_target_mask(tokens, documents, self.config.data.data_mode, self.tokenizer.vocab)
+        if answer_mask is not None:
+            loss_mask = loss_mask * answer_mask
         if documents is not None:
             documents = documents[:, :-1].contiguous()
         device = next(model.parameters()).device

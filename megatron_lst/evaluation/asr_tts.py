@@ -1,0 +1,102 @@
+"""ASR and TTS metrics (LST.md §6: ASR WER, TTS error rate of a recogniser on generated speech).
+
+- ``word_error_rate``: word-level edit distance over the reference word count, after lower-casing
+  and dropping punctuation (transcripts and ASR outputs differ in nothing else that matters here).
+- ``unit_error_rate``: the same over unit sequences against the reference units of the sentence;
+  by default runs of a repeated unit are collapsed first, so a slower or faster but otherwise
+  identical rendition is not counted as errors.
+- ``tts_round_trip_wer``: the project's own ASR model transcribes the TTS model's units (no
+  external recogniser can be downloaded here), WER against the text the TTS model was given.
+- ``generation_cost``: global-model steps and wall time per second of generated speech (25 units/s):
+  the LST runs its global model once per patch, the baseline once per unit.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+UNIT_RATE = 25.0
+
+
+def edit_distance(reference: Sequence, hypothesis: Sequence) -> int:
+    """Levenshtein distance (substitutions, insertions, deletions all cost 1), O(len(ref)) memory."""
+    previous = list(range(len(hypothesis) + 1))
+    for i, ref_item in enumerate(reference, start=1):
+        current = [i] + [0] * len(hypothesis)
+        for j, hyp_item in enumerate(hypothesis, start=1):
+            current[j] = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ref_item != hyp_item))
+        previous = current
+    return previous[-1]
+
+
+def normalise_words(text: str) -> list[str]:
+    return re.sub(r"[^\w\s']", " ", text.lower()).split()
+
+
+def word_error_rate(references: Sequence[str], hypotheses: Sequence[str]) -> float:
+    """Corpus WER: total word edits / total reference words."""
+    if len(references) != len(hypotheses):
+        raise ValueError(f"{len(references)} references but {len(hypotheses)} hypotheses")
+    edits = words = 0
+    for reference, hypothesis in zip(references, hypotheses):
+        reference_words = normalise_words(reference)
+        edits += edit_distance(reference_words, normalise_words(hypothesis))
+        words += len(reference_words)
+    return edits / max(words, 1)
+
+
+def collapse_repeats(units: Sequence[int]) -> list[int]:
+    units = [int(u) for u in units]
+    return [u for index, u in enumerate(units) if index == 0 or u != units[index - 1]]
+
+
+def unit_error_rate(references: Sequence[Sequence[int]], hypotheses: Sequence[Sequence[int]],
+                    collapse: bool = True) -> float:
+    """Corpus unit error rate: total unit edits / total reference units."""
+    if len(references) != len(hypotheses):
+        raise ValueError(f"{len(references)} references but {len(hypotheses)} hypotheses")
+    edits = total = 0
+    for reference, hypothesis in zip(references, hypotheses):
+        if collapse:
+            reference, hypothesis = collapse_repeats(reference), collapse_repeats(hypothesis)
+        edits += edit_distance(list(reference), list(hypothesis))
+        total += len(reference)
+    return edits / max(total, 1)
+
+
+@dataclass(frozen=True)
+class GenerationCost:
+    speech_seconds: float
+    global_steps_per_second: float
+    wall_seconds_per_second: float
+
+
+def generation_cost(units_per_row: Sequence[int], global_steps_per_row: Sequence[int],
+                    wall_seconds: float) -> GenerationCost:
+    """Cost per second of generated speech, from per-row unit and global-step counts."""
+    speech_seconds = sum(units_per_row) / UNIT_RATE
+    denominator = max(speech_seconds, 1e-9)
+    return GenerationCost(speech_seconds, sum(global_steps_per_row) / denominator, wall_seconds / denominator)
+
+
+def generation_cost_of(runs: Sequence, vocab) -> GenerationCost:
+    """``generation_cost`` over ``Generation`` results (inference/generate.py)."""
+    units = [int(np.sum(vocab.is_unit(row))) if row else 0 for run in runs for row in run.tokens]
+    steps = [steps for run in runs for steps in run.generated_global_positions]
+    return generation_cost(units, steps, sum(run.seconds for run in runs))
+
+
+def tts_round_trip_wer(tts_generator, asr_generator, texts: Sequence[str], max_seconds: float = 20.0) -> dict:
+    """Synthesise ``texts`` with the TTS model, transcribe with the ASR model, score against ``texts``."""
+    from megatron_lst.inference.tasks import synthesize, transcribe
+
+    unit_lists, tts_runs = synthesize(tts_generator, texts, max_seconds=max_seconds)
+    transcripts, _ = transcribe(asr_generator, [units for units in unit_lists])
+    cost = generation_cost_of(tts_runs, tts_generator.tokenizer.vocab)
+    return {"wer": word_error_rate(texts, transcripts), "units": unit_lists, "transcripts": transcripts,
+            "global_steps_per_second": cost.global_steps_per_second,
+            "wall_seconds_per_second": cost.wall_seconds_per_second}

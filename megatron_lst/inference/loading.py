@@ -1,0 +1,59 @@
+"""A generator from a trained checkpoint: the model at TP = PP = 1 with its stepper and patch size.
+
+The model is built and loaded exactly as evaluation does (evaluation/model_scorer.py), so any
+checkpoint that scores also generates. LST generates with *static* patches of the run's
+``--patch-size`` whatever its training strategy (LST.md §3: static needs no aligner at inference).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from megatron_lst.evaluation.model_scorer import load_model
+from megatron_lst.inference.baseline_stepper import BaselineStepper
+from megatron_lst.inference.generate import Generation, GenerationConfig, generate
+from megatron_lst.inference.lst_stepper import LSTStepper
+from megatron_lst.inference.uncached import UncachedBaselineStepper, UncachedLSTStepper
+from megatron_lst.tokenizer import JointTokenizer
+from megatron_lst.training.arguments import Config
+
+
+@dataclass
+class CheckpointGenerator:
+    """What generation needs from a checkpoint; ``generate`` continues token-id prompts."""
+
+    model: torch.nn.Module
+    config: Config
+    tokenizer: JointTokenizer
+    device: torch.device
+    use_cache: bool = True
+
+    @property
+    def is_lst(self) -> bool:
+        return self.config.train.model == "lst"
+
+    @property
+    def patch_size(self) -> int:
+        """Units per global step: the run's static patch size for LST, 1 for the baseline."""
+        return self.config.patching.patch_size if self.is_lst else 1
+
+    def stepper(self):
+        if self.is_lst:
+            return LSTStepper(self.model) if self.use_cache else UncachedLSTStepper(self.model)
+        return BaselineStepper(self.model) if self.use_cache else UncachedBaselineStepper(self.model)
+
+    def generate(self, prompts: list[list[int]], config: GenerationConfig) -> Generation:
+        return generate(self.stepper(), prompts, self.tokenizer.vocab, self.patch_size, config)
+
+    @classmethod
+    def from_checkpoint(cls, root: str | Path, iteration: Optional[int] = None,
+                        tokenizer_model: Optional[str] = None, use_cache: bool = True) -> "CheckpointGenerator":
+        model, config, tokenizer, device = load_model(root, iteration, tokenizer_model)
+        if config.patching.fold_speech_marker and config.train.model == "lst":
+            raise ValueError("generation patches <s> as its own patch; this run folded it into the speech "
+                             "(--fold-speech-marker), which the incremental patch tracker does not model")
+        return cls(model, config, tokenizer, device, use_cache)
