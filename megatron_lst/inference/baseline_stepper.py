@@ -10,7 +10,7 @@ import torch
 from megatron.core.models.gpt import GPTModel
 
 from megatron_lst.inference.kv_cache import KVCache
-from megatron_lst.inference.layer_steps import self_attention_layer_step
+from megatron_lst.inference.layer_steps import linear, self_attention_layer_step
 from megatron_lst.inference.rotary import RotaryTable
 
 
@@ -45,7 +45,7 @@ class BaselineStepper:
         for layer, cache in zip(model.decoder.layers, self.caches):
             hidden = self_attention_layer_step(layer, hidden, freqs, cache)
         hidden = model.decoder.final_layernorm(hidden)
-        logits, _ = model.output_layer(hidden)
+        logits = linear(model.output_layer, hidden)
         self.position += 1
         # rows that stopped step with their flags off: their padding is not generated speech
         self.global_positions += 1 if completes is None else completes.long()

@@ -114,6 +114,7 @@ def generate(stepper, prompts: Sequence[Sequence[int]], vocab: VocabLayout, patc
     done = torch.zeros(batch, dtype=torch.bool, device=device)
     last_feed = torch.zeros(batch, dtype=torch.bool, device=device)  # out of budget: read the last token, stop
     prompt_positions = [0] * batch
+    units = [0] * batch
     masks = None
     tokens = torch.tensor([prompt[0] for prompt in prompts], device=device)
     start, step = time.perf_counter(), 0
@@ -145,8 +146,8 @@ def generate(stepper, prompts: Sequence[Sequence[int]], vocab: VocabLayout, patc
                 next_tokens.append(vocab.pad_id)
                 continue
             generated[row].append(token)
-            units = int(vocab.is_unit(generated[row]).sum())
-            if unit_budget is not None and units >= unit_budget:
+            units[row] += int(vocab.unit_offset <= token < vocab.vocab_size)
+            if unit_budget is not None and units[row] >= unit_budget:
                 reasons[row], last_feed[row] = "max_units", True
             elif len(generated[row]) >= config.max_new_tokens:
                 reasons[row], last_feed[row] = "max_new_tokens", True

@@ -9,6 +9,11 @@ the cache (kv_cache.py). The teacher-forced equivalence tests (tests/inference/)
 to the full forward pass.
 
 Shapes follow megatron: hidden states [S, B, H]; per-row rotary frequencies [S, B, 1, D].
+
+At TP = 1 the plain parallel linears and the MLP run as ``F.linear`` on the modules' own weights:
+decoding is a long chain of tiny matrix products, and megatron's autograd wrappers and process-group
+look-ups cost more than the products themselves. Any other module (transformer-engine's fused
+norm+linear, TP > 1) is called as it is.
 """
 
 from __future__ import annotations
@@ -16,10 +21,62 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
+from megatron.core import parallel_state
 from megatron.core.models.common.embeddings.rope_utils import apply_rotary_pos_emb
+from megatron.core.tensor_parallel.layers import ColumnParallelLinear, RowParallelLinear
+from megatron.core.transformer.mlp import MLP
 from megatron.core.transformer.transformer_layer import TransformerLayer
 
 from megatron_lst.inference.kv_cache import KVCache, attend_cache
+
+
+def _is_plain_linear(module: torch.nn.Module) -> bool:
+    return type(module) in (ColumnParallelLinear, RowParallelLinear) and \
+        parallel_state.get_tensor_model_parallel_world_size() == 1
+
+
+def linear(module: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    """A megatron linear's output (its bias added, as the bias-dropout-add would)."""
+    if _is_plain_linear(module):
+        return F.linear(inputs, module.weight, module.bias)
+    output, bias = module(inputs)
+    return output if bias is None else output + bias
+
+
+def mlp_forward(mlp: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    """megatron's MLP (gated or not, no fused activation) on its own weights."""
+    config = mlp.config
+    plain = (type(mlp) is MLP and _is_plain_linear(mlp.linear_fc1) and _is_plain_linear(mlp.linear_fc2)
+             and not config.use_te_activation_func and not config.bias_activation_fusion
+             and config.activation_func_clamp_value is None)
+    if not plain:
+        output, bias = mlp(inputs)
+        return output if bias is None else output + bias
+    intermediate = linear(mlp.linear_fc1, inputs)
+    if config.gated_linear_unit:
+        gate, value = torch.chunk(intermediate, 2, dim=-1)
+        intermediate = config.activation_func(gate) * (value + config.glu_linear_offset)
+    else:
+        intermediate = mlp.activation_func(intermediate)
+    return linear(mlp.linear_fc2, intermediate)
+
+
+def query_key_value(attention: torch.nn.Module, normed: torch.Tensor):
+    """``SelfAttention.get_query_key_value_tensors`` with a plain linear_qkv at TP = 1."""
+    if not _is_plain_linear(attention.linear_qkv):
+        return attention.get_query_key_value_tensors(normed)
+    groups = attention.num_query_groups_per_partition
+    head_dim = attention.hidden_size_per_attention_head
+    per_group = attention.num_attention_heads_per_partition // groups
+    mixed = linear(attention.linear_qkv, normed).view(*normed.shape[:2], groups, (per_group + 2) * head_dim)
+    query, key, value = torch.split(mixed, [per_group * head_dim, head_dim, head_dim], dim=3)
+    query = query.reshape(*query.shape[:2], -1, head_dim)
+    if attention.q_layernorm is not None:
+        query = attention.q_layernorm(query)
+    if attention.k_layernorm is not None:
+        key = attention.k_layernorm(key)
+    return query, key, value
 
 
 def _softmax_scale(attention: torch.nn.Module) -> float:
@@ -49,22 +106,20 @@ def self_attention_layer_step(layer: TransformerLayer, hidden: torch.Tensor, rot
     """
     attention = layer.self_attention
     normed = layer.input_layernorm(hidden)
-    query, key, value = attention.get_query_key_value_tensors(normed)
+    query, key, value = query_key_value(attention, normed)
     query = apply_rotary_pos_emb(query, rotary_freqs, config=attention.config)
     key = apply_rotary_pos_emb(key, rotary_freqs, config=attention.config)
     heads = query.shape[2]
     cache.append(_heads_first(key, heads), _heads_first(value, heads), valid)
     context = attend_cache(_heads_first(query, heads), cache, _softmax_scale(attention))
-    projected, _ = attention.linear_proj(_merge_heads(context))
-    hidden = hidden + projected
-    mlp_output, _ = layer.mlp(layer.pre_mlp_layernorm(hidden))
-    return hidden + mlp_output
+    hidden = hidden + linear(attention.linear_proj, _merge_heads(context))
+    return hidden + mlp_forward(layer.mlp, layer.pre_mlp_layernorm(hidden))
 
 
 def cross_keys_values(layer: TransformerLayer, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Keys and values [B, H, S, D] of a cross-attention layer for context states [S, B, C]."""
     attention = layer.cross_attention
-    mixed, _ = attention.linear_kv(context)
+    mixed = linear(attention.linear_kv, context)
     mixed = mixed.view(*mixed.shape[:2], attention.num_attention_heads_per_partition,
                        2 * attention.hidden_size_per_attention_head)
     key, value = mixed.chunk(2, dim=-1)
@@ -79,15 +134,14 @@ def cross_attention_layer_step(layer: TransformerLayer, hidden: torch.Tensor, ke
     queries see nothing get a zero attention output (they are discarded by the caller).
     """
     attention = layer.cross_attention
-    query, _ = attention.linear_q(layer.pre_cross_attn_layernorm(hidden))
+    query = linear(attention.linear_q, layer.pre_cross_attn_layernorm(hidden))
     query = query.view(*query.shape[:2], attention.num_attention_heads_per_partition,
                        attention.hidden_size_per_attention_head).permute(1, 2, 0, 3)
     context = torch.nn.functional.scaled_dot_product_attention(
         query, keys, values, attn_mask=allowed, scale=_softmax_scale(attention))
     if allowed is not None:
         context = torch.nan_to_num(context)
-    projected, _ = attention.linear_proj(_merge_heads(context))
-    return hidden + projected
+    return hidden + linear(attention.linear_proj, _merge_heads(context))
 
 
 def cached_cross_attention_layer_step(layer: TransformerLayer, hidden: torch.Tensor, cache: KVCache) -> torch.Tensor:

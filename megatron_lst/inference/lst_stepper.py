@@ -22,6 +22,7 @@ import torch
 
 from megatron_lst.inference.kv_cache import KVCache
 from megatron_lst.inference.layer_steps import (
+    linear,
     cached_cross_attention_layer_step,
     cross_attention_layer_step,
     cross_keys_values,
@@ -152,6 +153,6 @@ class LSTStepper:
         for index, (cross, window) in enumerate(zip(decoder.stack.cross_layers, decoder.stack.window_layers)):
             hidden = cached_cross_attention_layer_step(cross, hidden, self.decoder_cross_caches[index])
             hidden = self_attention_layer_step(window, hidden, freqs, self.decoder_caches[index])
-        logits, _ = decoder.output_layer(decoder.final_norm(hidden))
+        logits = linear(decoder.output_layer, decoder.final_norm(hidden))
         self.position += 1
         return logits[0]

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# TTS fine-tuning from a pretrained checkpoint: streams "BOS <t> transcript <s> units EOS" of the
+# speech-text corpus (--data-mode tts), loss on the units and their EOS only; then held-out unit
+# error rate, unit NLL and cost per second of speech, start vs fine-tuned (ASR_CHECKPOINT: round-trip WER).
+#
+#   examples/finetune_tts.sh PRETRAINED_CKPT OUT_DIR TOKENIZER SPEECH_PREFIX HELDOUT_JSONL [ASR_CHECKPOINT] [extra pretrain_lst.py flags]
+#   e.g. examples/finetune_tts.sh demo_out/runs/lst/checkpoints ft_tts demo_out/tokenizer/text_bpe.model \
+#            demo_out/data/speech_speech_document demo_out/corpus/speech_heldout.jsonl --train-iters 200
+#
+# The model, its shape and patching come from the checkpoint's run; pass the same --model and
+# --model-flavour (and --patch-size) it was trained with (defaults below: LST, demo flavour).
+# --seq-length counts global positions: a whole utterance plus its transcript must fit in one sample,
+# or the pieces cut off before "<s>" train on nothing.
+set -euo pipefail
+PRETRAINED=$1 OUT=$2 TOKENIZER=$3 SPEECH=$4 HELDOUT=$5
+ASR=()
+if [[ $# -ge 6 && $6 != --* ]]; then ASR=(--asr-checkpoint "$6"); shift; fi
+shift 5
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+PY=${PYTHON:-$REPO/.venv/bin/python}
+export PYTHONPATH=$REPO${PYTHONPATH:+:$PYTHONPATH}
+
+"$PY" "$REPO/pretrain_lst.py" --config "$REPO/examples/configs/debug.yaml" --model lst --model-flavour demo \
+  --tokenizer-model "$TOKENIZER" --data-path "$SPEECH" --data-mode tts --data-cache-path "$OUT/index_cache" \
+  --seq-length 512 --micro-batch-size 1 --global-batch-size 4 --lr 1e-3 --lr-warmup-iters 5 \
+  --train-iters 60 --log-interval 5 --eval-interval 1000 --eval-iters 1 --split 100,0,0 \
+  --load "$PRETRAINED" --finetune --save "$OUT/checkpoints" --save-interval 1000000 "$@"
+
+"$PY" "$REPO/tools/evaluate_asr_tts.py" --task tts --checkpoint "$PRETRAINED" --heldout "$HELDOUT" \
+  "${ASR[@]}" --output "$OUT/eval_start.json"
+"$PY" "$REPO/tools/evaluate_asr_tts.py" --task tts --checkpoint "$OUT/checkpoints" --heldout "$HELDOUT" \
+  "${ASR[@]}" --output "$OUT/eval_finetuned.json"
