@@ -1,0 +1,192 @@
+"""Convert checkpoints between engines and a single consolidated file.
+
+  to-safetensors      megatron dist checkpoint (any TP/PP)  -> DIR/model.safetensors + DIR/config.json
+  from-safetensors    DIR/model.safetensors + config.json   -> megatron dist checkpoint (weights only)
+  deepspeed-to-safetensors  DeepSpeed (ZeRO 0-3) checkpoint -> DIR/model.safetensors + DIR/config.json
+
+The consolidated file holds the TP=1 state dict of the run's model (``--model lst`` or
+``baseline``), fp32 or bf16 as trained; ``config.json`` holds the run's configuration, so the
+model can be rebuilt without the original flags. Weights round-trip exactly: megatron ->
+safetensors -> megatron gives identical logits (tested). A converted-back checkpoint has no
+optimizer state: continue from it with ``--finetune`` or ``--no-load-optim``.
+
+Conversion runs in one process on CPU; dist_checkpointing reshards any TP/PP layout to TP=1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import json
+import os
+import socket
+import sys
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from megatron_lst.models.config import ModelConfig  # noqa: E402
+from megatron_lst.training.arguments import SECTIONS, Config, config_from_values  # noqa: E402
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+SINGLE_PROCESS = {"tensor_model_parallel_size": 1, "pipeline_model_parallel_size": 1, "sequence_parallel": False,
+                  "use_distributed_optimizer": False, "load": None, "save": None, "engine": "megatron",
+                  "dry_run": False, "world_size": None}
+
+
+def config_from_saved(saved: dict, tokenizer_model: Optional[str] = None) -> Config:
+    """The run's Config (as ``Config.to_dict`` saved it) set up for one CPU process.
+
+    Keys this version does not know (a run saved by an older or newer release) are dropped.
+    """
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    for cls in SECTIONS.values():
+        known |= {f.name for f in dataclasses.fields(cls)}
+    values = dict(saved.get("model_config", {}))
+    for section in SECTIONS:
+        values.update(saved.get(section, {}))
+    values = {key: value for key, value in values.items() if key in known}
+    values.update(SINGLE_PROCESS)
+    if tokenizer_model:
+        values["tokenizer_model"] = tokenizer_model
+    values["extra"] = saved.get("extra", {})
+    return config_from_values(values)
+
+
+def init_single_process() -> None:
+    """A one-rank gloo group and megatron's parallel state (TP=PP=1)."""
+    from megatron_lst.training.initialize import initialize_distributed
+
+    if not torch.distributed.is_initialized():
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        if "MASTER_PORT" not in os.environ:
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                os.environ["MASTER_PORT"] = str(sock.getsockname()[1])
+        os.environ.setdefault("RANK", "0")
+        os.environ.setdefault("WORLD_SIZE", "1")
+    initialize_distributed(1, 1, backend="gloo")
+
+
+def build_model(config: Config) -> torch.nn.Module:
+    """The whole model (one stage) of ``config``'s family, on CPU."""
+    from pretrain_lst import task_factory
+
+    return task_factory(config).build_model(config, True, True).cpu()
+
+
+def tensor_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Parameters and persistent buffers; megatron's ``_extra_state`` entries (TE metadata) are skipped."""
+    return {name: value.detach().contiguous() for name, value in model.state_dict().items()
+            if isinstance(value, torch.Tensor) and not name.endswith("_extra_state")}
+
+
+def load_tensor_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load a consolidated state; every model tensor must be present and no extra one."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [name for name in missing if not name.endswith("_extra_state")]
+    if missing or unexpected:
+        raise KeyError(f"state dict does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+
+def write_consolidated(model: torch.nn.Module, config: Config, output: Path, progress: dict, source: str) -> Path:
+    from safetensors.torch import save_file
+
+    output.mkdir(parents=True, exist_ok=True)
+    save_file(tensor_state(model), str(output / WEIGHTS_FILE), metadata={"format": "pt", "source": source})
+    meta = {"config": config.to_dict(), "progress": progress, "source": source, "format_version": 1}
+    (output / CONFIG_FILE).write_text(json.dumps(meta, indent=1, default=str))
+    return output / WEIGHTS_FILE
+
+
+def megatron_to_safetensors(load: str, output: str, iteration: Optional[int], tokenizer_model: Optional[str]) -> Path:
+    from megatron.core import dist_checkpointing
+
+    from megatron_lst.training.checkpointing import iteration_dir, load_checkpoint, read_latest_iteration
+
+    iteration = iteration if iteration is not None else read_latest_iteration(load)
+    if iteration is None:
+        raise FileNotFoundError(f"{load}: no completed checkpoint (no latest_checkpointed_iteration.txt)")
+    common = dist_checkpointing.load_common_state_dict(str(iteration_dir(load, iteration)))
+    config = config_from_saved(ast.literal_eval(common["config"]), tokenizer_model)
+    init_single_process()
+    model = build_model(config)
+    loaded = load_checkpoint(load, model, iteration=iteration, load_rng=False)
+    progress = {key: loaded.get(key) for key in ("iteration", "consumed_samples", "flops_so_far", "tokens_so_far")}
+    return write_consolidated(model, config, Path(output), progress, f"megatron:{iteration_dir(load, iteration)}")
+
+
+def safetensors_to_megatron(input_dir: str, save: str, tokenizer_model: Optional[str]) -> Path:
+    from safetensors.torch import load_file
+
+    from megatron_lst.training.checkpointing import save_checkpoint
+
+    meta = json.loads((Path(input_dir) / CONFIG_FILE).read_text())
+    config = config_from_saved(meta["config"], tokenizer_model)
+    init_single_process()
+    model = build_model(config)
+    load_tensor_state(model, load_file(str(Path(input_dir) / WEIGHTS_FILE)))
+    progress = {key: value for key, value in meta.get("progress", {}).items() if value is not None}
+    common = {**progress, "config": repr(config.to_dict()), "converted_from": meta.get("source", input_dir)}
+    return save_checkpoint(save, int(progress.get("iteration", 0)), model, None, None, common)
+
+
+def deepspeed_to_safetensors(load: str, output: str, tag: Optional[str], tokenizer_model: Optional[str]) -> Path:
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    tag = tag or (Path(load) / "latest").read_text().strip()
+    client_state = torch.load(Path(load) / tag / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
+    config = config_from_saved(ast.literal_eval(client_state["config"]), tokenizer_model)
+    state = get_fp32_state_dict_from_zero_checkpoint(load, tag=tag)
+    init_single_process()
+    model = build_model(config)
+    dtype = next(model.parameters()).dtype
+    load_tensor_state(model, {name: value.to(dtype) for name, value in state.items()})
+    progress = {key: client_state.get(key) for key in ("iteration", "consumed_samples", "flops_so_far", "tokens_so_far")}
+    return write_consolidated(model, config, Path(output), progress, f"deepspeed:{Path(load) / tag}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    to_st = commands.add_parser("to-safetensors", help="megatron dist checkpoint -> consolidated safetensors")
+    to_st.add_argument("--load", required=True, help="checkpoint root (holds latest_checkpointed_iteration.txt)")
+    to_st.add_argument("--iteration", type=int, default=None, help="which iter_NNNNNNN (default: latest)")
+    to_st.add_argument("--output", required=True, help="folder for model.safetensors and config.json")
+    from_st = commands.add_parser("from-safetensors", help="consolidated safetensors -> megatron dist checkpoint")
+    from_st.add_argument("--input", required=True, help="folder with model.safetensors and config.json")
+    from_st.add_argument("--save", required=True, help="checkpoint root to write iter_NNNNNNN/ into")
+    from_ds = commands.add_parser("deepspeed-to-safetensors", help="DeepSpeed checkpoint -> consolidated safetensors")
+    from_ds.add_argument("--load", required=True, help="DeepSpeed checkpoint root (holds 'latest')")
+    from_ds.add_argument("--tag", default=None, help="checkpoint tag, e.g. iter_0000100 (default: latest)")
+    from_ds.add_argument("--output", required=True, help="folder for model.safetensors and config.json")
+    for sub in (to_st, from_st, from_ds):
+        sub.add_argument("--tokenizer-model", default=None,
+                         help="tokenizer file, when the run's path no longer exists (fixes the vocabulary size)")
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    from megatron_lst.training.initialize import destroy_distributed
+
+    try:
+        if args.command == "to-safetensors":
+            written = megatron_to_safetensors(args.load, args.output, args.iteration, args.tokenizer_model)
+        elif args.command == "from-safetensors":
+            written = safetensors_to_megatron(args.input, args.save, args.tokenizer_model)
+        else:
+            written = deepspeed_to_safetensors(args.load, args.output, args.tag, args.tokenizer_model)
+    finally:
+        destroy_distributed()
+    print(f"wrote {written}")
+    return 0
+
+
+if __name__ == "__main__":  # dist_checkpointing's writer uses multiprocessing: keep this guard
+    sys.exit(main())
