@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import importlib
 from typing import Optional
 
 import torch
@@ -34,6 +35,35 @@ def transformer_engine_available() -> bool:
     except Exception:  # TE raises more than ImportError when its CUDA libs mismatch
         return False
     return True
+
+
+@functools.lru_cache(maxsize=None)
+def apex_kernels() -> dict[str, bool]:
+    """Which of apex's CUDA extensions import (NGC images carry apex; it is never installed from PyPI)."""
+    found = {}
+    for name in ("fused_layer_norm_cuda", "fused_weight_gradient_mlp_cuda"):
+        try:
+            importlib.import_module(name)
+            found[name] = torch.cuda.is_available()
+        except Exception:  # a CUDA-version mismatch raises more than ImportError
+            found[name] = False
+    return found
+
+
+def fused_kernel_options() -> dict:
+    """TransformerConfig switches for fused kernels this machine has (all off on CPU).
+
+    Weight-gradient accumulation fused into the GEMM needs apex's ``fused_weight_gradient_mlp_cuda``
+    (the local modules use megatron's own linears even when the global block uses TE) and a
+    ``main_grad`` buffer, which megatron's DDP provides; the DeepSpeed engine turns it off.
+    Norms need nothing here: megatron-core picks apex's or TE's fused norms itself when they import.
+    """
+    if not torch.cuda.is_available():
+        return {}
+    return {
+        "bias_dropout_fusion": True,
+        "gradient_accumulation_fusion": apex_kernels()["fused_weight_gradient_mlp_cuda"],
+    }
 
 
 def resolve_use_te(use_te: Optional[bool]) -> bool:
@@ -99,6 +129,7 @@ def transformer_config(
         calculate_per_token_loss=True,
         deallocate_pipeline_outputs=False,
     )
+    config.update(fused_kernel_options())
     if recompute:
         config.update(recompute_granularity=recompute, recompute_method="uniform" if recompute == "full" else None,
                       recompute_num_layers=1 if recompute == "full" else None)

@@ -8,31 +8,15 @@ distributed optimizer, the bf16 optimizer and sequence parallel have no CPU path
 
 from __future__ import annotations
 
-import functools
-import importlib
-
 import torch
 
-from megatron_lst.models.specs import transformer_engine_available
+from megatron_lst.models.specs import apex_kernels, transformer_engine_available
 from megatron_lst.training.arguments import Config
-
-
-@functools.lru_cache(maxsize=None)
-def apex_kernels() -> dict[str, bool]:
-    """Which of apex's CUDA extensions import (apex is never installed from PyPI: NGC images carry it)."""
-    found = {}
-    for name in ("fused_layer_norm_cuda", "fused_weight_gradient_mlp_cuda", "fast_layer_norm"):
-        try:
-            importlib.import_module(name)
-            found[name] = True
-        except Exception:  # a CUDA-version mismatch raises more than ImportError
-            found[name] = False
-    return found
 
 
 def fused_norms_available() -> bool:
     """Sequence parallel needs norms that all-reduce their grads: TE's or apex's."""
-    return transformer_engine_available() or (torch.cuda.is_available() and apex_kernels()["fused_layer_norm_cuda"])
+    return transformer_engine_available() or apex_kernels()["fused_layer_norm_cuda"]
 
 
 def hardware_problems(config: Config) -> list[str]:
@@ -58,6 +42,9 @@ def hardware_problems(config: Config) -> list[str]:
             problems.append("--bf16 uses megatron-core's mixed-precision optimizer, which is GPU-only")
     if train.recompute_granularity not in (None, "full", "selective"):
         problems.append(f"--recompute-granularity must be full or selective, got {train.recompute_granularity!r}")
+    elif train.recompute_granularity and not cuda:
+        problems.append("--recompute-granularity needs a GPU: megatron-core's activation checkpoint saves and "
+                        "restores the CUDA RNG state")
     return problems
 
 
