@@ -108,6 +108,32 @@ def without_fused_weight_gradients(task) -> None:
             value.gradient_accumulation_fusion = False
 
 
+class ZeroLossProbe(torch.nn.Module):
+    """Stands in for the model in a task's ``forward_step``: per-token losses of zero, shaped like
+    the labels. The loss function it is paired with then reports the micro-batch's loss-token count
+    from the task's own mask (answer-only fine-tuning modes included) without running the model."""
+
+    def __init__(self):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(1, device="cuda" if torch.cuda.is_available() else "cpu"))
+
+    def forward(self, *args, labels: torch.Tensor, **kwargs) -> torch.Tensor:
+        return torch.zeros(labels.shape, dtype=torch.float32, device=self.anchor.device)
+
+
+_PROBE: Optional[ZeroLossProbe] = None
+
+
+def loss_token_count(task, batch: dict) -> int:
+    """Target tokens the loss of ``batch`` averages over; needed before the step's first backward,
+    because each micro-batch's gradient is divided by the global batch's count."""
+    global _PROBE
+    if _PROBE is None:
+        _PROBE = ZeroLossProbe()
+    output, loss_func = task.forward_step(iter([batch]), _PROBE)
+    return int(loss_func(output)[1])
+
+
 def skip_cpu_shared_memory_allreduce() -> None:
     """On CPU, DeepSpeed JIT-compiles a shared-memory all-reduce op on first use (minutes on a small
     machine, once per cache). Returning None from its builder makes ``deepspeed.comm`` use
@@ -164,16 +190,13 @@ class DeepSpeedTrainer:
     # ---------------------------------------------------------------- one step
     def _run_microbatches(self, batches: list[dict], train: bool) -> tuple[dict, float]:
         """Forward (and backward) the step's micro-batches; returns summed metrics and local tokens."""
-        counts = torch.tensor([sum(self.task.batch_tokens(b) for b in batches)], dtype=torch.float64)
+        counts = torch.tensor([sum(loss_token_count(self.task, b) for b in batches)], dtype=torch.float64)
         torch.distributed.all_reduce(counts)
         global_tokens = max(counts.item(), 1.0)
         totals: dict[str, torch.Tensor] = {}
         for batch in batches:
             output, loss_func = self.task.forward_step(iter([batch]), self.engine)
-            loss_sum, num_tokens, reported = loss_func(output)
-            if int(num_tokens) != self.task.batch_tokens(batch):
-                raise RuntimeError("the task's batch_tokens disagrees with its loss's token count: "
-                                   "the DeepSpeed engine normalises the loss by batch_tokens")
+            loss_sum, _, reported = loss_func(output)
             if train:
                 # DeepSpeed averages gradients over DP ranks: scale so the result is sum / global tokens
                 self.engine.backward(loss_sum * self.dp_size / global_tokens, scale_wrt_gas=False)
