@@ -156,6 +156,7 @@ class DeepSpeedTrainer:
         self.config = config
         initialize_distributed(1, 1, backend=config.parallel.distributed_backend, seed=config.data.seed)
         skip_cpu_shared_memory_allreduce()
+        os.environ.setdefault("LOCAL_RANK", "0")  # a plain single-process run: DeepSpeed asserts it is set
         deepspeed.init_distributed(dist_backend=torch.distributed.get_backend())
         self.rank = torch.distributed.get_rank()
         self.dp_size = torch.distributed.get_world_size()
@@ -222,6 +223,7 @@ class DeepSpeedTrainer:
                     by_module[module] = by_module.get(module, 0.0) + flops
         modules = sorted(by_module)
         local = torch.tensor([sum(self.task.batch_tokens(b) for b in batches),
+                              sum(self.task.batch_positions(b) for b in batches),
                               sum(self.task.batch_flops(b) for b in batches),
                               *(by_module[m] for m in modules)], dtype=torch.float64)
         totals, _ = self._run_microbatches(batches, train=True)
@@ -233,8 +235,8 @@ class DeepSpeedTrainer:
         torch.distributed.all_reduce(local)
         grad_norm = self.engine.get_global_grad_norm()
         grad_norm = float(grad_norm) if grad_norm is not None else None
-        tokens, flops, *module_flops = local.tolist()
-        return StepResult(metrics=metrics, grad_norm=grad_norm, tokens=tokens, flops=flops,
+        tokens, positions, flops, *module_flops = local.tolist()
+        return StepResult(metrics=metrics, grad_norm=grad_norm, tokens=tokens, positions=positions, flops=flops,
                           flops_by_module=dict(zip(modules, module_flops)))
 
     def evaluate(self) -> dict:
@@ -330,7 +332,7 @@ class DeepSpeedTrainer:
         handler = PreemptionHandler()
         self.engine.train()
         reason = self._budget_reached()
-        interval_time, interval_tokens = 0.0, 0.0
+        interval_time, interval_tokens, interval_positions = 0.0, 0.0, 0.0
         while reason is None:
             start = time.time()
             result = self.train_step()
@@ -340,11 +342,13 @@ class DeepSpeedTrainer:
             state.flops_so_far += result.flops
             state.tokens_so_far += result.tokens
             interval_tokens += result.tokens
+            interval_positions += result.positions
             lr = self.optimizer.param_groups[0]["lr"]
             self.metrics.step(state, result, lr)
             if state.iteration % cfg.logging.log_interval == 0:
-                self.metrics.log_line(state, result, lr, interval_time, interval_tokens, cfg.logging.log_interval)
-                interval_time, interval_tokens = 0.0, 0.0
+                self.metrics.log_line(state, result, lr, interval_time, interval_tokens, cfg.logging.log_interval,
+                                      positions=interval_positions)
+                interval_time, interval_tokens, interval_positions = 0.0, 0.0, 0.0
             if cfg.logging.eval_interval and state.iteration % cfg.logging.eval_interval == 0:
                 self.metrics.validation(state, self.evaluate())
             reason = self._budget_reached()

@@ -100,3 +100,15 @@ def test_checkpoint_is_atomic_and_resume_is_exact(base_args, tmp_path):
         assert resumed[step]["lm_loss"] == pytest.approx(uninterrupted[step]["lm_loss"], rel=1e-6)
         assert resumed[step]["consumed_samples"] == uninterrupted[step]["consumed_samples"]
     assert (ckpt / "latest").read_text() == "iter_0000005"
+
+
+@pytest.mark.slow
+def test_lst_trains_under_deepspeed_in_one_process(base_args, tmp_path):
+    """No torchrun (LOCAL_RANK unset), the LST task, validation and FLOPs per module."""
+    log = tmp_path / "lst.jsonl"
+    run_pretrain([*base_args, "--model", "lst", "--train-iters", "2", "--eval-interval", "2", *ds_args(1),
+                  "--log-json", str(log)])
+    steps = read_metrics(log)
+    assert sorted(steps) == [1, 2] and all(row["lm_loss"] > 0 for row in steps.values())
+    assert {"step_flops_encoder", "step_flops_global", "step_flops_decoder"} <= set(steps[2])
+    assert read_metrics(log, "valid")[2]["lm_loss"] > 0
