@@ -28,12 +28,14 @@ PYTHON=${PYTHON:-python}
 WORLD_SIZE_PLANNED=$((NNODES * GPUS_PER_NODE))
 
 # Layout per size (8-GPU nodes). 420m/1b fit one GPU: pure data parallel, as in the paper
-# (32 GPUs x 4 sequences x 4096 positions). 7b: TP=4 inside a node with sequence parallel and the
-# distributed optimizer. ITERS is the paper's step count; the budgets are the baseline's FLOPs and
-# raw tokens over ITERS steps (tests/training/test_launchers.py checks them against --dry-run).
+# (32 GPUs x 4 sequences x 4096 positions), Adam states sharded over DP (distributed optimizer).
+# 7b: TP=4 inside a node, sequence parallel, selective recompute, distributed optimizer.
+# ITERS is the paper's step count; the budgets are the baseline's FLOPs and raw tokens over ITERS steps (tests/training/test_launchers.py checks them against --dry-run).
 case "$SIZE" in
-  420m) TP=1; PP=1; ITERS=100000; FLOPS_BUDGET=1.55e+20; TOKENS_BUDGET=5.24288e+10; PARALLEL_FLAGS=() ;;
-  1b)   TP=1; PP=1; ITERS=200000; FLOPS_BUDGET=9.696e+20; TOKENS_BUDGET=1.048576e+11; PARALLEL_FLAGS=() ;;
+  420m) TP=1; PP=1; ITERS=100000; FLOPS_BUDGET=1.55e+20; TOKENS_BUDGET=5.24288e+10
+        PARALLEL_FLAGS=(--use-distributed-optimizer) ;;
+  1b)   TP=1; PP=1; ITERS=200000; FLOPS_BUDGET=9.696e+20; TOKENS_BUDGET=1.048576e+11
+        PARALLEL_FLAGS=(--use-distributed-optimizer) ;;
   7b)   TP=4; PP=1; ITERS=25000;  FLOPS_BUDGET=3.974e+21; TOKENS_BUDGET=1.048576e+11
         PARALLEL_FLAGS=(--sequence-parallel --use-distributed-optimizer --recompute-granularity selective) ;;
   *) echo "unknown SIZE '$SIZE' (420m, 1b or 7b)" >&2; exit 2 ;;
