@@ -350,9 +350,12 @@ class Trainer:
                 self.metrics.log_line(state, result, lr, interval_time, interval_tokens, cfg.logging.log_interval,
                                       positions=interval_positions)
                 interval_time, interval_tokens, interval_positions = 0.0, 0.0, 0.0
-            if cfg.logging.eval_interval and state.iteration % cfg.logging.eval_interval == 0:
-                self.metrics.validation(state, self.evaluate())
+            eval_due = bool(cfg.logging.eval_interval) and state.iteration % cfg.logging.eval_interval == 0
             reason = self._budget_reached()
+            if eval_due or (reason is not None and cfg.logging.eval_interval):
+                # a run that stops on a FLOPs/token budget still ends with a validation, so that
+                # compute-controlled runs are compared at their last step
+                self.metrics.validation(state, self.evaluate())
             if cfg.train.exit_interval and state.iteration % cfg.train.exit_interval == 0:
                 reason = reason or f"reached --exit-interval {cfg.train.exit_interval}"
             if handler.should_stop():
