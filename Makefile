@@ -18,7 +18,7 @@ $(VENV)/.base: setup.py pyproject.toml
 	touch $@
 
 $(VENV)/.demo: $(VENV)/.base
-	$(PIP) install -e '.[demo,hubert]' --no-build-isolation
+	$(PIP) install -e '.[demo,hubert,deepspeed]' --no-build-isolation
 	$(PIP) install --no-deps gensim==4.4.0
 	touch $@
 
