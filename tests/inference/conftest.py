@@ -16,29 +16,15 @@ VOCAB = 128  # padded joint vocabulary (LAYOUT.vocab_size rounded up)
 
 
 @pytest.fixture(scope="module")
-def model_parallel():
-    """A one-rank gloo group with megatron's model-parallel state, torn down after the module.
+def model_parallel(single_rank_parallel_state):
+    """megatron's one-rank parallel state (tests/conftest.py), single-threaded.
 
     Decoding multiplies tiny matrices; on a loaded CI machine torch's second thread spins far
     longer than the work takes, so these tests run single-threaded.
     """
-    from megatron.core import parallel_state, tensor_parallel
-
-    from megatron_lst.training.cpu_compat import apply_cpu_patches
-    from tests.conftest import free_port
-
-    apply_cpu_patches()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    created = not torch.distributed.is_initialized()
-    if created:
-        torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
-    parallel_state.initialize_model_parallel(1, 1)
-    tensor_parallel.model_parallel_cuda_manual_seed(3, inference_rng_tracker=True)
     yield
-    parallel_state.destroy_model_parallel()
-    if created:
-        torch.distributed.destroy_process_group()
     torch.set_num_threads(threads)
 
 
