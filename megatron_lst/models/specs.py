@@ -66,13 +66,13 @@ def fused_kernel_options() -> dict:
     }
 
 
-def resolve_use_te(use_te: Optional[bool]) -> bool:
-    """``None`` means: TE when available."""
-    if use_te is None:
+def resolve_use_te(transformer_impl: str) -> bool:
+    """``--transformer-impl``: ``auto`` (TE when available), ``local`` (SDPA) or ``transformer_engine``."""
+    if transformer_impl == "auto":
         return transformer_engine_available()
-    if use_te and not transformer_engine_available():
+    if transformer_impl == "transformer_engine" and not transformer_engine_available():
         raise RuntimeError("--transformer-impl transformer_engine asked for, but TE/CUDA is unavailable")
-    return use_te
+    return transformer_impl == "transformer_engine"
 
 
 def gpt_layer_spec(use_te: bool, normalization: str = "RMSNorm") -> ModuleSpec:

@@ -69,9 +69,7 @@ class BaselineTask:
     def __init__(self, config: Config, tokenizer: JointTokenizer | None = None):
         self.config = config
         self.tokenizer = tokenizer or load_tokenizer(config)
-        self.use_te = resolve_use_te(
-            None if config.train.transformer_impl == "auto" else config.train.transformer_impl == "transformer_engine"
-        )
+        self.use_te = resolve_use_te(config.train.transformer_impl)
         self.transformer_config = transformer_config(
             config.model_config,
             tensor_model_parallel_size=config.parallel.tensor_model_parallel_size,

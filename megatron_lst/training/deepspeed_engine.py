@@ -297,8 +297,7 @@ class DeepSpeedTrainer:
         if path is None:
             raise FileNotFoundError(f"DeepSpeed could not load the checkpoint named by {ckpt.load}/{LATEST_TAG_FILE}")
         if not ckpt.finetune:
-            for key in ("iteration", "consumed_samples", "flops_so_far", "tokens_so_far", "skipped_iterations"):
-                setattr(self.state, key, type(getattr(self.state, key))(client_state.get(key, 0)))
+            self.state.restore(client_state)
             if not no_optim and client_state.get("scheduler"):
                 self.scheduler.load_state_dict(client_state["scheduler"])
             if hasattr(self.task, "load_state"):
@@ -311,16 +310,6 @@ class DeepSpeedTrainer:
         print_rank_0(f"loaded {path} at iteration {self.state.iteration}")
 
     # ---------------------------------------------------------------- the loop
-    def _budget_reached(self) -> Optional[str]:
-        train = self.config.train
-        if self.state.iteration >= train.train_iters:
-            return f"reached --train-iters {train.train_iters}"
-        if train.train_flops is not None and self.state.flops_so_far >= train.train_flops:
-            return f"reached --train-flops {train.train_flops:.3g}"
-        if train.train_tokens is not None and self.state.tokens_so_far >= train.train_tokens:
-            return f"reached --train-tokens {train.train_tokens:.3g}"
-        return None
-
     def train(self) -> TrainState:
         from megatron_lst.training.signals import PreemptionHandler
 
@@ -331,7 +320,7 @@ class DeepSpeedTrainer:
             return state
         handler = PreemptionHandler()
         self.engine.train()
-        reason = self._budget_reached()
+        reason = state.budget_reached(cfg.train)
         interval_time, interval_tokens, interval_positions = 0.0, 0.0, 0.0
         while reason is None:
             start = time.time()
@@ -349,9 +338,10 @@ class DeepSpeedTrainer:
                 self.metrics.log_line(state, result, lr, interval_time, interval_tokens, cfg.logging.log_interval,
                                       positions=interval_positions)
                 interval_time, interval_tokens, interval_positions = 0.0, 0.0, 0.0
-            if cfg.logging.eval_interval and state.iteration % cfg.logging.eval_interval == 0:
+            eval_due = bool(cfg.logging.eval_interval) and state.iteration % cfg.logging.eval_interval == 0
+            reason = state.budget_reached(cfg.train)
+            if eval_due or (reason is not None and cfg.logging.eval_interval):  # as the megatron loop does
                 self.metrics.validation(state, self.evaluate())
-            reason = self._budget_reached()
             if cfg.train.exit_interval and state.iteration % cfg.train.exit_interval == 0:
                 reason = reason or f"reached --exit-interval {cfg.train.exit_interval}"
             if handler.should_stop():

@@ -50,6 +50,21 @@ class TrainState:
             "skipped_iterations": self.skipped_iterations,
         }
 
+    def restore(self, saved: dict) -> None:
+        """Take the progress fields back from a checkpoint's common state (what ``to_common`` wrote)."""
+        for key, current in self.to_common().items():
+            setattr(self, key, type(current)(saved.get(key, 0)))
+
+    def budget_reached(self, train) -> Optional[str]:
+        """Why training must stop now (``--train-iters``, ``--train-flops``, ``--train-tokens``), or None."""
+        if self.iteration >= train.train_iters:
+            return f"reached --train-iters {train.train_iters}"
+        if train.train_flops is not None and self.flops_so_far >= train.train_flops:
+            return f"reached --train-flops {train.train_flops:.3g}"
+        if train.train_tokens is not None and self.tokens_so_far >= train.train_tokens:
+            return f"reached --train-tokens {train.train_tokens:.3g}"
+        return None
+
 
 @dataclass
 class StepResult:
@@ -212,8 +227,7 @@ class Trainer:
             print_rank_0(f"no checkpoint found in {ckpt.load}; starting from scratch")
             return
         if not ckpt.finetune:
-            for key in ("iteration", "consumed_samples", "flops_so_far", "tokens_so_far", "skipped_iterations"):
-                setattr(self.state, key, type(getattr(self.state, key))(loaded.get(key, 0)))
+            self.state.restore(loaded)
             self.task_state_loaded(loaded)
         print_rank_0(f"loaded {loaded['checkpoint_dir']} at iteration {self.state.iteration}")
 
@@ -312,16 +326,6 @@ class Trainer:
         return self._reduce_metrics(losses)
 
     # ---------------------------------------------------------------- the loop
-    def _budget_reached(self) -> Optional[str]:
-        train = self.config.train
-        if self.state.iteration >= train.train_iters:
-            return f"reached --train-iters {train.train_iters}"
-        if train.train_flops is not None and self.state.flops_so_far >= train.train_flops:
-            return f"reached --train-flops {train.train_flops:.3g}"
-        if train.train_tokens is not None and self.state.tokens_so_far >= train.train_tokens:
-            return f"reached --train-tokens {train.train_tokens:.3g}"
-        return None
-
     def train(self) -> TrainState:
         cfg = self.config
         if cfg.train.skip_train:
@@ -331,7 +335,7 @@ class Trainer:
         handler = PreemptionHandler()
         self.model.train()
         interval_time, interval_tokens, interval_positions = 0.0, 0.0, 0.0
-        reason = self._budget_reached()
+        reason = self.state.budget_reached(cfg.train)
         while reason is None:
             step_start = time.time()
             result = self.train_step()
@@ -351,7 +355,7 @@ class Trainer:
                                       positions=interval_positions)
                 interval_time, interval_tokens, interval_positions = 0.0, 0.0, 0.0
             eval_due = bool(cfg.logging.eval_interval) and state.iteration % cfg.logging.eval_interval == 0
-            reason = self._budget_reached()
+            reason = self.state.budget_reached(cfg.train)
             if eval_due or (reason is not None and cfg.logging.eval_interval):
                 # a run that stops on a FLOPs/token budget still ends with a validation, so that
                 # compute-controlled runs are compared at their last step

@@ -73,9 +73,7 @@ class LSTTask:
         self.config = config
         self.tokenizer = tokenizer or load_tokenizer(config)
         self.patching = config.patching.to_patching_config(config.train.train_iters, config.data.seed)
-        self.use_te = resolve_use_te(
-            None if config.train.transformer_impl == "auto" else config.train.transformer_impl == "transformer_engine"
-        )
+        self.use_te = resolve_use_te(config.train.transformer_impl)
         self.global_config, self.encoder_config, self.decoder_config = lst_transformer_configs(
             config.model_config,
             tensor_model_parallel_size=config.parallel.tensor_model_parallel_size,
