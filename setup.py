@@ -1,9 +1,9 @@
 """Build and install megatron-lst.
 
 Every folder ``csrc/<name>/`` holding ``*.cpp`` files becomes one pybind11 extension,
-``megatron_lst._<name>``, so adding a kernel never means editing this file. The CPU build
-always happens; CUDA sources (``*.cu``) are only compiled when ``MEGATRON_LST_CUDA=1`` and a
-CUDA toolkit is present (see csrc/README.md).
+``megatron_lst._<name>``, so adding a kernel never means editing this file. Only C++ (CPU)
+sources are built; there are no CUDA kernels yet (the patching kernel runs on CPU tensors and
+returns results on the input's device).
 """
 
 from pathlib import Path

@@ -63,6 +63,32 @@ def round_trip(base_args, tmp_path, model_name: str) -> None:
     converted = checkpoint_logits(second, model_name, tokens)
     assert torch.isfinite(original).all()
     assert torch.equal(original, converted)
+    assert_evaluates_the_same(first, second, tmp_path)
+
+
+def assert_evaluates_the_same(original_root, converted_root, tmp_path) -> None:
+    """tools/evaluate.py reads the converted checkpoint and scores every ending as the original does."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT, child_env
+
+    benchmark = tmp_path / "benchmark.jsonl"
+    stories = [("the minister said the plan", ["would cost more", "the dog barked"]),
+               ("police said the fire", ["started at night", "three four five"])]
+    benchmark.write_text("".join(json.dumps({"id": str(i), "label": 0, "prompt": {"text": prompt},
+                                             "endings": [{"text": e} for e in endings]}) + "\n"
+                                 for i, (prompt, endings) in enumerate(stories)))
+    env = {k: v for k, v in child_env().items() if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE")}
+    scores = []
+    for root in (original_root, converted_root):
+        output = tmp_path / f"{root.name}.json"
+        result = subprocess.run([sys.executable, "tools/evaluate.py", "--checkpoint", str(root), "--benchmark",
+                                 str(benchmark), "--directions", "tt", "--output", str(output)],
+                                cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout + result.stderr
+        scores.append(json.loads(output.read_text())["results"]["T->T"]["items"])
+    assert scores[0] == scores[1]
 
 
 def test_saved_config_rebuilds_for_one_process_and_drops_unknown_keys():
