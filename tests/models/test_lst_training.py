@@ -84,3 +84,19 @@ def test_lst_on_speech_text_with_mixed_patching_pipeline_matches_single_rank(bas
     reference = read_metrics(tmp_path / "pp1.jsonl")
     assert {"speech_loss", "text_loss"} <= set(reference[1])
     assert_close(losses(tmp_path / "pp1.jsonl"), losses(tmp_path / "pp2.jsonl"), range(1, 3), 1e-5)
+
+
+@pytest.mark.slow
+def test_lst_curriculum_on_speech_text_resumes_exactly(base_args, speech_text_prefix, tmp_path):
+    """Stop at 6 (a checkpoint), resume to 12: curriculum patch choices, data and RNG replay bitwise."""
+    text_prefix = base_args[base_args.index("--data-path") + 1]
+    args = [*lst_args(base_args), "--data-path", "0.5", speech_text_prefix, "0.5", text_prefix, "--train-iters", "12",
+            "--patching", "curriculum", "--curriculum-tau1", "0.25", "--curriculum-tau2", "0.75"]
+    run_pretrain([*args, "--log-json", str(tmp_path / "straight.jsonl")])
+    save = tmp_path / "ckpt"
+    run_pretrain([*args, "--save", str(save), "--exit-interval", "6", "--log-json", str(tmp_path / "first.jsonl")])
+    run_pretrain([*args, "--load", str(save), "--log-json", str(tmp_path / "resumed.jsonl")])
+    straight, resumed = losses(tmp_path / "straight.jsonl"), losses(tmp_path / "resumed.jsonl")
+    assert sorted(resumed) == list(range(7, 13))
+    for iteration in range(7, 13):
+        assert straight[iteration] == resumed[iteration], (iteration, straight[iteration], resumed[iteration])
