@@ -17,7 +17,10 @@ def test_quick_demo_builds_trains_and_reports(tmp_path):
                             cwd=REPO_ROOT, env=child_env(), capture_output=True, text=True, timeout=1200)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = (tmp_path / "report.md").read_text()
-    for section in ("## Training (compute-controlled)", "| baseline |", "## Evaluation", "loss_vs_flops.png"):
-        assert section in report
-    assert (tmp_path / "loss_vs_flops.png").stat().st_size > 1000
+    for section in ("## Training (compute-controlled)", "| baseline |", "| lst |", "## Patching of the interleaved",
+                    "## Evaluation", "| storycloze | S->S |", "| hellaswag | T->T |", "## Fine-tuning: ASR and TTS",
+                    "| ASR | lst | word error rate |", "| TTS | baseline | unit error rate |"):
+        assert section in report, section
+    for plot in ("loss_vs_flops", "patch_lengths", "tokens_per_position", "accuracy_storycloze", "accuracy_hellaswag"):
+        assert f"({plot}.png)" in report and (tmp_path / f"{plot}.png").stat().st_size > 1000
     assert Path(tmp_path / "runs" / "baseline" / "checkpoints" / "latest_checkpointed_iteration.txt").is_file()

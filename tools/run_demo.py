@@ -11,7 +11,8 @@ Stages (each cached or re-run as needed, progress printed throughout):
                  (compute-controlled: LST gets --train-flops = what the baseline spent)
   5. evaluate    held-out StoryCloze-/HellaSwag-like benchmarks (synthesised speech), all four
                  directions, with tools/evaluate.py
-  6. report      demo_out/report.md with the numbers and PNG plots
+  6. fine-tune   ASR and TTS from both pretrained models; held-out WER / unit error / steps per second
+  7. report      demo_out/report.md with the numbers and PNG plots
 """
 
 from __future__ import annotations
@@ -29,8 +30,11 @@ sys.path.insert(0, str(REPO))
 from megatron_lst.demo.report import read_metrics, summarise_run  # noqa: E402
 
 
+STARTED = time.time()
+
+
 def stage(title: str) -> None:
-    print(f"\n=== {title} ===", flush=True)
+    print(f"\n=== {title} (at {time.time() - STARTED:.0f} s) ===", flush=True)
 
 
 def run(command: list[str], log_file: Path | None = None) -> None:
@@ -123,6 +127,57 @@ def evaluate(model: str, out: Path, benchmarks: dict[str, Path], max_length: int
     return results
 
 
+def finetune_and_evaluate(task: str, model: str, out: Path, tokenizer: Path, speech_prefix: str, heldout: Path,
+                          iters: int, max_segments: int, asr_checkpoint: Path | None = None) -> dict:
+    """Fine-tune the pretrained ``model`` for ASR or TTS (loss on the answer only, as in
+    examples/finetune_{asr,tts}.sh) and evaluate the starting point and the result on held-out speech."""
+    run_dir = out / "finetune" / f"{model}_{task}"
+    pretrained = out / "runs" / model / "checkpoints"
+    run([sys.executable, "pretrain_lst.py", "--config", "examples/configs/debug.yaml", "--model", model,
+         "--model-flavour", "demo", "--tokenizer-model", str(tokenizer), "--data-path", speech_prefix,
+         "--data-mode", task, "--data-cache-path", str(out / "index_cache"), "--seq-length", "512",
+         "--micro-batch-size", "1", "--global-batch-size", "4", "--lr", "1e-3", "--lr-warmup-iters", "5",
+         "--train-iters", str(iters), "--log-interval", str(max(iters // 4, 1)), "--eval-iters", "0",
+         "--split", "100,0,0", "--load", str(pretrained), "--finetune", "--save", str(run_dir / "checkpoints"),
+         "--save-interval", "1000000"])
+    round_trip = ["--asr-checkpoint", str(asr_checkpoint)] if asr_checkpoint is not None else []
+    results = {}
+    for label, checkpoint in (("start", pretrained), ("finetuned", run_dir / "checkpoints")):
+        output = run_dir / f"eval_{label}.json"
+        run([sys.executable, "tools/evaluate_asr_tts.py", "--task", task, "--checkpoint", str(checkpoint),
+             "--heldout", str(heldout), "--max-segments", str(max_segments), *round_trip, "--output", str(output)])
+        results[label] = json.loads(output.read_text())
+    results["checkpoint"] = run_dir / "checkpoints"
+    return results
+
+
+def finetune_section(finetuned: dict) -> list[str]:
+    """Markdown for the ASR/TTS fine-tuning results: start vs fine-tuned for each model."""
+    metrics = {"asr": [("wer", "word error rate"), ("answer_nll", "transcript NLL (nats/token)")],
+               "tts": [("uer", "unit error rate"), ("answer_nll", "unit NLL (nats/token)"),
+                       ("round_trip_wer", "round-trip WER (own ASR)"),
+                       ("global_steps_per_second", "global steps per second of speech"),
+                       ("wall_seconds_per_second", "wall seconds per second of speech")]}
+    lines = ["## Fine-tuning: ASR and TTS", "",
+             "Each pretrained model is fine-tuned on the demo's training speech (ASR: speech then `<t>` transcript; "
+             "TTS: text then `<s>` units; loss on the answer only) and evaluated on held-out speech segments "
+             "before and after. Lower is better for every row.", "",
+             "| task | model | metric | start | fine-tuned |", "|---|---|---|---|---|"]
+    per_second = {"global_steps_per_second", "wall_seconds_per_second"}
+    for (model, task), result in sorted(finetuned.items()):
+        for key, label in metrics[task]:
+            start, tuned = (None if key in per_second and not result[which].get("mean_generated_seconds")
+                            else result[which].get(key) for which in ("start", "finetuned"))
+            if start is None and tuned is None:
+                continue
+            lines.append(f"| {task.upper()} | {model} | {label} | {_number(start)} | {_number(tuned)} |")
+    return lines + [""]
+
+
+def _number(value) -> str:
+    return f"{value:.3f}" if isinstance(value, (int, float)) else "- (no speech generated)"
+
+
 def patch_sample_statistics(speech_prefix: str, tokenizer: Path, out: Path, num_samples: int) -> dict:
     """Patch lengths and compression of interleaved demo samples under each patching strategy."""
     from megatron_lst.data.blending import build_lst_datasets
@@ -148,7 +203,7 @@ def patch_sample_statistics(speech_prefix: str, tokenizer: Path, out: Path, num_
 
 
 def write_report(out: Path, runs: dict[str, list[dict]], evaluations: dict, patch_stats: dict,
-                 settings: dict, elapsed: float) -> Path:
+                 finetuned: dict, settings: dict, elapsed: float) -> Path:
     from megatron_lst.demo import report as rep
 
     rep.plot_loss_vs_flops(runs, out / "loss_vs_flops.png")
@@ -189,6 +244,7 @@ def write_report(out: Path, runs: dict[str, list[dict]], evaluations: dict, patc
             lines += ["", "Skipped directions: " + json.dumps(skipped)]
     else:
         lines += ["No evaluation was run."]
+    lines += ["", *finetune_section(finetuned)]
     report = out / "report.md"
     report.write_text("\n".join(lines) + "\n")
     return report
@@ -205,12 +261,12 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     iters = args.iters or (30 if args.quick else 300)
 
-    stage("1/6 corpus")
+    stage("1/7 corpus")
     corpus = build_corpus(out, args.quick)
-    stage("2/6 tokenizer")
+    stage("2/7 tokenizer")
     tokenizer = train_tokenizer(corpus, out, vocab_size=1000 if args.quick else 2000)
     print(f"  {tokenizer}")
-    stage("3/6 preprocess")
+    stage("3/7 preprocess")
     speech, text = preprocess(corpus, tokenizer, out)
     seq_length = 128 if args.quick else 256
     common = ["--config", "examples/configs/debug.yaml", "--model-flavour", "demo", "--tokenizer-model", str(tokenizer),
@@ -220,24 +276,32 @@ def main(argv: list[str] | None = None) -> int:
               "--log-interval", str(max(iters // 20, 1)), "--eval-interval", str(max(iters // 4, 1)),
               "--eval-iters", "4", "--split", "90,10,0"]
     (out / "runs").mkdir(exist_ok=True)
-    stage("4/6 train the baseline")
+    stage("4/7 train the baseline")
     runs = {"baseline": read_metrics(train("baseline", common, out, []))}
     budget = summarise_run(runs["baseline"])["flops"]
     curriculum = ["--patching", "curriculum", "--curriculum-tau1", "0.333", "--curriculum-tau2", "0.667"]
-    stage("4/6 measure LST's FLOPs per step (a 3-step probe), to fit its schedule to the budget")
+    stage("4/7 measure LST's FLOPs per step (a 3-step probe), to fit its schedule to the budget")
     probe = summarise_run(read_metrics(train("lst", common, out, [*curriculum, "--train-iters", "3"], name="lst_probe")))
     lst_iters = max(int(budget // (probe["flops"] / 3)), 1)
-    stage(f"4/6 train LST, curriculum patching, same FLOPs budget ({budget:.3e}): about {lst_iters} iterations")
+    stage(f"4/7 train LST, curriculum patching, same FLOPs budget ({budget:.3e}): about {lst_iters} iterations")
     lst_extra = [*curriculum, "--train-iters", str(lst_iters), "--train-flops", str(budget),
                  "--lr-warmup-iters", str(max(lst_iters // 10, 1)), "--eval-interval", str(max(lst_iters // 4, 1))]
     runs["lst"] = read_metrics(train("lst", common, out, lst_extra))
-    stage("5/6 evaluate on held-out story completion")
+    stage("5/7 evaluate on held-out story completion")
     benchmarks = build_benchmarks(corpus, out, max_items=12 if args.quick else 60)
     evaluations = {model: evaluate(model, out, benchmarks, max_length=4 * seq_length) for model in runs}
-    stage("6/6 report")
+    stage("6/7 fine-tune ASR and TTS from both pretrained models")
+    finetuned = {}
+    for model in runs:
+        for task in ("asr", "tts"):
+            asr = finetuned[(model, "asr")]["checkpoint"] if task == "tts" else None
+            finetuned[(model, task)] = finetune_and_evaluate(
+                task, model, out, tokenizer, speech, corpus / "speech_heldout.jsonl",
+                iters=8 if args.quick else 60, max_segments=3 if args.quick else 16, asr_checkpoint=asr)
+    stage("7/7 report")
     patch_stats = patch_sample_statistics(speech, tokenizer, out, num_samples=20 if args.quick else 100)
     settings = {"quick": args.quick, "iterations": iters, "seq_length": seq_length}
-    report = write_report(out, runs, evaluations, patch_stats, settings, time.time() - started)
+    report = write_report(out, runs, evaluations, patch_stats, finetuned, settings, time.time() - started)
     print(report.read_text())
     print(f"report: {report}")
     return 0
