@@ -259,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    iters = args.iters or (30 if args.quick else 300)
+    iters = args.iters or (30 if args.quick else 200)
 
     stage("1/7 corpus")
     corpus = build_corpus(out, args.quick)
@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
                  "--lr-warmup-iters", str(max(lst_iters // 10, 1)), "--eval-interval", str(max(lst_iters // 4, 1))]
     runs["lst"] = read_metrics(train("lst", common, out, lst_extra))
     stage("5/7 evaluate on held-out story completion")
-    benchmarks = build_benchmarks(corpus, out, max_items=12 if args.quick else 60)
+    benchmarks = build_benchmarks(corpus, out, max_items=12 if args.quick else 40)
     evaluations = {model: evaluate(model, out, benchmarks, max_length=4 * seq_length) for model in runs}
     stage("6/7 fine-tune ASR and TTS from both pretrained models")
     finetuned = {}
@@ -297,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
             asr = finetuned[(model, "asr")]["checkpoint"] if task == "tts" else None
             finetuned[(model, task)] = finetune_and_evaluate(
                 task, model, out, tokenizer, speech, corpus / "speech_heldout.jsonl",
-                iters=8 if args.quick else 60, max_segments=3 if args.quick else 16, asr_checkpoint=asr)
+                iters=6 if args.quick else 40, max_segments=3 if args.quick else 12, asr_checkpoint=asr)
     stage("7/7 report")
     patch_stats = patch_sample_statistics(speech, tokenizer, out, num_samples=20 if args.quick else 100)
     settings = {"quick": args.quick, "iterations": iters, "seq_length": seq_length}
