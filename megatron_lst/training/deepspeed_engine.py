@@ -326,10 +326,7 @@ class DeepSpeedTrainer:
             start = time.time()
             result = self.train_step()
             interval_time += time.time() - start
-            state.iteration += 1
-            state.consumed_samples += cfg.data.global_batch_size
-            state.flops_so_far += result.flops
-            state.tokens_so_far += result.tokens
+            state.advance(result, cfg.data.global_batch_size)
             interval_tokens += result.tokens
             interval_positions += result.positions
             lr = self.optimizer.param_groups[0]["lr"]

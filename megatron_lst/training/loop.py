@@ -55,6 +55,14 @@ class TrainState:
         for key, current in self.to_common().items():
             setattr(self, key, type(current)(saved.get(key, 0)))
 
+    def advance(self, result: "StepResult", global_batch_size: int) -> None:
+        """Count one finished step (either engine): samples consumed, FLOPs, raw tokens, skips."""
+        self.iteration += 1
+        self.consumed_samples += global_batch_size
+        self.flops_so_far += result.flops
+        self.tokens_so_far += result.tokens
+        self.skipped_iterations += int(result.skipped)
+
     def budget_reached(self, train) -> Optional[str]:
         """Why training must stop now (``--train-iters``, ``--train-flops``, ``--train-tokens``), or None."""
         if self.iteration >= train.train_iters:
@@ -341,11 +349,7 @@ class Trainer:
             result = self.train_step()
             interval_time += time.time() - step_start
             state = self.state
-            state.iteration += 1
-            state.consumed_samples += cfg.data.global_batch_size
-            state.flops_so_far += result.flops
-            state.tokens_so_far += result.tokens
-            state.skipped_iterations += int(result.skipped)
+            state.advance(result, cfg.data.global_batch_size)
             interval_tokens += result.tokens
             interval_positions += result.positions
             lr = self.optimizer.param_groups[0]["lr"]
