@@ -41,6 +41,7 @@ from megatron_lst.data.preprocess import (  # noqa: E402
     init_worker,
 )
 from megatron_lst.data.run_summary import RunSummary  # noqa: E402
+from megatron_lst.data.segments import SegmentConfig  # noqa: E402
 from megatron_lst.data.speech_layout import (  # noqa: E402
     METADATA_FORMAT,
     METADATA_VERSION,
@@ -78,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--unit-bpe", default=None, metavar="MODEL",
                         help="map each segment's units through this SentencePiece model "
                              "(tools/train_unit_bpe.py): the BPE SpeechLLM baseline")
+    parser.add_argument("--segment-words", type=int, default=0, metavar="N",
+                        help="speech: cut each utterance at word boundaries into documents of N words "
+                             "(a shorter remainder is kept if it has at least N/2 words); for ASR/TTS "
+                             "fine-tuning, where speech and transcript must fit in one sample (default: off)")
     parser.add_argument("--on-error", choices=["fail", "skip"], default="fail",
                         help="bad lines: fail = stop, exit 2, write nothing (default); "
                              "skip = report, count and leave them out")
@@ -145,8 +150,8 @@ class OutputDatasets:
                     np.concatenate(ids), np.asarray([len(x) for x in ids], dtype=np.int64),
                     np.ones(len(ids), dtype=np.int64),
                 )
-        if self.speech_writer is not None and results:
-            documents = [result.speech for result in results]
+        if self.speech_writer is not None and any(result.speech for result in results):
+            documents = [document for result in results for document in result.speech]
             self.speech_writer.add_documents(
                 np.concatenate([doc.ids for doc in documents]),
                 np.concatenate([doc.lengths for doc in documents]),
@@ -215,6 +220,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.workers < 1:
         print("error: --workers must be >= 1", file=sys.stderr)
         return EXIT_SETUP_ERROR
+    if args.segment_words < 0:
+        print("error: --segment-words must be >= 0 (0: whole utterances)", file=sys.stderr)
+        return EXIT_SETUP_ERROR
     if not Path(args.input).is_file():
         print(f"error: input file not found: {args.input}", file=sys.stderr)
         return EXIT_SETUP_ERROR
@@ -226,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         num_units=args.num_units,
         unit_rate=args.unit_rate,
         unit_bpe_model=args.unit_bpe,
+        segment=SegmentConfig(args.segment_words, max(args.segment_words // 2, 1)) if args.segment_words > 0 else None,
     )
     try:
         encoder = LineEncoder(config)

@@ -13,11 +13,13 @@ import numpy as np
 
 from megatron_lst.data.jsonl_records import (
     SPEECH_FORMAT,
+    AlignedUtterance,
     RecordError,
     load_json_object,
     parse_speech_record,
     text_field,
 )
+from megatron_lst.data.segments import SegmentConfig, segment_utterance
 from megatron_lst.data.speech_layout import EncodedDocument, encode_document
 from megatron_lst.data.unit_bpe import UnitBPE
 from megatron_lst.tokenizer import JointTokenizer
@@ -34,6 +36,7 @@ class PreprocessConfig:
     num_units: int = 501
     unit_rate: float = 25.0
     unit_bpe_model: str | None = None
+    segment: SegmentConfig | None = None  # cut each utterance into word groups (ASR/TTS fine-tuning)
 
 
 @dataclass
@@ -42,7 +45,7 @@ class LineResult:
     error: str | None = None
     text_words: int = 0
     text_ids: dict[str, np.ndarray] = field(default_factory=dict)
-    speech: EncodedDocument | None = None
+    speech: list[EncodedDocument] = field(default_factory=list)  # one per utterance or segment
 
 
 class LineEncoder:
@@ -73,8 +76,13 @@ class LineEncoder:
             encoded[key] = np.asarray(ids, dtype=np.int64)
         return encoded
 
-    def _encode_speech(self, record: dict) -> EncodedDocument:
+    def _encode_speech(self, record: dict) -> list[EncodedDocument]:
         utterance = parse_speech_record(record, self.config.num_units, self.config.unit_rate)
+        if self.config.segment is None:
+            return [self._encode_utterance(utterance)]
+        return [self._encode_utterance(segment) for segment in segment_utterance(utterance, self.config.segment)]
+
+    def _encode_utterance(self, utterance: AlignedUtterance) -> EncodedDocument:
         word_ids = [self.tokenizer.encode_text(text) if text else [] for text in utterance.word_texts]
         transcript_ids = self.tokenizer.encode_text(utterance.transcript)
         return encode_document(utterance, word_ids, transcript_ids, self.unit_bpe)

@@ -12,6 +12,7 @@ class RunSummary:
     input_format: str
     unit_rate: float
     documents: int = 0
+    lines: int = 0  # speech: input lines (documents differ when utterances are cut into segments)
     words: int = 0
     text_tokens: int = 0
     units: int = 0
@@ -21,13 +22,16 @@ class RunSummary:
     def add(self, results: list) -> None:
         """Accumulate the good ``LineResult``s of one chunk."""
         for result in results:
-            self.documents += 1
-            if result.speech is not None:
-                self.words += result.speech.num_words
-                self.text_tokens += result.speech.num_text_tokens
-                self.units += result.speech.num_units
-                self.silence_frames += result.speech.num_silence_frames
+            if self.input_format == SPEECH_FORMAT:
+                self.lines += 1
+                for document in result.speech:
+                    self.documents += 1
+                    self.words += document.num_words
+                    self.text_tokens += document.num_text_tokens
+                    self.units += document.num_units
+                    self.silence_frames += document.num_silence_frames
             else:
+                self.documents += 1
                 first_key_ids = next(iter(result.text_ids.values()))
                 self.text_tokens += len(first_key_ids)
                 self.words += result.text_words
@@ -46,6 +50,7 @@ class RunSummary:
         }
         if self.input_format == SPEECH_FORMAT:
             summary.update(
+                lines=self.lines,
                 units=self.units,
                 silence_frames=self.silence_frames,
                 hours_of_speech=round(self.hours_of_speech, 4),

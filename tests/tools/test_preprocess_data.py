@@ -198,3 +198,29 @@ def test_unit_bpe_round_trips_each_segment(tmp_path, sentencepiece_model):
         decoded = [bpe.decode(document.unit_ids[a:b]) for a, b in zip(document.unit_offsets[:-1], document.unit_offsets[1:])]
         assert np.concatenate(decoded or [np.empty(0)]).tolist() == record["units"]
         assert len(document.unit_ids) <= len(record["units"])
+
+
+def test_segment_words_cuts_each_utterance_into_word_groups(tmp_path, sentencepiece_model):
+    from megatron_lst.data.speech_documents import SpeechTextDocuments
+
+    records = [r for r in random_aligned_records(40, seed=5) if len(r["words"]) >= 2]
+    assert run_speech(tmp_path, records, sentencepiece_model, "--segment-words", "4") == 0
+    documents = SpeechTextDocuments(str(tmp_path / "sp_speech_document"))
+    expected = []  # (units, number of words) per segment, cut by hand: 4 words, a remainder of >= 2 kept
+    for record in records:
+        words = record["words"]
+        for first in range(0, len(words), 4):
+            group = words[first:first + 4]
+            if len(group) >= 2 and group[-1]["end"] > group[0]["start"]:
+                expected.append(record["units"][group[0]["start"]:group[-1]["end"]])
+    assert len(documents) == len(expected) > len(records)
+    for index, units in enumerate(expected):
+        assert documents[index].unit_ids.tolist() == units
+    summary = json.loads((tmp_path / "sp_speech_document.json").read_text())["summary"]
+    assert summary["lines"] == len(records) and summary["documents"] == len(expected)
+
+
+def test_negative_segment_words_is_refused(tmp_path, sentencepiece_model, capsys):
+    assert run_speech(tmp_path, random_aligned_records(3, seed=1), sentencepiece_model, "--segment-words", "-1") == 1
+    assert "--segment-words" in capsys.readouterr().err
+    assert not list(tmp_path.glob("sp_*"))
