@@ -5,12 +5,14 @@
 #
 #   examples/finetune_tts.sh PRETRAINED_CKPT OUT_DIR TOKENIZER SPEECH_PREFIX HELDOUT_JSONL [ASR_CHECKPOINT] [extra pretrain_lst.py flags]
 #   e.g. examples/finetune_tts.sh demo_out/runs/lst/checkpoints ft_tts demo_out/tokenizer/text_bpe.model \
-#            demo_out/data/speech_speech_document demo_out/corpus/speech_heldout.jsonl --train-iters 200
+#            demo_out/data/segments_speech_document demo_out/corpus/speech_heldout.jsonl --train-iters 200
 #
 # The model, its shape and patching come from the checkpoint's run; pass the same --model and
 # --model-flavour (and --patch-size) it was trained with (defaults below: LST, demo flavour).
-# --seq-length counts global positions: a whole utterance plus its transcript must fit in one sample,
-# or the pieces cut off before "<s>" train on nothing.
+# SPEECH_PREFIX holds segments, not whole utterances: a speech segment plus its transcript must fit
+# in one sample (--seq-length counts global positions), or a piece cut off before "<s>" trains on
+# nothing. Cut them with `tools/preprocess_data.py --segment-words 8` (what the demo does); the held-out
+# speech is cut into segments of the same length by tools/evaluate_asr_tts.py.
 set -euo pipefail
 PRETRAINED=$1 OUT=$2 TOKENIZER=$3 SPEECH=$4 HELDOUT=$5
 ASR=()
@@ -22,8 +24,8 @@ export PYTHONPATH=$REPO${PYTHONPATH:+:$PYTHONPATH}
 
 "$PY" "$REPO/pretrain_lst.py" --config "$REPO/examples/configs/debug.yaml" --model lst --model-flavour demo \
   --tokenizer-model "$TOKENIZER" --data-path "$SPEECH" --data-mode tts --data-cache-path "$OUT/index_cache" \
-  --seq-length 512 --micro-batch-size 1 --global-batch-size 4 --lr 1e-3 --lr-warmup-iters 5 \
-  --train-iters 60 --log-interval 5 --eval-interval 1000 --eval-iters 1 --split 100,0,0 \
+  --seq-length 128 --micro-batch-size 4 --global-batch-size 8 --lr 3e-3 --lr-warmup-iters 10 \
+  --train-iters 200 --log-interval 5 --eval-interval 1000 --eval-iters 1 --split 100,0,0 \
   --load "$PRETRAINED" --finetune --save "$OUT/checkpoints" --save-interval 1000000 "$@"
 
 "$PY" "$REPO/tools/evaluate_asr_tts.py" --task tts --checkpoint "$PRETRAINED" --heldout "$HELDOUT" \

@@ -19,7 +19,8 @@ def test_quick_demo_builds_trains_and_reports(tmp_path):
     report = (tmp_path / "report.md").read_text()
     for section in ("## Training (compute-controlled)", "| baseline |", "| lst |", "## Patching of the interleaved",
                     "## Evaluation", "| storycloze | S->S |", "| hellaswag | T->T |", "## Fine-tuning: ASR and TTS",
-                    "| ASR | lst | word error rate |", "| TTS | baseline | unit error rate |"):
+                    "| ASR | lst | word error rate |", "| TTS | baseline | unit error rate |",
+                    "| ASR | baseline | NLL gain from the speech", "- TTS lst: unit error rate"):
         assert section in report, section
     for plot in ("loss_vs_flops", "patch_lengths", "tokens_per_position", "accuracy_storycloze", "accuracy_hellaswag"):
         assert f"({plot}.png)" in report and (tmp_path / f"{plot}.png").stat().st_size > 1000

@@ -7,10 +7,11 @@ times) are cut into segments of ``--segment-words`` words, each with its own uni
     python tools/evaluate_asr_tts.py --task tts --checkpoint ft_tts --asr-checkpoint ft_asr --heldout ...
 
 ASR: word error rate of greedy transcripts, and the teacher-forced NLL of the reference transcript
-(nats per token) given the speech. TTS: unit error rate of greedy units against the reference
-units (repeats collapsed), NLL of the reference units given the text, global-model steps and wall
-time per second of generated speech, and with ``--asr-checkpoint`` the round-trip WER (that ASR
-model transcribes the generated units). Prints one JSON object (and writes it to ``--output``).
+(nats per token) given the speech, and given another segment's speech (the difference,
+``conditioning_gain``, says whether the model listens at all). TTS: unit error rate of greedy units
+against the reference units (repeats collapsed), NLL of the reference units given the text and
+given another segment's text, global-model steps and wall time per second of generated speech,
+and with ``--asr-checkpoint`` the round-trip WER (that ASR model transcribes the generated units). Prints one JSON object (and writes it to ``--output``).
 """
 
 from __future__ import annotations
@@ -70,6 +71,20 @@ def answer_nll(generator, prompts: list[list[int]], answers: list[list[int]]) ->
     return total / max(count, 1)
 
 
+def conditioning_nll(generator, prompts: list[list[int]], answers: list[list[int]]) -> dict:
+    """The answer NLL given its own prompt, and given the next segment's prompt instead.
+
+    A model that only learned the answers' language (what transcripts or unit streams look like)
+    scores both alike; ``conditioning_gain`` (mismatched minus matched, nats per token) is what
+    the model gets from actually reading the speech (ASR) or the text (TTS).
+    """
+    matched = answer_nll(generator, prompts, answers)
+    if len(prompts) < 2:
+        return {"answer_nll": matched}
+    mismatched = answer_nll(generator, prompts[1:] + prompts[:1], answers)
+    return {"answer_nll": matched, "answer_nll_mismatched": mismatched, "conditioning_gain": mismatched - matched}
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", choices=("asr", "tts"), required=True, help="which direction to evaluate")
@@ -93,16 +108,16 @@ def main(argv=None) -> None:
     if args.task == "asr":
         hypotheses, _ = transcribe(generator, [item["units"] for item in items])
         result["wer"] = word_error_rate(texts, hypotheses)
-        result["answer_nll"] = answer_nll(generator, [asr_prompt(tokenizer, item["units"]) for item in items],
-                                          [tokenizer.encode_text(text) for text in texts])
+        result.update(conditioning_nll(generator, [asr_prompt(tokenizer, item["units"]) for item in items],
+                                       [tokenizer.encode_text(text) for text in texts]))
         result["examples"] = [{"reference": r, "hypothesis": h} for r, h in zip(texts[:3], hypotheses[:3])]
     else:
         longest = max(len(item["units"]) for item in items) / 25.0
         unit_lists, runs = synthesize(generator, texts, max_seconds=args.max_seconds or 1.5 * longest)
         cost = generation_cost_of(runs, tokenizer.vocab)
         result["uer"] = unit_error_rate([item["units"] for item in items], unit_lists)
-        result["answer_nll"] = answer_nll(generator, [tts_prompt(tokenizer, text) for text in texts],
-                                          [tokenizer.encode_units(item["units"]).tolist() for item in items])
+        result.update(conditioning_nll(generator, [tts_prompt(tokenizer, text) for text in texts],
+                                       [tokenizer.encode_units(item["units"]).tolist() for item in items]))
         result["global_steps_per_second"] = cost.global_steps_per_second
         result["wall_seconds_per_second"] = cost.wall_seconds_per_second
         result["mean_generated_seconds"] = float(np.mean([len(units) for units in unit_lists]) / 25.0)

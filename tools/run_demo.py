@@ -127,41 +127,72 @@ def evaluate(model: str, out: Path, benchmarks: dict[str, Path], max_length: int
     return results
 
 
-def finetune_and_evaluate(task: str, model: str, out: Path, tokenizer: Path, speech_prefix: str, heldout: Path,
+SEGMENT_WORDS = 8  # words per fine-tuning and evaluation example (about 2.5 s of speech)
+# Global positions per fine-tuning sample: each holds about three segments for either model
+# (LST packs ~2.4 tokens per position on this data, the baseline one).
+FINETUNE_SEQ_LENGTH = {"baseline": 256, "lst": 128}
+
+
+def preprocess_segments(corpus: Path, tokenizer: Path, out: Path) -> str:
+    """The training speech cut into word-aligned segments: whole demo utterances (up to a minute)
+    do not fit a fine-tuning sample, and a piece cut before its answer marker trains on nothing."""
+    prefix = out / "data" / "segments"
+    if not Path(f"{prefix}_speech_document.idx").is_file():
+        run([sys.executable, "tools/preprocess_data.py", "--input", str(corpus / "speech_train.jsonl"),
+             "--output-prefix", str(prefix), "--tokenizer-model", str(tokenizer), "--num-units", "501",
+             "--segment-words", str(SEGMENT_WORDS)])
+    return f"{prefix}_speech_document"
+
+
+def finetune_and_evaluate(task: str, model: str, out: Path, tokenizer: Path, segments_prefix: str, heldout: Path,
                           iters: int, max_segments: int, asr_checkpoint: Path | None = None) -> dict:
-    """Fine-tune the pretrained ``model`` for ASR or TTS (loss on the answer only, as in
-    examples/finetune_{asr,tts}.sh) and evaluate the starting point and the result on held-out speech."""
+    """Fine-tune the pretrained ``model`` for ASR or TTS on speech segments (loss on the answer only,
+    as in examples/finetune_{asr,tts}.sh) and evaluate the starting point and the result on held-out
+    segments cut the same way."""
     run_dir = out / "finetune" / f"{model}_{task}"
     pretrained = out / "runs" / model / "checkpoints"
     run([sys.executable, "pretrain_lst.py", "--config", "examples/configs/debug.yaml", "--model", model,
-         "--model-flavour", "demo", "--tokenizer-model", str(tokenizer), "--data-path", speech_prefix,
-         "--data-mode", task, "--data-cache-path", str(out / "index_cache"), "--seq-length", "512",
-         "--micro-batch-size", "1", "--global-batch-size", "4", "--lr", "1e-3", "--lr-warmup-iters", "5",
-         "--train-iters", str(iters), "--log-interval", str(max(iters // 4, 1)), "--eval-iters", "0",
-         "--split", "100,0,0", "--load", str(pretrained), "--finetune", "--save", str(run_dir / "checkpoints"),
+         "--model-flavour", "demo", "--tokenizer-model", str(tokenizer), "--data-path", segments_prefix,
+         "--data-mode", task, "--data-cache-path", str(out / "index_cache"),
+         "--seq-length", str(FINETUNE_SEQ_LENGTH[model]), "--micro-batch-size", "4", "--global-batch-size", "8",
+         "--lr", "3e-3", "--lr-warmup-iters", str(max(iters // 20, 1)), "--train-iters", str(iters),
+         "--log-interval", str(max(iters // 8, 1)), "--eval-iters", "0", "--split", "100,0,0",
+         "--load", str(pretrained), "--finetune", "--save", str(run_dir / "checkpoints"),
          "--save-interval", "1000000"])
     round_trip = ["--asr-checkpoint", str(asr_checkpoint)] if asr_checkpoint is not None else []
     results = {}
     for label, checkpoint in (("start", pretrained), ("finetuned", run_dir / "checkpoints")):
         output = run_dir / f"eval_{label}.json"
         run([sys.executable, "tools/evaluate_asr_tts.py", "--task", task, "--checkpoint", str(checkpoint),
-             "--heldout", str(heldout), "--max-segments", str(max_segments), *round_trip, "--output", str(output)])
+             "--heldout", str(heldout), "--segment-words", str(SEGMENT_WORDS), "--max-segments", str(max_segments),
+             *round_trip, "--output", str(output)])
         results[label] = json.loads(output.read_text())
     results["checkpoint"] = run_dir / "checkpoints"
+    results["iterations"] = iters
     return results
 
 
+LISTENING_THRESHOLD = 0.05  # nats per token: below this the prompt barely changes the answer's NLL
+
+
 def finetune_section(finetuned: dict) -> list[str]:
-    """Markdown for the ASR/TTS fine-tuning results: start vs fine-tuned for each model."""
-    metrics = {"asr": [("wer", "word error rate"), ("answer_nll", "transcript NLL (nats/token)")],
+    """Markdown for the ASR/TTS fine-tuning results: start vs fine-tuned for each model, and
+    whether the fine-tuned model reads its prompt (``conditioning_gain``) or only its answers' format."""
+    metrics = {"asr": [("wer", "word error rate"), ("answer_nll", "transcript NLL (nats/token)"),
+                       ("conditioning_gain", "NLL gain from the speech (nats/token, higher is better)")],
                "tts": [("uer", "unit error rate"), ("answer_nll", "unit NLL (nats/token)"),
+                       ("conditioning_gain", "NLL gain from the text (nats/token, higher is better)"),
                        ("round_trip_wer", "round-trip WER (own ASR)"),
                        ("global_steps_per_second", "global steps per second of speech"),
                        ("wall_seconds_per_second", "wall seconds per second of speech")]}
+    first = next(iter(finetuned.values()), {})
     lines = ["## Fine-tuning: ASR and TTS", "",
-             "Each pretrained model is fine-tuned on the demo's training speech (ASR: speech then `<t>` transcript; "
-             "TTS: text then `<s>` units; loss on the answer only) and evaluated on held-out speech segments "
-             "before and after. Lower is better for every row.", "",
+             f"Each pretrained model is fine-tuned for {first.get('iterations', '?')} steps on the demo's training "
+             f"speech cut into {SEGMENT_WORDS}-word segments (ASR: speech then `<t>` transcript; TTS: text then `<s>` "
+             f"units; loss on the answer only) and evaluated on {first.get('start', {}).get('segments', '?')} held-out "
+             "segments cut the same way, before and after. Lower is better except where marked. The *gain* rows "
+             "compare the answer's NLL given its own prompt with the NLL given another segment's prompt: near zero, "
+             "the model has learned what answers look like but does not read the speech (ASR) or text (TTS).", "",
              "| task | model | metric | start | fine-tuned |", "|---|---|---|---|---|"]
     per_second = {"global_steps_per_second", "wall_seconds_per_second"}
     for (model, task), result in sorted(finetuned.items()):
@@ -171,6 +202,16 @@ def finetune_section(finetuned: dict) -> list[str]:
             if start is None and tuned is None:
                 continue
             lines.append(f"| {task.upper()} | {model} | {label} | {_number(start)} | {_number(tuned)} |")
+    lines.append("")
+    for (model, task), result in sorted(finetuned.items()):
+        tuned, start = result["finetuned"], result["start"]
+        error, name = ("wer", "WER") if task == "asr" else ("uer", "unit error rate")
+        gain = tuned.get("conditioning_gain")
+        reads = ("reads its prompt" if gain is not None and gain >= LISTENING_THRESHOLD
+                 else "hardly reads its prompt (it mostly learned the answers' format and language)")
+        lines.append(f"- {task.upper()} {model}: {name} {_number(start.get(error))} -> {_number(tuned.get(error))}, "
+                     f"answer NLL {_number(start.get('answer_nll'))} -> {_number(tuned.get('answer_nll'))}; "
+                     f"the fine-tuned model {reads} (gain {_number(gain)} nats/token).")
     return lines + [""]
 
 
@@ -291,13 +332,14 @@ def main(argv: list[str] | None = None) -> int:
     benchmarks = build_benchmarks(corpus, out, max_items=12 if args.quick else 40)
     evaluations = {model: evaluate(model, out, benchmarks, max_length=4 * seq_length) for model in runs}
     stage("6/7 fine-tune ASR and TTS from both pretrained models")
+    segments = preprocess_segments(corpus, tokenizer, out)
     finetuned = {}
     for model in runs:
         for task in ("asr", "tts"):
             asr = finetuned[(model, "asr")]["checkpoint"] if task == "tts" else None
             finetuned[(model, task)] = finetune_and_evaluate(
-                task, model, out, tokenizer, speech, corpus / "speech_heldout.jsonl",
-                iters=6 if args.quick else 40, max_segments=3 if args.quick else 12, asr_checkpoint=asr)
+                task, model, out, tokenizer, segments, corpus / "speech_heldout.jsonl",
+                iters=6 if args.quick else 300, max_segments=4 if args.quick else 48, asr_checkpoint=asr)
     stage("7/7 report")
     patch_stats = patch_sample_statistics(speech, tokenizer, out, num_samples=20 if args.quick else 100)
     settings = {"quick": args.quick, "iterations": iters, "seq_length": seq_length}
