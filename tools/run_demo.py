@@ -296,6 +296,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="demo_out", help="output folder (corpus, data, runs, report)")
     parser.add_argument("--quick", action="store_true", help="tiny corpus and short training (CI)")
     parser.add_argument("--iters", type=int, default=None, help="baseline training iterations (sets the FLOPs budget)")
+    parser.add_argument("--finetune-iters", type=int, default=None,
+                        help="ASR/TTS fine-tuning steps per model (default 300; 6 with --quick). At demo scale the "
+                             "models start to read their input only after ~1000+ steps: see the report's gain rows")
     args = parser.parse_args(argv)
     started = time.time()
     out = Path(args.out).resolve()
@@ -333,16 +336,18 @@ def main(argv: list[str] | None = None) -> int:
     evaluations = {model: evaluate(model, out, benchmarks, max_length=4 * seq_length) for model in runs}
     stage("6/7 fine-tune ASR and TTS from both pretrained models")
     segments = preprocess_segments(corpus, tokenizer, out)
+    finetune_iters = args.finetune_iters or (6 if args.quick else 300)
     finetuned = {}
     for model in runs:
         for task in ("asr", "tts"):
             asr = finetuned[(model, "asr")]["checkpoint"] if task == "tts" else None
             finetuned[(model, task)] = finetune_and_evaluate(
                 task, model, out, tokenizer, segments, corpus / "speech_heldout.jsonl",
-                iters=6 if args.quick else 300, max_segments=4 if args.quick else 48, asr_checkpoint=asr)
+                iters=finetune_iters, max_segments=4 if args.quick else 48, asr_checkpoint=asr)
     stage("7/7 report")
     patch_stats = patch_sample_statistics(speech, tokenizer, out, num_samples=20 if args.quick else 100)
-    settings = {"quick": args.quick, "iterations": iters, "seq_length": seq_length}
+    settings = {"quick": args.quick, "iterations": iters, "seq_length": seq_length,
+                "finetune_iterations": finetune_iters}
     report = write_report(out, runs, evaluations, patch_stats, finetuned, settings, time.time() - started)
     print(report.read_text())
     print(f"report: {report}")
