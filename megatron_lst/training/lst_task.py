@@ -22,6 +22,7 @@ from megatron_lst.data.datasets import LSTDatasetConfig
 from megatron_lst.data.sampler import collate_packed
 from megatron_lst.data.speech_documents import is_speech_text_dataset
 from megatron_lst.models.baseline import padded_vocab_size
+from megatron_lst.patching.padding import merge_padding_patches
 from megatron_lst.models.flops import lst_training_flops
 from megatron_lst.models.init import initialize_by_global_name
 from megatron_lst.models.lst import LSTModel, lst_transformer_configs
@@ -147,19 +148,26 @@ class LSTTask:
         return torch.arange(base, base + batch_size)
 
     def patched(self, batch: dict) -> dict:
-        """Add ``patch_lengths`` [B, P] (patching the N+1 tokens) to the batch, once."""
+        """Add ``patch_lengths`` [B, P] (patching the N+1 tokens) to the batch, once.
+
+        A row's right-padding becomes a single patch (patching/padding.py), so the global model
+        runs on the longest row's real patches plus one, not on one position per PAD token.
+        """
         if "patch_lengths" in batch:
             return batch
         tokens, is_speech = batch["tokens"].long(), batch["is_speech"].bool()
         if not is_speech.any():  # text only: every token its own patch (the kernel agrees)
-            batch["patch_lengths"] = torch.ones_like(tokens)
-            return batch
-        boundaries = compute_patches(
-            tokens, is_speech, self.patching, self.tokenizer.vocab,
-            segment_ids=batch.get("segment_ids"), is_silence=batch.get("is_silence"),
-            document_ids=batch.get("document_ids"), step=self.step, sample_ids=self._sample_ids(tokens.shape[0]),
-        )
-        batch["patch_lengths"] = boundaries.patch_lengths.long()
+            patch_lengths = torch.ones_like(tokens)
+        else:
+            patch_lengths = compute_patches(
+                tokens, is_speech, self.patching, self.tokenizer.vocab,
+                segment_ids=batch.get("segment_ids"), is_silence=batch.get("is_silence"),
+                document_ids=batch.get("document_ids"), step=self.step, sample_ids=self._sample_ids(tokens.shape[0]),
+            ).patch_lengths.long()
+        num_tokens = batch.get("num_tokens")
+        if num_tokens is not None and bool((num_tokens < tokens.shape[1]).any()):
+            patch_lengths = merge_padding_patches(patch_lengths, num_tokens)
+        batch["patch_lengths"] = patch_lengths
         return batch
 
     # ------------------------------------------------------------------ training hooks
@@ -187,10 +195,10 @@ class LSTTask:
         return int((batch["tokens"][:, 1:] != self.tokenizer.pad_id).sum())
 
     def batch_positions(self, batch: dict) -> int:
-        """Real patches (each PAD token is a length-1 patch of its own and is not counted)."""
+        """Real patches: a padded row's last patch holds its padding and is not counted."""
         batch = self.patched(batch)
-        pads = int((batch["tokens"] == self.tokenizer.pad_id).sum())
-        return int((batch["patch_lengths"] > 0).sum()) - pads
+        padded_rows = int((batch["tokens"][:, -1] == self.tokenizer.pad_id).sum())
+        return int((batch["patch_lengths"] > 0).sum()) - padded_rows
 
     def flops_breakdown(self, batch: dict) -> dict[str, float]:
         """Training FLOPs of a micro-batch per module (encoder, global, decoder, total)."""

@@ -196,3 +196,32 @@ def test_zero_local_layers_is_a_flag_error_pointing_to_the_baseline(capsys):
     with pytest.raises(SystemExit):
         parse_args(["--model", "lst", "--decoder-num-layers", "0"])
     assert "--model baseline" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("two_documents", [False, True])
+def test_padding_as_one_patch_changes_no_real_logit(model_parallel, two_documents):
+    """Rows right-padded with PAD (one patch per PAD from the kernel) give the same real-token logits
+    when their padding is one patch (training/lst_task.py), with far fewer global positions."""
+    from megatron_lst.data.sampler import collate_packed
+    from megatron_lst.patching.padding import merge_padding_patches
+
+    torch.manual_seed(0)
+    model = build_model()
+    rng = np.random.default_rng(7)
+    samples = [random_sample(rng, length, two_documents) for length in (41, 17, 29)]
+    for sample in samples:
+        sample["num_positions"] = 0
+    batch = collate_packed(samples, pad_id=LAYOUT.pad_id)
+    patch_lengths = compute_patches(
+        batch["tokens"], batch["is_speech"], PatchingConfig(strategy="static", patch_size=4), LAYOUT,
+        segment_ids=batch["segment_ids"], is_silence=batch["is_silence"], document_ids=batch["document_ids"],
+    ).patch_lengths.long()
+    merged = merge_padding_patches(patch_lengths, batch["num_tokens"])
+    assert merged.shape[1] < patch_lengths.shape[1] - 10
+    inputs = batch["tokens"][:, :-1].long()
+    documents = batch["document_ids"][:, :-1].long() if two_documents else None
+    with torch.no_grad():
+        reference = model(inputs, patch_lengths, document_ids=documents)
+        logits = model(inputs, merged, document_ids=documents)
+    for row, count in enumerate(batch["num_tokens"].tolist()):
+        torch.testing.assert_close(logits[row, :count - 1], reference[row, :count - 1], rtol=0, atol=1e-5)
