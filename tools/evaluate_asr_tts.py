@@ -11,7 +11,8 @@ ASR: word error rate of greedy transcripts, and the teacher-forced NLL of the re
 ``conditioning_gain``, says whether the model listens at all). TTS: unit error rate of greedy units
 against the reference units (repeats collapsed), NLL of the reference units given the text and
 given another segment's text, global-model steps and wall time per second of generated speech,
-and with ``--asr-checkpoint`` the round-trip WER (that ASR model transcribes the generated units). Prints one JSON object (and writes it to ``--output``).
+and with ``--asr-checkpoint`` the round-trip WER (that ASR model transcribes the generated units).
+Prints one JSON object (and writes it to ``--output``).
 """
 
 from __future__ import annotations
@@ -25,7 +26,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from megatron_lst.data.jsonl_records import RecordError, load_json_object, parse_speech_record  # noqa: E402
+from megatron_lst.data.jsonl_records import (  # noqa: E402
+    RecordError,
+    load_json_object,
+    parse_speech_record,
+)
 from megatron_lst.data.segments import SegmentConfig, segment_utterance  # noqa: E402
 from megatron_lst.evaluation.asr_tts import (  # noqa: E402
     UNIT_RATE,
@@ -38,7 +43,7 @@ from megatron_lst.evaluation.asr_tts import (  # noqa: E402
 def segments(path: str, words_per_segment: int, limit: int) -> list[dict]:
     """Word groups of each utterance ({'text', 'units'}), cut exactly as ``tools/preprocess_data.py
     --segment-words`` cuts fine-tuning data, so evaluation examples look like training examples."""
-    config = SegmentConfig(words_per_segment, max(words_per_segment // 2, 1))
+    config = SegmentConfig.for_words(words_per_segment)
     out = []
     for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
         if not line.strip():
@@ -112,7 +117,7 @@ def main(argv=None) -> None:
                                        [tokenizer.encode_text(text) for text in texts]))
         result["examples"] = [{"reference": r, "hypothesis": h} for r, h in zip(texts[:3], hypotheses[:3])]
     else:
-        longest = max(len(item["units"]) for item in items) / 25.0
+        longest = max(len(item["units"]) for item in items) / UNIT_RATE
         unit_lists, runs = synthesize(generator, texts, max_seconds=args.max_seconds or 1.5 * longest)
         cost = generation_cost_of(runs, tokenizer.vocab)
         result["uer"] = unit_error_rate([item["units"] for item in items], unit_lists)
@@ -120,7 +125,7 @@ def main(argv=None) -> None:
                                        [tokenizer.encode_units(item["units"]).tolist() for item in items]))
         result["global_steps_per_second"] = cost.global_steps_per_second
         result["wall_seconds_per_second"] = cost.wall_seconds_per_second
-        result["mean_generated_seconds"] = float(np.mean([len(units) for units in unit_lists]) / 25.0)
+        result["mean_generated_seconds"] = float(np.mean([len(units) for units in unit_lists]) / UNIT_RATE)
         if args.asr_checkpoint:
             asr = CheckpointGenerator.from_checkpoint(args.asr_checkpoint)
             transcripts, _ = transcribe(asr, unit_lists)

@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         num_units=args.num_units,
         unit_rate=args.unit_rate,
         unit_bpe_model=args.unit_bpe,
-        segment=SegmentConfig(args.segment_words, max(args.segment_words // 2, 1)) if args.segment_words > 0 else None,
+        segment=SegmentConfig.for_words(args.segment_words) if args.segment_words > 0 else None,
     )
     try:
         encoder = LineEncoder(config)

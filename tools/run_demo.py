@@ -73,17 +73,20 @@ def train_tokenizer(corpus: Path, out: Path, vocab_size: int) -> Path:
     return train_sentencepiece(lines, model.with_suffix(""), vocab_size=vocab_size)
 
 
+def preprocess_once(source: Path, prefix: Path, kind: str, tokenizer: Path, *flags: str) -> str:
+    """tools/preprocess_data.py ``source`` -> ``{prefix}_{kind}_document``, unless it already exists."""
+    dataset = f"{prefix}_{kind}_document"
+    if not Path(f"{dataset}.idx").is_file():
+        prefix.parent.mkdir(parents=True, exist_ok=True)
+        run([sys.executable, "tools/preprocess_data.py", "--input", str(source), "--output-prefix", str(prefix),
+             "--tokenizer-model", str(tokenizer), *flags])
+    return dataset
+
+
 def preprocess(corpus: Path, tokenizer: Path, out: Path) -> tuple[str, str]:
     data = out / "data"
-    data.mkdir(parents=True, exist_ok=True)
-    speech_prefix, text_prefix = data / "speech", data / "text"
-    if not Path(f"{speech_prefix}_speech_document.idx").is_file():
-        run([sys.executable, "tools/preprocess_data.py", "--input", str(corpus / "speech_train.jsonl"),
-             "--output-prefix", str(speech_prefix), "--tokenizer-model", str(tokenizer), "--num-units", "501"])
-    if not Path(f"{text_prefix}_text_document.idx").is_file():
-        run([sys.executable, "tools/preprocess_data.py", "--input", str(corpus / "text_train.jsonl"),
-             "--output-prefix", str(text_prefix), "--tokenizer-model", str(tokenizer), "--append-eod"])
-    return f"{speech_prefix}_speech_document", f"{text_prefix}_text_document"
+    return (preprocess_once(corpus / "speech_train.jsonl", data / "speech", "speech", tokenizer, "--num-units", "501"),
+            preprocess_once(corpus / "text_train.jsonl", data / "text", "text", tokenizer, "--append-eod"))
 
 
 def train(model: str, common: list[str], out: Path, extra: list[str], name: str | None = None) -> Path:
@@ -136,12 +139,8 @@ FINETUNE_SEQ_LENGTH = {"baseline": 256, "lst": 128}
 def preprocess_segments(corpus: Path, tokenizer: Path, out: Path) -> str:
     """The training speech cut into word-aligned segments: whole demo utterances (up to a minute)
     do not fit a fine-tuning sample, and a piece cut before its answer marker trains on nothing."""
-    prefix = out / "data" / "segments"
-    if not Path(f"{prefix}_speech_document.idx").is_file():
-        run([sys.executable, "tools/preprocess_data.py", "--input", str(corpus / "speech_train.jsonl"),
-             "--output-prefix", str(prefix), "--tokenizer-model", str(tokenizer), "--num-units", "501",
-             "--segment-words", str(SEGMENT_WORDS)])
-    return f"{prefix}_speech_document"
+    return preprocess_once(corpus / "speech_train.jsonl", out / "data" / "segments", "speech", tokenizer,
+                           "--num-units", "501", "--segment-words", str(SEGMENT_WORDS))
 
 
 def finetune_and_evaluate(task: str, model: str, out: Path, tokenizer: Path, segments_prefix: str, heldout: Path,

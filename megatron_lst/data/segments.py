@@ -28,6 +28,12 @@ class SegmentConfig:
         if not 1 <= self.min_words <= self.words:
             raise ValueError(f"min_words must be in [1, {self.words}], got {self.min_words}")
 
+    @classmethod
+    def for_words(cls, words: int) -> "SegmentConfig":
+        """``words`` per segment, a remainder kept from half that: the one rule that
+        ``tools/preprocess_data.py --segment-words`` and ``tools/evaluate_asr_tts.py`` share."""
+        return cls(words, max(words // 2, 1))
+
 
 def segment_utterance(utterance: AlignedUtterance, config: SegmentConfig) -> list[AlignedUtterance]:
     """Consecutive groups of ``config.words`` words of one utterance, each an utterance of its own.

@@ -33,8 +33,8 @@ import torch
 from megatron.core import dist_checkpointing
 
 from megatron_lst.models.config import ModelConfig
-from megatron_lst.patching.padding import merge_padding_patches
 from megatron_lst.patching import compute_patches
+from megatron_lst.patching.padding import merge_padding_patches
 from megatron_lst.tokenizer import JointTokenizer
 from megatron_lst.training.arguments import SECTIONS, Config, config_from_values
 from megatron_lst.training.checkpointing import iteration_dir, load_checkpoint, read_latest_iteration
@@ -145,9 +145,8 @@ def lst_logits(model: torch.nn.Module, config: Config, tokenizer: JointTokenizer
     def logits(tokens: torch.Tensor) -> torch.Tensor:
         is_speech = torch.as_tensor(tokenizer.vocab.is_unit(tokens.cpu().numpy()), device=tokens.device)
         patch_lengths = compute_patches(tokens, is_speech, static, tokenizer.vocab).patch_lengths.long()
-        num_tokens = (tokens != tokenizer.pad_id).sum(dim=1).cpu()
-        if bool((num_tokens < tokens.shape[1]).any()):
-            patch_lengths = merge_padding_patches(patch_lengths.cpu(), num_tokens)
+        num_tokens = (tokens != tokenizer.pad_id).sum(dim=1)
+        patch_lengths = merge_padding_patches(patch_lengths, num_tokens)
         return model(tokens[:, :-1].contiguous(), patch_lengths.to(tokens.device))
 
     return logits

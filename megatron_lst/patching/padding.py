@@ -16,7 +16,8 @@ import torch
 
 def merge_padding_patches(patch_lengths: torch.Tensor, num_tokens: torch.Tensor) -> torch.Tensor:
     """patch_lengths [B, P] (0 after a row's last patch), num_tokens [B] real tokens per row
-    -> [B, P'] where every row's tokens from ``num_tokens`` on form one patch.
+    -> [B, P'] where every row's tokens from ``num_tokens`` on form one patch (the input itself
+    when no row is padded).
 
     A row whose patches do not end exactly at ``num_tokens`` (a patch straddling real tokens and
     padding, which the kernel never produces) is an error, not something to repair silently.
@@ -24,12 +25,14 @@ def merge_padding_patches(patch_lengths: torch.Tensor, num_tokens: torch.Tensor)
     lengths = patch_lengths.long()
     ends = torch.cumsum(lengths, dim=1)
     totals = ends[:, -1]
+    num_tokens = num_tokens.to(totals)
+    if not bool((num_tokens < totals).any()):
+        return patch_lengths
     real = (ends <= num_tokens[:, None]) & (lengths > 0)
     real_counts = real.sum(dim=1)
-    real_ends = torch.where(real_counts > 0, ends.gather(1, (real_counts - 1).clamp(min=0)[:, None])[:, 0],
-                            torch.zeros_like(totals))
-    if not torch.equal(real_ends, num_tokens.to(real_ends)):
-        row = int(torch.nonzero(real_ends != num_tokens.to(real_ends))[0])
+    real_ends = (lengths * real).sum(dim=1)  # real patches are a prefix: their lengths sum to where they end
+    if not torch.equal(real_ends, num_tokens):
+        row = int(torch.nonzero(real_ends != num_tokens)[0])
         raise ValueError(f"row {row}: no patch boundary at its last real token ({int(num_tokens[row])}); "
                          "a patch spans real tokens and padding")
     padding = totals - real_ends

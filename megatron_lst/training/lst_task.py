@@ -22,12 +22,12 @@ from megatron_lst.data.datasets import LSTDatasetConfig
 from megatron_lst.data.sampler import collate_packed
 from megatron_lst.data.speech_documents import is_speech_text_dataset
 from megatron_lst.models.baseline import padded_vocab_size
-from megatron_lst.patching.padding import merge_padding_patches
 from megatron_lst.models.flops import lst_training_flops
 from megatron_lst.models.init import initialize_by_global_name
 from megatron_lst.models.lst import LSTModel, lst_transformer_configs
 from megatron_lst.models.specs import resolve_use_te
 from megatron_lst.patching import compute_patches
+from megatron_lst.patching.padding import merge_padding_patches
 from megatron_lst.tokenizer import JointTokenizer
 from megatron_lst.training.arguments import Config
 from megatron_lst.training.baseline_task import BaselineTask, load_tokenizer, modality_token_loss, parse_blend
@@ -164,9 +164,8 @@ class LSTTask:
                 segment_ids=batch.get("segment_ids"), is_silence=batch.get("is_silence"),
                 document_ids=batch.get("document_ids"), step=self.step, sample_ids=self._sample_ids(tokens.shape[0]),
             ).patch_lengths.long()
-        num_tokens = batch.get("num_tokens")
-        if num_tokens is not None and bool((num_tokens < tokens.shape[1]).any()):
-            patch_lengths = merge_padding_patches(patch_lengths, num_tokens)
+        if "num_tokens" in batch:
+            patch_lengths = merge_padding_patches(patch_lengths, batch["num_tokens"])
         batch["patch_lengths"] = patch_lengths
         return batch
 

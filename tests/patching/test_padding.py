@@ -20,3 +20,8 @@ def test_padding_becomes_one_trailing_patch():
 def test_a_patch_across_real_tokens_and_padding_is_refused():
     with pytest.raises(ValueError, match="row 0: no patch boundary at its last real token"):
         merge_padding_patches(torch.tensor([[2, 3, 1]]), torch.tensor([4]))
+
+
+def test_a_batch_without_padding_is_returned_as_it_is():
+    lengths = torch.tensor([[4, 4, 1, 0], [2, 3, 4, 0]])
+    assert merge_padding_patches(lengths, torch.tensor([9, 9])) is lengths
