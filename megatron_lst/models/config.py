@@ -4,7 +4,7 @@ A flavour fixes the *global* transformer (identical for LST and the baseline, so
 compute- and data-controlled comparisons differ in one flag) and the LST's local patch
 encoder/decoder. Shapes of ``420m`` and ``1b`` are the paper's (LST.md §2, §5); ``7b`` is this
 project's choice (the paper gives no local shapes for it); ``debug`` runs on a CPU in seconds and
-``demo`` is the CPU demo's (a few minutes).
+``demo`` is the CPU demo's (a few minutes); ``1b-mini`` has the 1b's depths at CPU widths (benchmarks).
 """
 
 from __future__ import annotations
@@ -42,6 +42,29 @@ class ModelConfig:
         default=512, metadata={"help": "sliding-window size (tokens) of local self-attention"}
     )
     cross_attn_k: int = field(default=1, metadata={"help": "query vectors per patch in the encoder"})
+    cross_attn_window_encoder: int = field(
+        default=1,
+        metadata={"help": "patches whose tokens a patch query of the encoder attends: its own and the "
+                          "window - 1 before it (1 = own patch only; the reference code uses 512; 0 = all earlier)"},
+    )
+    cross_attn_window_decoder: int = field(
+        default=512,
+        metadata={"help": "global patch outputs a decoder token attends: its lagged patch and the window - 1 "
+                          "before it (the reference code's 512; 0 = every earlier patch)"},
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("cross_attn_window_encoder", "cross_attn_window_decoder", "local_window_size"):
+            value = getattr(self, name)
+            if value < 0 or (name == "local_window_size" and value == 0):
+                raise ValueError(f"--{name.replace('_', '-')} must be {'>= 1' if name == 'local_window_size' else '>= 0'}, "
+                                 f"got {value}")
+
+    def earlier_patches(self, module: str) -> Optional[int]:
+        """How many patches before the own (encoder) or lagged (decoder) one a cross-attention query sees
+        (None: all), from ``cross_attn_window_{module}``."""
+        window = getattr(self, f"cross_attn_window_{module}")
+        return None if window == 0 else window - 1
 
     def ffn_size(self, hidden_size: Optional[int] = None) -> int:
         """MLP width for a block of ``hidden_size`` (the global one by default)."""
@@ -69,6 +92,14 @@ MODEL_FLAVOURS: dict[str, ModelConfig] = {
         encoder_num_layers=1, encoder_hidden_size=64, encoder_num_attention_heads=4,
         decoder_num_layers=1, decoder_hidden_size=64, decoder_num_attention_heads=4,
         local_window_size=128,
+    ),
+    # The 1b's layer counts and 2:1 global:local width ratio at CPU widths (head size 64 everywhere):
+    # benchmarks compare LST and the baseline at the real model's depth mix without a GPU.
+    "1b-mini": ModelConfig(
+        num_layers=25, hidden_size=256, num_attention_heads=4,
+        encoder_num_layers=1, encoder_hidden_size=128, encoder_num_attention_heads=2,
+        decoder_num_layers=9, decoder_hidden_size=128, decoder_num_attention_heads=2,
+        local_window_size=512,
     ),
     "420m": ModelConfig(
         num_layers=18, hidden_size=1280, num_attention_heads=10,

@@ -222,7 +222,7 @@ def build_parser(description: str = "Pretrain LST or the interleaved baseline on
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--config", default=None, help="YAML file of flag values (sections or flat keys)")
     parser.add_argument("--model-flavour", default=None, choices=sorted(MODEL_FLAVOURS),
-                        help="named model shape (debug, 420m, 1b, 7b)")
+                        help="named model shape (debug, demo, 1b-mini, 420m, 1b, 7b)")
     _add_fields(parser.add_argument_group("model shape (overrides the flavour)"), ModelConfig)
     for title, cls in SECTIONS.items():
         _add_fields(parser.add_argument_group(title), cls)
