@@ -133,8 +133,9 @@ class PatchEncoder(MegatronModule):
     """Tokens [B, N] -> (token states [N, B, E], patch states [P, B, k*E]) for [B, P] patch lengths."""
 
     def __init__(self, config: TransformerConfig, vocab_size: int, window_size: int, normalization: str,
-                 rotary_base: float, cross_attn_k: int = 1):
+                 rotary_base: float, cross_attn_k: int = 1, earlier_patches: Optional[int] = 0):
         super().__init__(config=config)
+        self.earlier_patches = earlier_patches
         if cross_attn_k < 1:
             raise ValueError(f"cross_attn_k must be >= 1, got {cross_attn_k}")
         self.cross_attn_k = cross_attn_k
@@ -158,7 +159,7 @@ class PatchEncoder(MegatronModule):
         batch, seq_len = tokens.shape
         num_patches = patch_lengths.shape[1]
         token_states = self.embedding(tokens).transpose(0, 1).contiguous()  # [N, B, E]
-        allowed = encoder_cross_attention_mask(patch_lengths, seq_len, document_ids=document_ids)
+        allowed = encoder_cross_attention_mask(patch_lengths, seq_len, self.earlier_patches, document_ids=document_ids)
         # a patch with no input token (the last, target-only patch; right padding) would give an
         # all-forbidden row and NaN: let it see BOS (causally harmless) and zero its state
         has_tokens = allowed.any(-1)  # [B, P]
@@ -182,8 +183,9 @@ class PatchDecoder(MegatronModule):
     """(token states [N, B, D], global patch outputs [P, B, D]) -> vocab-parallel logits [N, B, V/tp]."""
 
     def __init__(self, config: TransformerConfig, vocab_size: int, window_size: int, normalization: str,
-                 rotary_base: float):
+                 rotary_base: float, earlier_patches: Optional[int] = None):
         super().__init__(config=config)
+        self.earlier_patches = earlier_patches
         self.stack = LocalStack(config, window_size, normalization, rotary_base)
         self.final_norm = build_module(
             _norm_spec(normalization), config=config, hidden_size=config.hidden_size, eps=config.layernorm_epsilon
@@ -196,7 +198,7 @@ class PatchDecoder(MegatronModule):
     def forward(self, token_states: torch.Tensor, patch_states: torch.Tensor, patch_lengths: torch.Tensor,
                 document_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
         seq_len = token_states.shape[0]
-        allowed = decoder_cross_attention_mask(patch_lengths, seq_len, document_ids=document_ids)
+        allowed = decoder_cross_attention_mask(patch_lengths, seq_len, self.earlier_patches, document_ids=document_ids)
         # a document that does not open with BOS leaves its first token no patch of its own
         # document: let it see patch 0 (BOS, complete before token 1) rather than nothing (NaN)
         allowed[..., 0] |= ~allowed.any(-1)

@@ -67,7 +67,7 @@ class LSTModel(MegatronModule):
         if pre_process:
             self.patch_encoder = PatchEncoder(
                 encoder_config, vocab_size, shape.local_window_size, shape.normalization,
-                shape.rotary_base, shape.cross_attn_k,
+                shape.rotary_base, shape.cross_attn_k, earlier_patches=shape.earlier_patches("encoder"),
             )
             self.encoder_to_global = torch.nn.Linear(
                 shape.cross_attn_k * encoder_config.hidden_size, global_config.hidden_size, bias=False, dtype=dtype
@@ -89,7 +89,8 @@ class LSTModel(MegatronModule):
                 if encoder_config.hidden_size != decoder_config.hidden_size else None
             )
             self.patch_decoder = PatchDecoder(
-                decoder_config, vocab_size, shape.local_window_size, shape.normalization, shape.rotary_base
+                decoder_config, vocab_size, shape.local_window_size, shape.normalization, shape.rotary_base,
+                earlier_patches=shape.earlier_patches("decoder"),
             )
 
     def set_input_tensor(self, input_tensor) -> None:
