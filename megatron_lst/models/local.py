@@ -14,9 +14,11 @@ Decoder: per layer ``cross -> window`` where token queries attend the global out
 up to their decoder patch id (the one-patch lag of LST.md §2), then a final norm and the
 vocabulary-parallel output head.
 
-The local modules always use the SDPA spec (also on GPU): their masks (window, patch membership,
-documents) are arbitrary boolean masks that the transformer-engine spec does not take as such.
-Masks here follow megatron-core's convention, True = forbidden.
+Every local attention is an interval pattern (each query sees one contiguous run of keys: the
+window, the patch, the lagged patches of its document), built once per forward pass by
+``local_patterns.py`` and computed by ``interval_attention.py`` in O(N x window) time and memory
+(blocked SDPA on CPU, FlexAttention on CUDA), never as an N x N mask. The transformer-engine spec
+is not used here: its core attention takes no such patterns.
 """
 
 from __future__ import annotations
@@ -39,8 +41,10 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron.core.transformer.transformer_layer import TransformerLayer, TransformerLayerSubmodules
 from megatron.core.transformer.utils import sharded_state_dict_default
 
-from megatron_lst.models.attention import SDPACoreAttention
-from megatron_lst.patching import decoder_cross_attention_mask, encoder_cross_attention_mask, max_pool_patches
+from megatron_lst.models.interval_attention import IntervalMask
+from megatron_lst.models.local_attention import IntervalCoreAttention
+from megatron_lst.models.local_patterns import decoder_cross_mask, encoder_cross_mask, sliding_window_mask
+from megatron_lst.patching import max_pool_patches
 
 
 def _norm_spec(normalization: str):
@@ -48,16 +52,16 @@ def _norm_spec(normalization: str):
 
 
 def window_layer_spec(window_size: int, normalization: str) -> ModuleSpec:
-    """Causal sliding-window self-attention + MLP (the GPT local spec, windowed SDPA core)."""
+    """Causal sliding-window self-attention + MLP (the GPT local spec, interval core attention)."""
     spec = copy.deepcopy(get_gpt_layer_local_spec(normalization=normalization))
     spec.submodules.self_attention.submodules.core_attention = ModuleSpec(
-        module=SDPACoreAttention, params={"window_size": window_size}
+        module=IntervalCoreAttention, params={"window_size": window_size}
     )
     return spec
 
 
 def cross_layer_spec(normalization: str) -> ModuleSpec:
-    """Cross-attention only: pre-norm, CrossAttention over an explicit mask, residual add.
+    """Cross-attention only: pre-norm, CrossAttention over an interval pattern, residual add.
 
     A layer without self-attention needs ``IdentityFuncOp`` for its bias-dropout-add
     (MEGATRON_NOTES.md); the MLP is left out, so its bda is ``IdentityFuncOp`` as well.
@@ -73,7 +77,7 @@ def cross_layer_spec(normalization: str) -> ModuleSpec:
                 submodules=CrossAttentionSubmodules(
                     linear_q=ColumnParallelLinear,
                     linear_kv=ColumnParallelLinear,
-                    core_attention=SDPACoreAttention,
+                    core_attention=IntervalCoreAttention,
                     linear_proj=RowParallelLinear,
                 ),
             ),
@@ -84,18 +88,12 @@ def cross_layer_spec(normalization: str) -> ModuleSpec:
     )
 
 
-def document_self_mask(document_ids: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-    """[B, N] document ids -> [B, 1, N, N] True where query and key lie in different documents."""
-    if document_ids is None:
-        return None
-    return (document_ids[:, :, None] != document_ids[:, None, :])[:, None]
-
-
 class LocalStack(MegatronModule):
     """``num_layers`` pairs of (window, cross) layers in a fixed order; shared by encoder and decoder."""
 
     def __init__(self, config: TransformerConfig, window_size: int, normalization: str, rotary_base: float):
         super().__init__(config=config)
+        self.window_size = window_size
         window_spec = window_layer_spec(window_size, normalization)
         cross_spec = cross_layer_spec(normalization)
         self.window_layers = torch.nn.ModuleList(
@@ -119,14 +117,18 @@ class LocalStack(MegatronModule):
         state.update(sharded_state_dict_default(self.rotary, f"{prefix}rotary.", sharded_offsets, metadata))
         return state
 
-    def window(self, index: int, states: torch.Tensor, self_mask: Optional[torch.Tensor]) -> torch.Tensor:
+    def window(self, index: int, states: torch.Tensor, self_mask: IntervalMask) -> torch.Tensor:
         rotary = self.rotary(states.shape[0])
         output, _ = self.window_layers[index](states, attention_mask=self_mask, rotary_pos_emb=rotary)
         return output
 
-    def cross(self, index: int, queries: torch.Tensor, keys: torch.Tensor, forbidden: torch.Tensor) -> torch.Tensor:
-        output, _ = self.cross_layers[index](queries, attention_mask=None, context=keys, context_mask=forbidden)
+    def cross(self, index: int, queries: torch.Tensor, keys: torch.Tensor, mask: IntervalMask) -> torch.Tensor:
+        output, _ = self.cross_layers[index](queries, attention_mask=None, context=keys, context_mask=mask)
         return output
+
+    def self_mask(self, seq_len: int, document_ids: Optional[torch.Tensor], batch: int, device: torch.device,
+                  implementation: str) -> IntervalMask:
+        return sliding_window_mask(seq_len, self.window_size, document_ids, batch, device, implementation)
 
 
 class PatchEncoder(MegatronModule):
@@ -147,6 +149,18 @@ class PatchEncoder(MegatronModule):
         self.query_offsets = None
         if cross_attn_k > 1:
             self.query_offsets = torch.nn.Parameter(torch.zeros(cross_attn_k, config.hidden_size, dtype=config.params_dtype))
+        # the attention kernel (interval_attention.py): "auto" picks by device; tests set "dense"
+        self.attention_implementation = "auto"
+
+    def attention_masks(self, patch_lengths: torch.Tensor, seq_len: int,
+                        document_ids: Optional[torch.Tensor]) -> tuple[IntervalMask, IntervalMask]:
+        """(sliding-window self-attention, patch cross-attention) patterns of one forward pass."""
+        implementation = self.attention_implementation
+        self_mask = self.stack.self_mask(seq_len, document_ids, patch_lengths.shape[0], patch_lengths.device,
+                                         implementation)
+        cross_mask = encoder_cross_mask(patch_lengths, seq_len, self.earlier_patches, document_ids,
+                                        self.cross_attn_k, implementation)
+        return self_mask, cross_mask
 
     def _initial_queries(self, token_states: torch.Tensor, patch_lengths: torch.Tensor) -> torch.Tensor:
         pooled = max_pool_patches(token_states.transpose(0, 1), patch_lengths)  # [B, P, E]
@@ -159,20 +173,19 @@ class PatchEncoder(MegatronModule):
         batch, seq_len = tokens.shape
         num_patches = patch_lengths.shape[1]
         token_states = self.embedding(tokens).transpose(0, 1).contiguous()  # [N, B, E]
-        allowed = encoder_cross_attention_mask(patch_lengths, seq_len, self.earlier_patches, document_ids=document_ids)
-        # a patch with no input token (the last, target-only patch; right padding) would give an
-        # all-forbidden row and NaN: let it see BOS (causally harmless) and zero its state
-        has_tokens = allowed.any(-1)  # [B, P]
-        allowed[..., 0] |= ~has_tokens
-        forbidden = (~allowed).repeat_interleave(self.cross_attn_k, dim=1)[:, None]  # [B, 1, P*k, N]
-        keep = has_tokens.repeat_interleave(self.cross_attn_k, dim=1).T[:, :, None].to(token_states.dtype)
-        self_mask = document_self_mask(document_ids)
+        self_mask, cross_mask = self.attention_masks(patch_lengths, seq_len, document_ids)
+        # a patch with no input token (the last, target-only patch; right padding) has a zero state
+        keep = None
+        if cross_mask.empty is not None:
+            keep = (~cross_mask.empty).T[:, :, None].to(token_states.dtype)  # [P*k, B, 1]
         patch_states = None
         for index in range(len(self.stack.window_layers)):
             token_states = self.stack.window(index, token_states, self_mask)
             if patch_states is None:
                 patch_states = self._initial_queries(token_states, patch_lengths)
-            patch_states = self.stack.cross(index, patch_states, token_states, forbidden) * keep
+            patch_states = self.stack.cross(index, patch_states, token_states, cross_mask)
+            if keep is not None:
+                patch_states = patch_states * keep
         width = self.config.hidden_size
         patch_states = patch_states.view(num_patches, self.cross_attn_k, batch, width)
         patch_states = patch_states.permute(0, 2, 1, 3).reshape(num_patches, batch, self.cross_attn_k * width)
@@ -194,18 +207,26 @@ class PatchDecoder(MegatronModule):
             config.hidden_size, vocab_size, config=config, init_method=config.init_method,
             bias=False, gather_output=False,
         )
+        self.attention_implementation = "auto"  # as PatchEncoder's
+
+    def attention_masks(self, patch_lengths: torch.Tensor, seq_len: int,
+                        document_ids: Optional[torch.Tensor]) -> tuple[IntervalMask, IntervalMask]:
+        """(sliding-window self-attention, lagged cross-attention to patches) of one forward pass.
+
+        A token whose document has no complete patch yet (a document that does not open with BOS)
+        sees no patch: its cross-attention adds nothing (zero), as in incremental decoding.
+        """
+        implementation = self.attention_implementation
+        self_mask = self.stack.self_mask(seq_len, document_ids, patch_lengths.shape[0], patch_lengths.device,
+                                         implementation)
+        cross_mask = decoder_cross_mask(patch_lengths, seq_len, self.earlier_patches, document_ids, implementation)
+        return self_mask, cross_mask
 
     def forward(self, token_states: torch.Tensor, patch_states: torch.Tensor, patch_lengths: torch.Tensor,
                 document_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
-        seq_len = token_states.shape[0]
-        allowed = decoder_cross_attention_mask(patch_lengths, seq_len, self.earlier_patches, document_ids=document_ids)
-        # a document that does not open with BOS leaves its first token no patch of its own
-        # document: let it see patch 0 (BOS, complete before token 1) rather than nothing (NaN)
-        allowed[..., 0] |= ~allowed.any(-1)
-        forbidden = (~allowed)[:, None]  # [B, 1, N, P]
-        self_mask = document_self_mask(document_ids)
+        self_mask, cross_mask = self.attention_masks(patch_lengths, token_states.shape[0], document_ids)
         for index in range(len(self.stack.window_layers)):
-            token_states = self.stack.cross(index, token_states, patch_states, forbidden)
+            token_states = self.stack.cross(index, token_states, patch_states, cross_mask)
             token_states = self.stack.window(index, token_states, self_mask)
         logits, _ = self.output_layer(self.final_norm(token_states))
         return logits
