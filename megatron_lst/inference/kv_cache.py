@@ -101,3 +101,13 @@ def attend_cache(queries: torch.Tensor, cache: KVCache, scale: float) -> torch.T
     mask = None if cache.all_valid else cache.valid[:, None, None, :]
     output = F.scaled_dot_product_attention(queries, cache.keys, cache.values, attn_mask=mask, scale=scale)
     return output if mask is None else torch.nan_to_num(output)
+
+
+def last_valid_slots(valid: torch.Tensor, count: int) -> torch.Tensor:
+    """[B, L] validity -> [B, L] True for each row's newest ``count`` valid slots.
+
+    The decoder's cross-attention cache gets a slot at every global step, valid only for the rows
+    that closed a patch then, so a window of patches is a window of each row's valid slots.
+    """
+    valid_from_here = valid.flip(1).cumsum(1).flip(1)  # valid slots at or after each slot
+    return valid & (valid_from_here <= count)

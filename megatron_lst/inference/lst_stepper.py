@@ -8,8 +8,9 @@ Per step and row, for the new token:
    patch's tokens -> ``encoder_to_global`` -> one global step (its own KV cache, RoPE at the
    row's patch index) -> ``global_to_decoder`` -> the decoder cross-attention keys/values of
    that patch are appended to the decoder's cross caches;
-4. patch decoder: cross-attention to every closed patch (the one-patch lag holds by
-   construction: a patch is visible once closed), sliding-window self-attention, head.
+4. patch decoder: cross-attention to the row's newest closed patches, at most its window of them
+   (the one-patch lag holds by construction: a patch is visible once closed), sliding-window
+   self-attention, head.
 
 Closing a patch runs the global model for the whole batch; rows that close nothing append an
 invalid slot, so rows may sit at different patch counts. ``global_positions`` counts, per row,
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from megatron_lst.inference.kv_cache import KVCache
+from megatron_lst.inference.kv_cache import KVCache, last_valid_slots
 from megatron_lst.inference.layer_steps import (
     linear,
     cached_cross_attention_layer_step,
@@ -33,7 +34,7 @@ from megatron_lst.models.lst import LSTModel
 
 
 def _window_size(stack) -> int | None:
-    return stack.window_layers[0].self_attention.core_attention.window_size
+    return stack.window_size
 
 
 class OpenPatches:
@@ -68,6 +69,13 @@ class LSTStepper:
             raise ValueError("incremental decoding needs the whole model in one stage (PP = 1)")
         self.model = model
         encoder, decoder = model.patch_encoder, model.patch_decoder
+        if encoder.earlier_patches != 0:
+            raise ValueError(
+                "incremental decoding keeps only the open patch's tokens for the encoder's cross-attention: "
+                f"it needs --cross-attn-window-encoder 1 (this model sees {encoder.earlier_patches} earlier patches)"
+            )
+        # a decoder token sees its newest `window` closed patches (None: all of them)
+        self.decoder_window = None if decoder.earlier_patches is None else decoder.earlier_patches + 1
         self.encoder_tables = RotaryTable(encoder.stack.rotary)
         self.decoder_tables = RotaryTable(decoder.stack.rotary)
         self.global_tables = RotaryTable(model.global_rotary)
@@ -129,6 +137,13 @@ class LSTStepper:
         if bool(rows.any()):
             self._close_patches(rows)
 
+    def _decoder_cross_step(self, layer, hidden: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Cross-attention of the new token to the closed patches within the decoder's window."""
+        if self.decoder_window is None:
+            return cached_cross_attention_layer_step(layer, hidden, cache)
+        allowed = last_valid_slots(cache.valid, self.decoder_window)[:, None, None, :]
+        return cross_attention_layer_step(layer, hidden, cache.keys, cache.values, allowed)
+
     # ------------------------------------------------------------------ one token
     @torch.no_grad()
     def step(self, tokens: torch.Tensor, close_before: torch.Tensor, completes: torch.Tensor) -> torch.Tensor:
@@ -151,7 +166,7 @@ class LSTStepper:
             hidden = model.token_to_decoder(hidden)
         freqs = self.decoder_tables.at(positions)
         for index, (cross, window) in enumerate(zip(decoder.stack.cross_layers, decoder.stack.window_layers)):
-            hidden = cached_cross_attention_layer_step(cross, hidden, self.decoder_cross_caches[index])
+            hidden = self._decoder_cross_step(cross, hidden, self.decoder_cross_caches[index])
             hidden = self_attention_layer_step(window, hidden, freqs, self.decoder_caches[index])
         logits = linear(decoder.output_layer, decoder.final_norm(hidden))
         self.position += 1

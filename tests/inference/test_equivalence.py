@@ -45,9 +45,10 @@ def incremental_logits(stepper, tokens: torch.Tensor, completes: torch.Tensor) -
 
 
 @pytest.mark.parametrize("patch_size", [1, 4, 6])
-@pytest.mark.parametrize("window", [5, 512])
-def test_lst_incremental_matches_full_forward(model_parallel, patch_size, window):
-    model = build_lst(local_window_size=window, num_query_groups=2)
+@pytest.mark.parametrize("window,decoder_patches", [(5, 512), (512, 512), (5, 3), (512, 1)])
+def test_lst_incremental_matches_full_forward(model_parallel, patch_size, window, decoder_patches):
+    """Sliding windows and decoder cross-attention windows (in patches) shorter than the rows."""
+    model = build_lst(local_window_size=window, num_query_groups=2, cross_attn_window_decoder=decoder_patches)
     tokens = batch_of_streams(patch_size + window, batch=3, length=41)
     is_speech = torch.as_tensor(LAYOUT.is_unit(tokens.numpy()))
     patching = PatchingConfig(strategy="static", patch_size=patch_size)
@@ -84,3 +85,8 @@ def test_baseline_incremental_matches_full_forward(model_parallel, num_query_gro
         full = model(tokens, positions, None)
     stepped = incremental_logits(BaselineStepper(model), tokens, torch.ones_like(tokens, dtype=torch.bool))
     torch.testing.assert_close(stepped, full, atol=TOLERANCE, rtol=TOLERANCE)
+
+
+def test_lst_encoder_window_beyond_its_own_patch_is_refused(model_parallel):
+    with pytest.raises(ValueError, match="cross-attn-window-encoder 1"):
+        LSTStepper(build_lst(cross_attn_window_encoder=4))
