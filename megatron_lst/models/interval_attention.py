@@ -98,25 +98,43 @@ class IntervalMask:
         attention matmuls cost (FLOPs = 4 x pairs x head_dim x heads for QK^T and PV)."""
         if implementation == "dense":
             return self.batch_size * self.num_queries * self.num_keys
-        layout = self.blocked()
-        return self.batch_size * layout.num_blocks * self.block_size * layout.span
+        if self._blocked is not None:
+            num_blocks, span = self._blocked.num_blocks, self._blocked.span
+        else:
+            num_blocks, span = blocked_span(self.lo, self.hi, self.num_keys, self.block_size)
+        return self.batch_size * num_blocks * self.block_size * span
 
     def attended_pairs(self) -> int:
         """(query, key) pairs the pattern actually allows (its ideal cost)."""
         return int((self.hi - self.lo).clamp(min=0).sum())
 
 
-def _blocked_layout(lo: torch.Tensor, hi: torch.Tensor, num_keys: int, block_size: int) -> BlockedLayout:
+def _query_blocks(lo: torch.Tensor, hi: torch.Tensor, block_size: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Intervals as [B, blocks, block_size] (the last block padded with the last real interval, which
+    keeps them non-decreasing; padded outputs are cut off) and the widest block's key span."""
     batch, num_queries = lo.shape
     num_blocks = -(-num_queries // block_size)
     pad = num_blocks * block_size - num_queries
-    if pad:  # padded queries repeat the last real interval (kept monotone); their outputs are cut off
+    if pad:
         lo = torch.cat([lo, lo[:, -1:].expand(batch, pad)], dim=1)
         hi = torch.cat([hi, hi[:, -1:].expand(batch, pad)], dim=1)
     lo_blocks = lo.view(batch, num_blocks, block_size)
     hi_blocks = hi.view(batch, num_blocks, block_size)
+    span = int((hi_blocks.amax(-1) - lo_blocks.amin(-1)).max().clamp(min=1))
+    return lo_blocks, hi_blocks, span
+
+
+def blocked_span(lo: torch.Tensor, hi: torch.Tensor, num_keys: int, block_size: int) -> tuple[int, int]:
+    """(query blocks, keys per block) of the blocked kernel, without building its gathers."""
+    lo_blocks, _, span = _query_blocks(lo, hi, block_size)
+    return lo_blocks.shape[1], min(span, num_keys)
+
+
+def _blocked_layout(lo: torch.Tensor, hi: torch.Tensor, num_keys: int, block_size: int) -> BlockedLayout:
+    batch = lo.shape[0]
+    lo_blocks, hi_blocks, span = _query_blocks(lo, hi, block_size)
+    num_blocks = lo_blocks.shape[1]
     starts = lo_blocks.amin(-1)  # [B, blocks]
-    span = int((hi_blocks.amax(-1) - starts).max().clamp(min=1))
     starts = starts.clamp(max=max(num_keys - span, 0))  # keep the span inside the keys where possible
     span = min(span, num_keys)
     keys = starts[..., None] + torch.arange(span, device=lo.device)  # [B, blocks, span]

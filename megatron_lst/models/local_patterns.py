@@ -22,6 +22,8 @@ from typing import Optional
 
 import torch
 
+from megatron_lst.models.config import ModelConfig
+from megatron_lst.models.flops import LocalAttentionPairs
 from megatron_lst.models.interval_attention import IntervalMask
 from megatron_lst.patching.ids import decoder_patch_ids_from_lengths, patch_ids_from_lengths
 
@@ -107,3 +109,14 @@ def decoder_cross_mask(patch_lengths: torch.Tensor, seq_len: int, earlier: Optio
     hi = torch.where(empty, lo + 1, hi)
     return IntervalMask(lo.contiguous(), hi.contiguous(), num_patches, TOKEN_QUERY_BLOCK,
                         empty=empty if bool(empty.any()) else None, implementation=implementation)
+
+
+def local_attention_pairs(patch_lengths: torch.Tensor, seq_len: int, document_ids: Optional[torch.Tensor],
+                          model: ModelConfig) -> LocalAttentionPairs:
+    """The score pairs per row the blocked kernels compute for this batch's patterns (FLOPs counting)."""
+    batch = patch_lengths.shape[0]
+    self_mask = sliding_window_mask(seq_len, model.local_window_size, document_ids, batch, patch_lengths.device)
+    encoder = encoder_cross_mask(patch_lengths, seq_len, model.earlier_patches("encoder"), document_ids,
+                                 model.cross_attn_k)
+    decoder = decoder_cross_mask(patch_lengths, seq_len, model.earlier_patches("decoder"), document_ids)
+    return LocalAttentionPairs(*(mask.computed_pairs() / batch for mask in (self_mask, encoder, decoder)))
