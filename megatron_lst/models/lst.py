@@ -24,16 +24,36 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 
 from megatron_lst.models.config import ModelConfig
 from megatron_lst.models.local import PatchDecoder, PatchEncoder
+from megatron_lst.models.packed_sequences import pack_documents
 from megatron_lst.models.specs import gpt_layer_spec
+
+
+def patch_documents(patch_lengths: torch.Tensor, document_ids: torch.Tensor) -> torch.Tensor:
+    """[B, P] document of each patch: that of its first token (empty patches: the last token's)."""
+    starts = (torch.cumsum(patch_lengths, -1) - patch_lengths).clamp(max=document_ids.shape[1] - 1)
+    return document_ids.gather(1, starts.long())
 
 
 def global_document_mask(patch_lengths: torch.Tensor, document_ids: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     """[B, 1, P, P] True where two patches belong to different documents (block-causal global)."""
     if document_ids is None:
         return None
-    starts = (torch.cumsum(patch_lengths, -1) - patch_lengths).clamp(max=document_ids.shape[1] - 1)
-    patch_documents = document_ids.gather(1, starts.long())
-    return (patch_documents[:, :, None] != patch_documents[:, None, :])[:, None]
+    documents = patch_documents(patch_lengths, document_ids)
+    return (documents[:, :, None] != documents[:, None, :])[:, None]
+
+
+def global_packing_documents(patch_lengths: torch.Tensor, document_ids: torch.Tensor) -> torch.Tensor:
+    """[B, P] patch documents for packing the global model (``models/packed_sequences.py``).
+
+    Same documents as ``global_document_mask``, except that patches after a row's last non-empty
+    patch (the zero-length slots of shorter rows) get -1 and are left out of the pack: they hold
+    no token, no decoder query reads them, and every patch they could attend lies before them,
+    so dropping them changes no kept patch. Right padding already has document -1 (its own
+    patch, read only by PAD tokens, whose loss is masked), so it is left out too.
+    """
+    documents = patch_documents(patch_lengths, document_ids)
+    nonempty_from_here = torch.flip(torch.cumsum(torch.flip(patch_lengths > 0, [1]).long(), 1), [1]) > 0
+    return documents.masked_fill(~nonempty_from_here, -1)
 
 
 class LSTModel(MegatronModule):
@@ -49,8 +69,15 @@ class LSTModel(MegatronModule):
         use_te: bool = False,
         pre_process: bool = True,
         post_process: bool = True,
+        pack_global: Optional[bool] = None,
     ):
         super().__init__(config=global_config)
+        # the global model over packed documents: THD (cu_seqlens) under the TE spec, whose core
+        # attention would drop a document mask; on CPU only when asked (SDPA + mask is the default)
+        self.pack_global = use_te if pack_global is None else pack_global
+        if use_te and not self.pack_global:
+            raise ValueError("the transformer-engine spec ignores the document mask: the global model must pack "
+                             "(pack_global=True) to keep documents apart")
         self.model_type = ModelType.encoder_or_decoder
         # read by finalize_model_grads under PP: the LST ties no weights across stages
         self.share_embeddings_and_output_weights = False
@@ -107,6 +134,32 @@ class LSTModel(MegatronModule):
     def _unpack(self, boundary: torch.Tensor, num_patches: int) -> tuple[torch.Tensor, torch.Tensor]:
         return boundary[:num_patches, :, : self.global_width], boundary[num_patches:, :, : self.encoder_width]
 
+    def _global_forward(self, patch_states: torch.Tensor, patch_lengths: torch.Tensor,
+                        document_ids: Optional[torch.Tensor]) -> torch.Tensor:
+        """The global block, block-causal over documents: [P, B, H] in and out on every stage.
+
+        Packed (``pack_global`` and documents given): this stage packs its patch states by
+        document, runs megatron's THD path (rotary restarting per document) and unpacks, so what
+        crosses a pipeline boundary keeps its [P + N, B, W] shape; patches outside every
+        document come back as zeros. Otherwise the [B, 1, P, P] document mask (SDPA).
+        """
+        num_patches = patch_lengths.shape[1]
+        if not self.pack_global or document_ids is None:
+            # no documents: plain causal attention, which every spec applies on its own
+            return self.global_block(
+                patch_states,
+                attention_mask=global_document_mask(patch_lengths, document_ids),
+                rotary_pos_emb=self.global_rotary(num_patches),
+            )
+        packed = pack_documents(global_packing_documents(patch_lengths, document_ids))
+        output = self.global_block(
+            packed.pack(patch_states),
+            attention_mask=None,
+            rotary_pos_emb=self.global_rotary(packed.max_seqlen, packed_seq=True),
+            packed_seq_params=packed.params,
+        )
+        return packed.unpack(output)
+
     def forward(
         self,
         tokens: torch.Tensor,
@@ -125,11 +178,7 @@ class LSTModel(MegatronModule):
             patch_states = self.encoder_to_global(patch_states)
         else:
             patch_states, token_states = self._unpack(self.input_tensor, num_patches)
-        patch_states = self.global_block(
-            patch_states,
-            attention_mask=global_document_mask(patch_lengths, document_ids),
-            rotary_pos_emb=self.global_rotary(num_patches),
-        )
+        patch_states = self._global_forward(patch_states, patch_lengths, document_ids)
         if not self.post_process:
             return self._pack(patch_states, token_states)
         decoder_patches = self.global_to_decoder(patch_states)

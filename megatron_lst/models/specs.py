@@ -76,7 +76,14 @@ def resolve_use_te(transformer_impl: str) -> bool:
 
 
 def gpt_layer_spec(use_te: bool, normalization: str = "RMSNorm") -> ModuleSpec:
-    """A causal self-attention + MLP layer spec for the global transformer."""
+    """A causal self-attention + MLP layer spec for the global transformer (and the baseline).
+
+    Both specs are ``causal``. The TE core attention reads ``attention_mask`` only for
+    padding/arbitrary mask types, so under ``use_te`` a document mask would be ignored: callers
+    pack their documents instead (``models/packed_sequences.py``, megatron's THD path, where TE
+    runs ``padding_causal`` per ``cu_seqlens`` sequence). The local spec's ``SDPACoreAttention``
+    takes both the [B, 1, S, S] mask and the packed form.
+    """
     if use_te:
         return get_gpt_layer_with_transformer_engine_spec()
     spec = copy.deepcopy(get_gpt_layer_local_spec(normalization=normalization))

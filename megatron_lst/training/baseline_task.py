@@ -7,7 +7,7 @@ read by megatron-core's ``GPTDataset`` and blended by weight with ``BlendedMegat
 from __future__ import annotations
 
 from functools import partial
-from typing import Iterator
+from typing import Callable, Iterator, Optional
 
 import torch
 from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
@@ -20,6 +20,7 @@ from megatron_lst.data.speech_documents import is_speech_text_dataset
 from megatron_lst.models.baseline import build_baseline_model, padded_vocab_size
 from megatron_lst.models.init import initialize_by_global_name
 from megatron_lst.models.flops import gpt_training_flops
+from megatron_lst.models.packed_sequences import pack_documents, thd_params, unpack_token_values
 from megatron_lst.models.specs import resolve_use_te, transformer_config
 from megatron_lst.tokenizer import JointTokenizer
 from megatron_lst.training.arguments import Config
@@ -61,15 +62,32 @@ def load_tokenizer(config: Config) -> JointTokenizer:
 
 
 class BaselineTask:
-    """Plain next-token prediction with megatron-core's GPTModel."""
+    """Plain next-token prediction with megatron-core's GPTModel.
+
+    On packed speech-text samples attention is block-causal over documents. With
+    ``pack_sequences`` (the default under the transformer-engine spec, whose core attention would
+    drop a document mask) each micro-batch reaches GPTModel in megatron's packed-sequence layout:
+    tokens [1, T] with every document its own ``cu_seqlens`` sequence and the rows' PAD tokens
+    left out; otherwise as [B, S] rows with a [B, 1, S, S] document mask (SDPA).
+    """
 
     name = "baseline"
     collate = None  # the DataLoader's default stacking suits GPTDataset items
 
-    def __init__(self, config: Config, tokenizer: JointTokenizer | None = None):
+    def __init__(self, config: Config, tokenizer: JointTokenizer | None = None,
+                 pack_sequences: Optional[bool] = None):
         self.config = config
         self.tokenizer = tokenizer or load_tokenizer(config)
         self.use_te = resolve_use_te(config.train.transformer_impl)
+        self.pack_sequences = self.use_te if pack_sequences is None else pack_sequences
+        if self.use_te and not self.pack_sequences:
+            raise ValueError("the transformer-engine spec ignores the document mask: the baseline must pack "
+                             "documents (pack_sequences=True) to keep them apart")
+        extra = {}
+        if self.pack_sequences and config.parallel.pipeline_model_parallel_size > 1:
+            # the packed length T changes every micro-batch; megatron-core 0.16.1 ties variable
+            # lengths to the alltoall dispatcher setting (as for LST's global model)
+            extra = dict(variable_seq_lengths=True, moe_token_dispatcher_type="alltoall")
         self.transformer_config = transformer_config(
             config.model_config,
             tensor_model_parallel_size=config.parallel.tensor_model_parallel_size,
@@ -77,6 +95,7 @@ class BaselineTask:
             bf16=config.train.bf16,
             sequence_parallel=config.parallel.sequence_parallel,
             recompute=config.train.recompute_granularity,
+            **extra,
         )
 
     def build_model(self, config: Config, pre_process: bool, post_process: bool) -> torch.nn.Module:
@@ -133,15 +152,33 @@ class BaselineTask:
             max_tokens=config.data.seq_length + 1,
         )
         train, valid, _ = build_lst_datasets(dataset_config, [train_samples, valid_samples, 0])
+        # sequence parallelism splits the packed length across the TP ranks: pad it to a multiple
+        pad_to_multiple = config.parallel.tensor_model_parallel_size if config.parallel.sequence_parallel else 1
         self.collate = partial(packed_to_gpt_batch, pad_id=self.tokenizer.pad_id, length=config.data.seq_length + 1,
-                               data_mode=config.data.data_mode, vocab=self.tokenizer.vocab)
+                               data_mode=config.data.data_mode, vocab=self.tokenizer.vocab,
+                               pack=self.pack_sequences, pad_to_multiple=pad_to_multiple)
         return train, valid
 
     def forward_step(self, data_iterator: Iterator[dict], model: torch.nn.Module) -> tuple:
         batch = next(data_iterator)
-        tokens = batch["tokens"].long()
-        output = model(tokens, batch["position_ids"].long(), batch.get("attention_mask"), labels=batch["labels"].long())
-        return output, partial(modality_token_loss, batch["loss_mask"], batch.get("is_speech"))
+        device = next(model.parameters()).device
+        is_speech = batch.get("is_speech")
+        loss_func = partial(modality_token_loss, batch["loss_mask"].to(device),
+                            None if is_speech is None else is_speech.to(device))
+        if "cu_seqlens" in batch:  # packed documents (packed_to_gpt_batch with pack=True)
+            output = model(
+                batch["packed_tokens"].long().to(device),
+                batch["packed_position_ids"].long().to(device),
+                None,
+                labels=batch["packed_labels"].long().to(device),
+                packed_seq_params=thd_params(batch["cu_seqlens"], int(batch["max_seqlen"]), device),
+            )
+            batch_size, seq_len = batch["loss_mask"].shape
+            return output, partial(packed_token_loss, batch["packed_index"].to(device), batch_size, seq_len, loss_func)
+        mask = batch.get("attention_mask")
+        output = model(batch["tokens"].long().to(device), batch["position_ids"].long().to(device),
+                       None if mask is None else mask.to(device), labels=batch["labels"].long().to(device))
+        return output, loss_func
 
     def batch_tokens(self, batch: dict) -> int:
         return int(batch["loss_mask"].sum())
@@ -165,11 +202,19 @@ class BaselineTask:
 
 
 def packed_to_gpt_batch(samples: list[dict], pad_id: int, length: int, data_mode: str = "interleaved",
-                        vocab=None) -> dict:
+                        vocab=None, pack: bool = False, pad_to_multiple: int = 1) -> dict:
     """Packed interleaved samples -> the GPT batch fields (inputs, shifted labels, loss mask).
 
     Attention is block-causal over the packed documents, as in LST's global model, so that the two
     models differ only in patching (causality comes from the attention module's causal mask type).
+    Without ``pack`` that is a [B, 1, S, S] document mask. With ``pack`` (computed here, in the
+    DataLoader workers, so the training step does no packing work) the batch also holds
+    megatron's packed-sequence form of the same rows: ``packed_tokens``/``packed_labels``/
+    ``packed_position_ids`` [1, T] (every document its own sequence, positions restarting in each;
+    PAD positions, document -1, left out), ``cu_seqlens`` [documents + 1] int32, ``max_seqlen``,
+    and ``packed_index`` [T] (flat [B, S] index of each packed token) to map the per-token loss
+    back; ``pad_to_multiple`` appends a filler sequence so T divides by it (sequence parallelism).
+    The [B, S] fields stay for the loss mask and token counting; no attention mask is built.
     """
     packed = collate_packed(samples, pad_id=pad_id, pad_to=length)
     tokens = packed["tokens"]
@@ -179,14 +224,33 @@ def packed_to_gpt_batch(samples: list[dict], pad_id: int, length: int, data_mode
     if answer_mask is not None:  # asr / tts fine-tuning: only the answer's targets
         loss_mask = loss_mask * answer_mask
     documents = packed["document_ids"][:, :-1]
-    return {
+    batch = {
         "tokens": tokens[:, :-1].contiguous(),
         "labels": torch.where(labels == pad_id, torch.zeros_like(labels), labels),
         "loss_mask": loss_mask,
         "position_ids": torch.arange(length - 1).expand(tokens.shape[0], -1).contiguous(),
-        "attention_mask": (documents[:, None, :, None] != documents[:, None, None, :]),  # True = forbidden
         "is_speech": packed["is_speech"][:, 1:].contiguous(),
     }
+    if not pack:
+        batch["attention_mask"] = documents[:, None, :, None] != documents[:, None, None, :]  # True = forbidden
+        return batch
+    layout = pack_documents(documents, pad_to_multiple=pad_to_multiple)
+    batch.update(
+        packed_tokens=layout.pack_tokens(batch["tokens"], fill=pad_id),
+        packed_labels=layout.pack_tokens(batch["labels"], fill=0),
+        packed_position_ids=layout.position_ids(),
+        cu_seqlens=layout.params.cu_seqlens_q,
+        max_seqlen=torch.tensor(layout.max_seqlen),
+        packed_index=layout.token_index,
+    )
+    return batch
+
+
+def packed_token_loss(token_index: torch.Tensor, batch_size: int, seq_len: int, loss_func: Callable,
+                      per_token_loss: torch.Tensor):
+    """megatron loss_func for a packed micro-batch: the per-token loss [1, T + filler] back to the
+    rows' [B, S] layout (zeros at PAD positions and for the filler), then ``loss_func``."""
+    return loss_func(unpack_token_values(per_token_loss, token_index, batch_size, seq_len))
 
 
 def modality_token_loss(loss_mask: torch.Tensor, is_speech_target, per_token_loss: torch.Tensor):
