@@ -105,8 +105,14 @@ def transformer_config(
     recompute: Optional[str] = None,
     **extra,
 ) -> TransformerConfig:
-    """The ``TransformerConfig`` of one block (global by default; pass sizes for a local one)."""
+    """The ``TransformerConfig`` of one block (global by default; pass sizes for a local one).
+
+    The global block takes the flavour's grouped-query attention (``num_query_groups``); local
+    blocks (a ``hidden_size`` given) use one key/value head per query head unless told otherwise.
+    """
     hidden = hidden_size or model.hidden_size
+    if num_query_groups is None and hidden_size is None:
+        num_query_groups = model.num_query_groups
     params_dtype = torch.bfloat16 if bf16 else torch.float32
     config = dict(
         num_layers=num_layers if num_layers is not None else model.num_layers,
