@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
 
+from megatron_lst.training import collectives
+
 LATEST_FILE = "latest_checkpointed_iteration.txt"
 FORMAT_NAME = "torch_dist"
 
@@ -72,9 +74,8 @@ def _set_rng_state(state: dict) -> None:
 
 
 def _broadcast_string(value: str) -> str:
-    holder = [value]
-    torch.distributed.broadcast_object_list(holder, src=0)
-    return holder[0]
+    """Rank 0's ``value`` on every rank (the temp folder name must be the same everywhere)."""
+    return collectives.broadcast_object(value, src=0)
 
 
 def save_checkpoint(
@@ -92,7 +93,7 @@ def save_checkpoint(
     temp_dir = Path(_broadcast_string(str(final_dir) + f".tmp-{uuid.uuid4().hex[:8]}"))
     if rank == 0:
         temp_dir.mkdir(parents=True, exist_ok=False)
-    torch.distributed.barrier()
+    collectives.barrier()
 
     model_state = model.sharded_state_dict()
     state = {
@@ -109,12 +110,12 @@ def save_checkpoint(
     rng_dir = temp_dir / "rng"
     if rank == 0:
         rng_dir.mkdir(exist_ok=True)
-    torch.distributed.barrier()
+    collectives.barrier()
     torch.save(
         {"world_size": torch.distributed.get_world_size(), "state": _rng_state()},
         rng_dir / f"rank_{rank}.pt",
     )
-    torch.distributed.barrier()
+    collectives.barrier()
     if rank == 0:
         if final_dir.exists():
             shutil.rmtree(final_dir)
@@ -122,7 +123,7 @@ def save_checkpoint(
         latest_tmp = root / f".{LATEST_FILE}.tmp"
         latest_tmp.write_text(str(iteration))
         os.replace(latest_tmp, root / LATEST_FILE)
-    torch.distributed.barrier()
+    collectives.barrier()
     return final_dir
 
 

@@ -32,6 +32,7 @@ import torch
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 from megatron.core.transformer.transformer_config import TransformerConfig
 
+from megatron_lst.training import collectives
 from megatron_lst.training.arguments import Config
 from megatron_lst.training.checkpointing import _rng_state, _set_rng_state
 from megatron_lst.training.initialize import destroy_distributed, initialize_distributed, print_rank_0
@@ -183,17 +184,20 @@ class DeepSpeedTrainer:
         self.train_dataset, self.valid_dataset = self.task.build_datasets(config, train_samples, valid_samples)
         self.train_iterator = self._iterator(self.train_dataset, self.state.consumed_samples)
 
-    def _iterator(self, dataset, consumed: int) -> Iterator[dict]:
-        return build_data_iterator(dataset, consumed, self.config.data.micro_batch_size, self.rank, self.dp_size,
-                                   num_workers=int(self.config.extra.get("num_workers", 0)),
-                                   collate_fn=getattr(self.task, "collate", None))
+    def _iterator(self, dataset, consumed: int, step: Optional[int] = None) -> Iterator[dict]:
+        """Micro-batches from ``consumed`` samples on (DP only: every rank reads); ``step`` keys validation."""
+        data = self.config.data
+        return build_data_iterator(dataset, consumed, data.micro_batch_size, self.rank, self.dp_size,
+                                   data.global_batch_size, num_workers=int(self.config.extra.get("num_workers", 0)),
+                                   collate_fn=getattr(self.task, "collate", None),
+                                   sampling=getattr(self.task, "sampling", None), step=step)
 
     # ---------------------------------------------------------------- one step
     def _run_microbatches(self, batches: list[dict], train: bool) -> tuple[dict, float]:
         """Forward (and backward) the step's micro-batches; returns summed metrics and local tokens."""
-        counts = torch.tensor([sum(loss_token_count(self.task, b) for b in batches)], dtype=torch.float64)
-        torch.distributed.all_reduce(counts)
-        global_tokens = max(counts.item(), 1.0)
+        (count,) = collectives.all_reduce_values([sum(loss_token_count(self.task, b) for b in batches)],
+                                                 what="loss token count")
+        global_tokens = max(count, 1.0)
         totals: dict[str, torch.Tensor] = {}
         for batch in batches:
             output, loss_func = self.task.forward_step(iter([batch]), self.engine)
@@ -209,12 +213,10 @@ class DeepSpeedTrainer:
     def _reduce(self, totals: dict[str, torch.Tensor]) -> dict:
         names = sorted(totals)
         stacked = torch.stack([totals[name] for name in names]) if names else torch.zeros(0, 2, dtype=torch.float64)
-        torch.distributed.all_reduce(stacked)
-        return {name: (stacked[i, 0] / stacked[i, 1].clamp(min=1)).item() for i, name in enumerate(names)}
+        sums = collectives.all_reduce(collectives.new_tensor(stacked), what="metric sums").tolist()
+        return {name: sums[i][0] / max(sums[i][1], 1.0) for i, name in enumerate(names)}
 
     def train_step(self) -> StepResult:
-        if hasattr(self.task, "set_step"):
-            self.task.set_step(self.state.iteration)
         batches = [next(self.train_iterator) for _ in range(self.num_microbatches)]
         by_module: dict[str, float] = {}
         if hasattr(self.task, "flops_breakdown"):  # LST: encoder / global / decoder separately
@@ -222,20 +224,19 @@ class DeepSpeedTrainer:
                 for module, flops in self.task.flops_breakdown(batch).items():
                     by_module[module] = by_module.get(module, 0.0) + flops
         modules = sorted(by_module)
-        local = torch.tensor([sum(self.task.batch_tokens(b) for b in batches),
-                              sum(self.task.batch_positions(b) for b in batches),
-                              sum(self.task.batch_flops(b) for b in batches),
-                              *(by_module[m] for m in modules)], dtype=torch.float64)
+        local = [sum(self.task.batch_tokens(b) for b in batches),
+                 sum(self.task.batch_positions(b) for b in batches),
+                 sum(self.task.batch_flops(b) for b in batches),
+                 *(by_module[m] for m in modules)]
         totals, _ = self._run_microbatches(batches, train=True)
         metrics = self._reduce(totals)
         if not math.isfinite(metrics.get("lm loss", 0.0)):
             raise FloatingPointError(f"non-finite loss at iteration {self.state.iteration + 1} "
                                      "(the DeepSpeed engine has applied the step: it stops rather than skips)")
         self.scheduler.step(increment=self.config.data.global_batch_size)
-        torch.distributed.all_reduce(local)
+        tokens, positions, flops, *module_flops = collectives.all_reduce_values(local, what="step counts")
         grad_norm = self.engine.get_global_grad_norm()
         grad_norm = float(grad_norm) if grad_norm is not None else None
-        tokens, positions, flops, *module_flops = local.tolist()
         return StepResult(metrics=metrics, grad_norm=grad_norm, tokens=tokens, positions=positions, flops=flops,
                           flops_by_module=dict(zip(modules, module_flops)))
 
@@ -244,7 +245,7 @@ class DeepSpeedTrainer:
         if cfg.logging.eval_iters <= 0 or self.valid_dataset is None:
             return {}
         self.engine.eval()
-        iterator = self._iterator(self.valid_dataset, 0)
+        iterator = self._iterator(self.valid_dataset, 0, step=self.state.iteration)
         totals: dict[str, torch.Tensor] = {}
         with torch.no_grad():
             for _ in range(cfg.logging.eval_iters):
@@ -260,9 +261,7 @@ class DeepSpeedTrainer:
         if not root:
             return
         tag = f"iter_{self.state.iteration:07d}"
-        holder = [f"{tag}.tmp-{uuid.uuid4().hex[:8]}"]
-        torch.distributed.broadcast_object_list(holder, src=0)
-        temp_tag = holder[0]
+        temp_tag = collectives.broadcast_object(f"{tag}.tmp-{uuid.uuid4().hex[:8]}", src=0)
         client_state = {**self.state.to_common(), "scheduler": self.scheduler.state_dict(),
                         "config": repr(self.config.to_dict()), "engine": "deepspeed"}
         if hasattr(self.task, "state"):
@@ -272,7 +271,7 @@ class DeepSpeedTrainer:
         self.engine.save_checkpoint(root, tag=temp_tag, client_state=client_state, save_latest=False)
         temp_dir, final_dir = Path(root) / temp_tag, Path(root) / tag
         torch.save({"world_size": self.dp_size, "state": _rng_state()}, temp_dir / f"rng_rank_{self.rank}.pt")
-        torch.distributed.barrier()
+        collectives.barrier()
         if self.rank == 0:
             if final_dir.exists():
                 shutil.rmtree(final_dir)
@@ -280,7 +279,7 @@ class DeepSpeedTrainer:
             latest_tmp = Path(root) / f".{LATEST_TAG_FILE}.tmp"
             latest_tmp.write_text(tag)
             os.replace(latest_tmp, Path(root) / LATEST_TAG_FILE)
-        torch.distributed.barrier()
+        collectives.barrier()
         print_rank_0(f"saved checkpoint {final_dir}")
 
     def _load(self) -> None:

@@ -22,7 +22,9 @@ from megatron.core.optimizer import get_megatron_optimizer
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
+from megatron_lst.training import collectives
 from megatron_lst.training.arguments import Config
+from megatron_lst.training.batch_broadcast import tensor_parallel_data_iterator
 from megatron_lst.training.checkpointing import load_checkpoint, save_checkpoint
 from megatron_lst.training.initialize import initialize_distributed, print_rank_0
 from megatron_lst.training.metrics import MetricsLogger
@@ -211,12 +213,20 @@ class Trainer:
         self.train_dataset, self.valid_dataset = self.task.build_datasets(cfg, train_samples, valid_samples)
         self.train_iterator = self._iterator(self.train_dataset, self.state.consumed_samples)
 
-    def _iterator(self, dataset, consumed: int) -> Iterator[dict]:
-        return build_data_iterator(
-            dataset, consumed, self.config.data.micro_batch_size, self.dp_rank, self.dp_size,
-            num_workers=int(self.config.extra.get("num_workers", 0)),
+    def _iterator(self, dataset, consumed: int, step: Optional[int] = None) -> Iterator[dict]:
+        """Micro-batches from ``consumed`` samples on; ``step`` keys them all (validation).
+
+        Only tensor-parallel rank 0 of each TP group builds the DataLoader; it broadcasts each
+        micro-batch to the other ranks of its group (``training/batch_broadcast.py``).
+        """
+        cfg = self.config
+        return tensor_parallel_data_iterator(lambda: build_data_iterator(
+            dataset, consumed, cfg.data.micro_batch_size, self.dp_rank, self.dp_size, cfg.data.global_batch_size,
+            num_workers=int(cfg.extra.get("num_workers", 0)),
             collate_fn=getattr(self.task, "collate", None),
-        )
+            sampling=getattr(self.task, "sampling", None),
+            step=step,
+        ))
 
     # ---------------------------------------------------------------- checkpoints
     def _load(self) -> None:
@@ -271,26 +281,29 @@ class Trainer:
         )
 
     def _reduce_metrics(self, losses: list[dict]) -> dict:
-        """Sum [sum, count] pairs over micro-batches, DP ranks and PP (last stage has them)."""
+        """Sum [sum, count] pairs over micro-batches, DP ranks and PP (last stage has them).
+
+        The sums are kept on the data-parallel group's collective device (CUDA under NCCL, where the
+        losses already are) and read back once, after the reductions.
+        """
         names = sorted({name for item in losses for name in item})
         names = _broadcast_names_from_last_stage(names)
-        totals = torch.zeros(len(names), 2, dtype=torch.float64)
+        dp_group = parallel_state.get_data_parallel_group()
+        totals = collectives.zeros((len(names), 2), dp_group, dtype=torch.float64)
         for item in losses:
             for index, name in enumerate(names):
                 if name in item:
-                    totals[index] += item[name].detach().double().cpu().view(-1)[:2]
+                    totals[index] += item[name].detach().to(totals.device, torch.float64).view(-1)[:2]
         if parallel_state.is_pipeline_last_stage():
-            torch.distributed.all_reduce(totals, group=parallel_state.get_data_parallel_group())
-        totals = _broadcast_from_last_stage(totals)
-        return {name: (totals[i, 0] / totals[i, 1].clamp(min=1)).item() for i, name in enumerate(names)}
+            collectives.all_reduce(totals, dp_group, what="metric sums")
+        sums = _broadcast_from_last_stage(totals).tolist()
+        return {name: sums[i][0] / max(sums[i][1], 1.0) for i, name in enumerate(names)}
 
     def train_step(self) -> StepResult:
         cfg = self.config
         self.model.zero_grad_buffer()
         self.optimizer.zero_grad()
         counted = CountingIterator(self.train_iterator, self.task)
-        if hasattr(self.task, "set_step"):  # e.g. the curriculum patcher's schedule
-            self.task.set_step(self.state.iteration)
         losses = self._forward_backward(counted, self.num_microbatches, forward_only=False)
         metrics = self._reduce_metrics(losses)
         if cfg.train.debug_inject_nan_iter is not None and self.state.iteration + 1 == cfg.train.debug_inject_nan_iter:
@@ -313,10 +326,10 @@ class Trainer:
             else:
                 result.skipped = True
         modules = sorted(counted.flops_by_module)
-        totals = torch.tensor([result.tokens, result.positions, result.flops,
-                               *(counted.flops_by_module[m] for m in modules)], dtype=torch.float64)
-        torch.distributed.all_reduce(totals, group=parallel_state.get_data_parallel_group())
-        result.tokens, result.positions, result.flops, *module_flops = totals.tolist()
+        result.tokens, result.positions, result.flops, *module_flops = collectives.all_reduce_values(
+            [result.tokens, result.positions, result.flops, *(counted.flops_by_module[m] for m in modules)],
+            parallel_state.get_data_parallel_group(), what="step token and FLOP counts",
+        )
         result.flops_by_module = dict(zip(modules, module_flops))
         return result
 
@@ -325,7 +338,8 @@ class Trainer:
         if cfg.logging.eval_iters <= 0 or self.valid_dataset is None:
             return {}
         self.model.eval()
-        iterator = self._iterator(self.valid_dataset, 0)
+        # validation re-reads the first samples each time, keyed with the step at which it runs
+        iterator = self._iterator(self.valid_dataset, 0, step=self.state.iteration)
         losses: list[dict] = []
         with torch.no_grad():
             for _ in range(cfg.logging.eval_iters):
@@ -378,21 +392,16 @@ class Trainer:
 
 
 def _broadcast_from_last_stage(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` as the last pipeline stage (which holds the losses) has it, on every stage."""
     if parallel_state.get_pipeline_model_parallel_world_size() == 1:
         return tensor
-    group = parallel_state.get_pipeline_model_parallel_group()
-    source = parallel_state.get_pipeline_model_parallel_last_rank()
-    torch.distributed.broadcast(tensor, src=source, group=group)
-    return tensor
+    return collectives.broadcast(tensor, src=parallel_state.get_pipeline_model_parallel_last_rank(),
+                                 group=parallel_state.get_pipeline_model_parallel_group(), what="metric sums")
 
 
 def _broadcast_names_from_last_stage(names: list[str]) -> list[str]:
+    """The metric names the last stage reported, on every stage (the others computed no loss)."""
     if parallel_state.get_pipeline_model_parallel_world_size() == 1:
         return names
-    holder = [names]
-    torch.distributed.broadcast_object_list(
-        holder,
-        src=parallel_state.get_pipeline_model_parallel_last_rank(),
-        group=parallel_state.get_pipeline_model_parallel_group(),
-    )
-    return holder[0]
+    return collectives.broadcast_object(names, src=parallel_state.get_pipeline_model_parallel_last_rank(),
+                                        group=parallel_state.get_pipeline_model_parallel_group())

@@ -1,7 +1,9 @@
 """SIGTERM / SIGUSR1 (SLURM preemption, ``scancel``, ``timeout``): save, then exit 0.
 
 The handler only records the signal; the loop checks it after each step, and every rank
-agrees through an all-reduce so that all ranks save the same iteration together.
+agrees through an all-reduce so that all ranks save the same iteration together. The flag is
+reduced through ``training/collectives.py``, on the device of the default group's backend (a CUDA
+tensor under NCCL: NCCL takes no CPU tensors).
 """
 
 from __future__ import annotations
@@ -11,10 +13,14 @@ from typing import Optional
 
 import torch
 
+from megatron_lst.training import collectives
+
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
 class PreemptionHandler:
+    """Records SIGTERM / SIGUSR1 while installed; ``should_stop`` turns it into a decision all ranks share."""
+
     def __init__(self, signals: tuple = HANDLED_SIGNALS):
         self.received: Optional[int] = None
         self._previous = {}
@@ -29,14 +35,16 @@ class PreemptionHandler:
         return signal.Signals(self.received).name if self.received else "no signal"
 
     def should_stop(self) -> bool:
-        """True on every rank when any rank got a signal."""
-        flag = torch.tensor([1 if self.received else 0], dtype=torch.int32)
+        """True on every rank when any rank got a signal (every rank must call it at the same step)."""
+        flag = 1 if self.received else 0
         if torch.distributed.is_initialized():
-            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        if flag.item() and self.received is None:
-            self.received = signal.SIGTERM
-        return bool(flag.item())
+            (flag,) = collectives.all_reduce_values([flag], op=torch.distributed.ReduceOp.MAX, dtype=torch.int32,
+                                                    what="the stop flag")
+        if flag and self.received is None:
+            self.received = signal.SIGTERM  # another rank was signalled: stop as if this one had been
+        return bool(flag)
 
     def restore(self) -> None:
+        """Put back the handlers that were installed before this one."""
         for sig, previous in self._previous.items():
             signal.signal(sig, previous)
