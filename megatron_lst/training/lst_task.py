@@ -1,10 +1,15 @@
 """The LST as a ``TrainingTask``: LSTModel over packed speech-text samples (or text-only corpora).
 
 Batches reach ``forward_step`` as the N+1 tokens of each sample (inputs plus the last target)
-with their per-token metadata; the patch boundaries are computed here, on every pipeline stage
-and tensor-parallel rank alike (the C++ kernel is deterministic), and cached on the batch so that
-FLOPs counting and the forward pass see the same patches. Text-only corpora are read with
-megatron-core's GPTDataset, exactly as the baseline reads them: every text token is its own patch.
+with their per-token metadata and their ``patch_lengths``. The patch boundaries are computed once
+per sample by the collate, in the DataLoader workers (the C++ kernel), keyed by the sample's
+global index and the optimizer step that trains it (``training/sampler.py``'s ``SampleKey``), so
+mixed and curriculum draws are a pure function of (seed, step, sample). Only tensor-parallel
+rank 0 of each TP group reads; the others receive the batch by broadcast
+(``training/batch_broadcast.py``), and no stage recomputes patches. Speech-text samples are
+bucketed by token count (``data/bucketing.py``) so that rows of one micro-batch need little
+padding. Text-only corpora are read with megatron-core's GPTDataset, exactly as the baseline
+reads them: every text token is its own patch.
 """
 
 from __future__ import annotations
@@ -14,7 +19,6 @@ from typing import Iterator, Optional
 
 import numpy as np
 import torch
-from megatron.core import parallel_state
 from torch.utils.data import default_collate
 
 from megatron_lst.data.blending import build_lst_datasets
@@ -26,19 +30,48 @@ from megatron_lst.models.flops import lst_training_flops
 from megatron_lst.models.init import initialize_by_global_name
 from megatron_lst.models.lst import LSTModel, lst_transformer_configs
 from megatron_lst.models.specs import resolve_use_te
-from megatron_lst.patching import compute_patches
+from megatron_lst.patching import PatchingConfig, compute_patches
 from megatron_lst.patching.padding import merge_padding_patches
-from megatron_lst.tokenizer import JointTokenizer
+from megatron_lst.tokenizer import JointTokenizer, VocabLayout
 from megatron_lst.training.arguments import Config
 from megatron_lst.training.baseline_task import BaselineTask, load_tokenizer, modality_token_loss, parse_blend
 from megatron_lst.training.data_modes import answer_target_mask, interleave_config
+from megatron_lst.training.sampler import SamplingOptions
+
+# Global batches whose samples are sorted together by token count. On a demo-like blend (33%
+# speech-text by samples, --seq-length 256, micro-batch 4, global batch 8; bench/bench_bucketing.py)
+# index order pads 53% of the tokens, one global batch 34%, 4 about 10%, 16 about 3%: only the
+# micro-batches that straddle the text -> speech jump of a window mix lengths.
+DEFAULT_BUCKET_WINDOW = 16
+SAMPLE_KEY_FIELDS = ("sample_index", "step")
+
+
+def pop_sample_keys(samples: list[dict]) -> tuple[list[dict], Optional[np.ndarray], Optional[int]]:
+    """Split the ``SampleKey`` fields off the items: (items, global sample indices, step).
+
+    All samples of a micro-batch belong to one optimizer step; a mix is a sampler bug. Items read
+    without keys (tests, tools) give ``(items, None, None)``.
+    """
+    if not samples or SAMPLE_KEY_FIELDS[0] not in samples[0]:
+        return samples, None, None
+    indices = np.asarray([int(sample["sample_index"]) for sample in samples], dtype=np.int64)
+    steps = {int(sample["step"]) for sample in samples}
+    if len(steps) != 1:
+        raise ValueError(f"a micro-batch mixes samples of steps {sorted(steps)}; each must belong to one step")
+    stripped = [{k: v for k, v in sample.items() if k not in SAMPLE_KEY_FIELDS} for sample in samples]
+    return stripped, indices, steps.pop()
 
 
 def gpt_samples_to_lst_batch(samples: list[dict]) -> dict:
-    """GPTDataset items (tokens, labels) -> the N+1 text tokens of each sample, no speech."""
+    """GPTDataset items (tokens, labels) -> the N+1 text tokens of each sample, no speech.
+
+    Every token is its own patch (the kernel agrees on text), so ``patch_lengths`` is all ones.
+    """
+    samples, _, _ = pop_sample_keys(samples)
     stacked = default_collate(samples)
     full = torch.cat([stacked["tokens"], stacked["labels"][:, -1:]], dim=1).long()
-    return {"tokens": full, "is_speech": torch.zeros_like(full, dtype=torch.bool)}
+    return {"tokens": full, "is_speech": torch.zeros_like(full, dtype=torch.bool),
+            "patch_lengths": torch.ones_like(full)}
 
 
 def open_documents_with_bos(sample: dict, bos_id: int) -> dict:
@@ -60,9 +93,49 @@ def open_documents_with_bos(sample: dict, bos_id: int) -> dict:
     return opened
 
 
-def collate_lst_samples(samples: list[dict], bos_id: int, pad_id: int) -> dict:
-    """Packed samples, each document opened with BOS, right-padded to the longest."""
-    return collate_packed([open_documents_with_bos(sample, bos_id) for sample in samples], pad_id=pad_id)
+def batch_patch_lengths(batch: dict, patching: PatchingConfig, vocab: VocabLayout, step: int = 0,
+                        sample_ids: Optional[np.ndarray] = None) -> torch.Tensor:
+    """``patch_lengths`` [B, P] of a collated batch of N+1-token rows.
+
+    ``sample_ids`` (global sample indices) and ``step`` key the mixed/curriculum draw. A row's
+    right-padding becomes a single patch (patching/padding.py), so the global model runs on the
+    longest row's real patches plus one, not on one position per PAD token.
+    """
+    tokens, is_speech = batch["tokens"].long(), batch["is_speech"].bool()
+    if not is_speech.any():  # text only: every token its own patch (the kernel agrees)
+        patch_lengths = torch.ones_like(tokens)
+    else:
+        patch_lengths = compute_patches(
+            tokens, is_speech, patching, vocab,
+            segment_ids=batch.get("segment_ids"), is_silence=batch.get("is_silence"),
+            document_ids=batch.get("document_ids"), step=step, sample_ids=sample_ids,
+        ).patch_lengths.long()
+    if "num_tokens" in batch:
+        patch_lengths = merge_padding_patches(patch_lengths, batch["num_tokens"])
+    return patch_lengths
+
+
+def collate_lst_samples(samples: list[dict], bos_id: int, pad_id: int, patching: PatchingConfig,
+                        vocab: VocabLayout) -> dict:
+    """Packed samples, each document opened with BOS, right-padded to the longest, and patched.
+
+    Runs in the DataLoader workers: the patch boundaries are computed here, once per sample, keyed
+    by the items' ``sample_index`` and ``step`` (attached by ``training/sampler.KeyedDataset``).
+    """
+    samples, sample_ids, step = pop_sample_keys(samples)
+    batch = collate_packed([open_documents_with_bos(sample, bos_id) for sample in samples], pad_id=pad_id)
+    batch["patch_lengths"] = batch_patch_lengths(batch, patching, vocab, step=step or 0, sample_ids=sample_ids)
+    if sample_ids is not None:  # which sample each row is: ties a row to its draw (tests, debugging)
+        batch["sample_index"] = torch.from_numpy(sample_ids)
+    return batch
+
+
+def patch_lengths_of(batch: dict) -> torch.Tensor:
+    """The batch's ``patch_lengths``, which the collate computes; a clear error when it did not."""
+    if "patch_lengths" not in batch:
+        raise KeyError("LST batch has no 'patch_lengths': LST batches are patched in the DataLoader's collate "
+                       "(collate_lst_samples / gpt_samples_to_lst_batch), not in the task")
+    return batch["patch_lengths"]
 
 
 class LSTTask:
@@ -87,9 +160,8 @@ class LSTTask:
         )
         self.transformer_config = self.global_config
         self.collate = None
+        self.sampling = SamplingOptions()  # set by build_datasets: keys and bucketing for the sampler
         self.reports_modalities = False  # text and speech losses, for speech-text corpora
-        self.step = 0
-        self.microbatch_in_step = 0
 
     # ------------------------------------------------------------------ model and data
     def build_model(self, config: Config, pre_process: bool, post_process: bool) -> torch.nn.Module:
@@ -116,6 +188,7 @@ class LSTTask:
         if not any(is_speech_text_dataset(prefix) for prefix in prefixes):
             train, valid = BaselineTask(config, self.tokenizer).build_datasets(config, train_samples, valid_samples)
             self.collate = gpt_samples_to_lst_batch
+            self.sampling = SamplingOptions()  # rows of seq_length + 1 tokens: nothing to key or bucket
             return train, valid
         positions = config.data.seq_length + 1
         dataset_config = LSTDatasetConfig(
@@ -131,47 +204,15 @@ class LSTTask:
         )
         train, valid, _ = build_lst_datasets(dataset_config, [train_samples, valid_samples, 0])
         self.reports_modalities = True
-        self.collate = partial(collate_lst_samples, bos_id=self.tokenizer.bos_id, pad_id=self.tokenizer.pad_id)
+        self.collate = partial(collate_lst_samples, bos_id=self.tokenizer.bos_id, pad_id=self.tokenizer.pad_id,
+                               patching=self.patching, vocab=self.tokenizer.vocab)
+        window = int(config.extra.get("bucket_window", DEFAULT_BUCKET_WINDOW))
+        self.sampling = SamplingOptions(attach_keys=True, bucket_window=window, seed=config.data.seed)
         return train, valid
-
-    # ------------------------------------------------------------------ patching
-    def set_step(self, iteration: int) -> None:
-        """The curriculum's clock; also restarts the micro-batch count that keys per-sample choices."""
-        self.step = iteration
-        self.microbatch_in_step = 0
-
-    def _sample_ids(self, batch_size: int) -> torch.Tensor:
-        """Ids unique within a step across micro-batches and data-parallel ranks (mixed/curriculum)."""
-        per_rank = self.config.data.global_batch_size
-        base = parallel_state.get_data_parallel_rank() * per_rank + self.microbatch_in_step * batch_size
-        self.microbatch_in_step += 1
-        return torch.arange(base, base + batch_size)
-
-    def patched(self, batch: dict) -> dict:
-        """Add ``patch_lengths`` [B, P] (patching the N+1 tokens) to the batch, once.
-
-        A row's right-padding becomes a single patch (patching/padding.py), so the global model
-        runs on the longest row's real patches plus one, not on one position per PAD token.
-        """
-        if "patch_lengths" in batch:
-            return batch
-        tokens, is_speech = batch["tokens"].long(), batch["is_speech"].bool()
-        if not is_speech.any():  # text only: every token its own patch (the kernel agrees)
-            patch_lengths = torch.ones_like(tokens)
-        else:
-            patch_lengths = compute_patches(
-                tokens, is_speech, self.patching, self.tokenizer.vocab,
-                segment_ids=batch.get("segment_ids"), is_silence=batch.get("is_silence"),
-                document_ids=batch.get("document_ids"), step=self.step, sample_ids=self._sample_ids(tokens.shape[0]),
-            ).patch_lengths.long()
-        if "num_tokens" in batch:
-            patch_lengths = merge_padding_patches(patch_lengths, batch["num_tokens"])
-        batch["patch_lengths"] = patch_lengths
-        return batch
 
     # ------------------------------------------------------------------ training hooks
     def forward_step(self, data_iterator: Iterator[dict], model: torch.nn.Module) -> tuple:
-        batch = self.patched(next(data_iterator))
+        batch = next(data_iterator)
         tokens = batch["tokens"].long()
         inputs, targets = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
         pad_id = self.tokenizer.pad_id
@@ -184,7 +225,7 @@ class LSTTask:
         if documents is not None:
             documents = documents[:, :-1].contiguous()
         device = next(model.parameters()).device
-        output = model(inputs.to(device), batch["patch_lengths"].to(device), labels=labels.to(device),
+        output = model(inputs.to(device), patch_lengths_of(batch).to(device), labels=labels.to(device),
                        document_ids=None if documents is None else documents.to(device))
         # decided per run, not per micro-batch: every rank must report the same metric names
         is_speech_target = batch["is_speech"][:, 1:].to(device) if self.reports_modalities else None
@@ -195,16 +236,14 @@ class LSTTask:
 
     def batch_positions(self, batch: dict) -> int:
         """Real patches: a padded row's last patch holds its padding and is not counted."""
-        batch = self.patched(batch)
         padded_rows = int((batch["tokens"][:, -1] == self.tokenizer.pad_id).sum())
-        return int((batch["patch_lengths"] > 0).sum()) - padded_rows
+        return int((patch_lengths_of(batch) > 0).sum()) - padded_rows
 
     def flops_breakdown(self, batch: dict) -> dict[str, float]:
         """Training FLOPs of a micro-batch per module (encoder, global, decoder, total)."""
-        batch = self.patched(batch)
         batch_size, num_tokens = batch["tokens"].shape
         return lst_training_flops(
-            self.config.model_config, batch_size, num_tokens - 1, batch["patch_lengths"].shape[1],
+            self.config.model_config, batch_size, num_tokens - 1, patch_lengths_of(batch).shape[1],
             padded_vocab_size(self.tokenizer.vocab_size, 1),
         )
 
