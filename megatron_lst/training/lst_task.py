@@ -28,6 +28,7 @@ from megatron_lst.data.speech_documents import is_speech_text_dataset
 from megatron_lst.models.baseline import padded_vocab_size
 from megatron_lst.models.flops import lst_training_flops
 from megatron_lst.models.init import initialize_by_global_name
+from megatron_lst.models.local_patterns import local_attention_pairs
 from megatron_lst.models.lst import LSTModel, lst_transformer_configs
 from megatron_lst.models.specs import resolve_use_te
 from megatron_lst.patching import PatchingConfig, compute_patches
@@ -240,12 +241,16 @@ class LSTTask:
         return int((patch_lengths_of(batch) > 0).sum()) - padded_rows
 
     def flops_breakdown(self, batch: dict) -> dict[str, float]:
-        """Training FLOPs of a micro-batch per module (encoder, global, decoder, total)."""
+        """Training FLOPs of a micro-batch per module (encoder, global, decoder, total), with the
+        attention score pairs the local kernels compute on this very batch's patterns."""
         batch_size, num_tokens = batch["tokens"].shape
-        return lst_training_flops(
-            self.config.model_config, batch_size, num_tokens - 1, patch_lengths_of(batch).shape[1],
-            padded_vocab_size(self.tokenizer.vocab_size, 1),
-        )
+        patch_lengths = patch_lengths_of(batch)
+        documents = batch.get("document_ids")
+        shape = self.config.model_config
+        pairs = local_attention_pairs(patch_lengths, num_tokens - 1,
+                                      None if documents is None else documents[:, :-1], shape)
+        return lst_training_flops(shape, batch_size, num_tokens - 1, patch_lengths.shape[1],
+                                  padded_vocab_size(self.tokenizer.vocab_size, 1), pairs)
 
     def batch_flops(self, batch: dict) -> float:
         return self.flops_breakdown(batch)["total"]
