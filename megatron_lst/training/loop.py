@@ -144,6 +144,7 @@ class Trainer:
         self.optimizer = self._build_optimizer()
         self.scheduler = self._build_scheduler()
         self.state = TrainState()
+        self._resumed_layout: Optional[dict] = None  # the batch sizes of the checkpoint resumed from
         self.metrics = MetricsLogger(config)
         self._load()
         self._build_data()
@@ -211,6 +212,7 @@ class Trainer:
         # validation re-reads the same first samples at every run, so its losses are comparable
         valid_samples = max(cfg.logging.eval_iters * cfg.data.global_batch_size, 1)
         self.train_dataset, self.valid_dataset = self.task.build_datasets(cfg, train_samples, valid_samples)
+        check_resumed_batch_layout(self._resumed_layout, cfg.data, getattr(self.task, "sampling", None))
         self.train_iterator = self._iterator(self.train_dataset, self.state.consumed_samples)
 
     def _iterator(self, dataset, consumed: int, step: Optional[int] = None) -> Iterator[dict]:
@@ -247,6 +249,7 @@ class Trainer:
         if not ckpt.finetune:
             self.state.restore(loaded)
             self.task_state_loaded(loaded)
+            self._resumed_layout = loaded.get("batch_layout")
         print_rank_0(f"loaded {loaded['checkpoint_dir']} at iteration {self.state.iteration}")
 
     def task_state_loaded(self, loaded: dict) -> None:
@@ -258,6 +261,7 @@ class Trainer:
             return
         common = self.state.to_common()
         common["config"] = repr(self.config.to_dict())
+        common["batch_layout"] = batch_layout(self.config.data)
         if hasattr(self.task, "state"):
             common["task_state"] = self.task.state()
         if hasattr(self.task, "tokenizer"):
@@ -389,6 +393,27 @@ class Trainer:
         handler.restore()
         self.metrics.close()
         return self.state
+
+
+def batch_layout(data) -> dict:
+    """The batch sizes that fix which samples each step reads (saved in every checkpoint)."""
+    return {"micro_batch_size": data.micro_batch_size, "global_batch_size": data.global_batch_size}
+
+
+def check_resumed_batch_layout(saved: Optional[dict], data, sampling) -> None:
+    """Refuse to resume a bucketed run with other batch sizes: its buckets (windows of global
+    batches cut into micro-batches) would be cut differently, so the remaining steps would repeat
+    some samples and skip others instead of continuing the run exactly."""
+    if not saved or sampling is None or not getattr(sampling, "bucket_window", 0):
+        return
+    current = batch_layout(data)
+    if saved != current:
+        raise ValueError(
+            f"the checkpoint was trained with --micro-batch-size {saved['micro_batch_size']} and "
+            f"--global-batch-size {saved['global_batch_size']}; this run asks for {current['micro_batch_size']} and "
+            f"{current['global_batch_size']}, which would re-cut its token-count buckets (repeating and skipping "
+            "samples): resume with the checkpoint's batch sizes, or use --finetune to start a new data order"
+        )
 
 
 def _broadcast_from_last_stage(tensor: torch.Tensor) -> torch.Tensor:
