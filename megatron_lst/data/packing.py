@@ -8,8 +8,8 @@ Global positions are patches for LST (``patch_size`` p) and tokens for the basel
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Iterable, Mapping
 
 import numpy as np
 
@@ -21,8 +21,12 @@ class PackingConfig:
     patch_size: int = 4
 
     def __post_init__(self) -> None:
-        if self.seq_length < 1 or self.max_tokens < 1 or self.patch_size < 1:
-            raise ValueError("seq_length, max_tokens and patch_size must be positive")
+        if self.patch_size < 1:
+            raise ValueError(f"patch_size must be positive, got {self.patch_size}")
+        # a continued document reopens with BOS: a sample must hold it and at least one more token,
+        # or cutting a long document would never advance
+        if self.seq_length < 2 or self.max_tokens < 2:
+            raise ValueError(f"seq_length and max_tokens must be at least 2, got {self.seq_length} and {self.max_tokens}")
 
 
 def patch_start_mask(is_speech: np.ndarray, patch_size: int) -> np.ndarray:
@@ -50,7 +54,11 @@ def count_global_positions(sample: Mapping[str, np.ndarray], patch_size: int) ->
 
 @dataclass
 class PackedPlan:
-    """Samples as pieces ``(document position in the epoch order, first token, end token)``."""
+    """Samples as pieces ``(document position in the epoch order, first token, end token)``.
+
+    ``pack_documents`` also records each sample's token count (the BOS that reopens a continued
+    document included) and global positions, so that batching can read them without the sample.
+    """
 
     piece_documents: np.ndarray
     piece_starts: np.ndarray
@@ -58,6 +66,8 @@ class PackedPlan:
     sample_offsets: np.ndarray
     positions_used: int
     positions_total: int
+    sample_num_tokens: np.ndarray | None = None
+    sample_num_positions: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.sample_offsets) - 1
@@ -132,4 +142,106 @@ def plan_packing(is_speech_per_document: Iterable[np.ndarray], config: PackingCo
         np.asarray(sample_offsets, dtype=np.int64),
         positions_used=total_used,
         positions_total=num_samples * config.seq_length,
+    )
+
+
+def pack_documents(num_tokens: np.ndarray, num_positions: np.ndarray, speech_mask: Callable[[int], np.ndarray],
+                   config: PackingConfig) -> PackedPlan:
+    """``plan_packing``'s plan, found one sample at a time instead of one document at a time.
+
+    ``num_tokens`` / ``num_positions`` are each document's stream length and static-patch count
+    (what ``plan_packing`` derives from the mask); ``speech_mask(i)`` gives document i's mask and is
+    called only for a document that must be cut (longer than an empty sample). Greedy in-order
+    packing adds whole documents while both budgets hold, so the documents a sample takes are the
+    longest run whose cumulative tokens and positions fit: two binary searches per sample.
+    """
+    num_tokens = np.asarray(num_tokens, dtype=np.int64)
+    num_positions = np.asarray(num_positions, dtype=np.int64)
+    cumulative_tokens = np.concatenate(([0], np.cumsum(num_tokens)))
+    cumulative_positions = np.concatenate(([0], np.cumsum(num_positions)))
+    seq_length, max_tokens = config.seq_length, config.max_tokens
+    documents: list[np.ndarray] = []
+    starts: list[np.ndarray] = []
+    ends: list[np.ndarray] = []
+    sample_offsets, sample_tokens, sample_positions = [0], [], []
+    pieces = used_positions = used_tokens = sample_patches = total_used = 0
+    position, offset, count = 0, 0, len(num_tokens)
+    cut: tuple[int, np.ndarray, np.ndarray, np.ndarray] | None = None  # (position, mask, starts, cumulative)
+
+    def close_sample() -> None:
+        nonlocal used_positions, used_tokens, sample_patches
+        sample_offsets.append(pieces)
+        sample_tokens.append(used_tokens)
+        sample_positions.append(sample_patches)
+        used_positions = used_tokens = sample_patches = 0
+
+    while position < count:
+        if offset == 0:
+            fits = min(
+                int(np.searchsorted(cumulative_positions, cumulative_positions[position] + seq_length - used_positions, "right")),
+                int(np.searchsorted(cumulative_tokens, cumulative_tokens[position] + max_tokens - used_tokens, "right")),
+            ) - 1
+            if fits > position:
+                documents.append(np.arange(position, fits))
+                starts.append(np.zeros(fits - position, dtype=np.int64))
+                ends.append(num_tokens[position:fits])
+                added = int(cumulative_positions[fits] - cumulative_positions[position])
+                used_positions += added
+                sample_patches += added
+                total_used += added
+                used_tokens += int(cumulative_tokens[fits] - cumulative_tokens[position])
+                pieces += fits - position
+                position = fits
+                continue
+            if used_tokens:
+                close_sample()
+                continue
+        # the document does not fit an empty sample (or continues a cut one): plan_packing's steps
+        if cut is None or cut[0] != position:
+            mask = np.asarray(speech_mask(position), dtype=bool)
+            if len(mask) != num_tokens[position]:
+                raise ValueError(f"document at position {position}: mask of {len(mask)} tokens, "
+                                 f"num_tokens says {num_tokens[position]}")
+            patch_starts = patch_start_mask(mask, config.patch_size)
+            cut = (position, mask, patch_starts, np.cumsum(patch_starts))
+        _, mask, patch_starts, cumulative = cut
+        length = len(mask)
+        opening = 1 if offset else 0
+        base = int(cumulative[offset - 1]) if offset else 0
+        positions = int(cumulative[-1]) - base + opening
+        if used_positions + positions <= seq_length and used_tokens + length - offset + opening <= max_tokens:
+            end = length
+        elif used_tokens:
+            close_sample()
+            continue
+        else:
+            end = _cut_end(cumulative, patch_starts, offset, config, reserved=opening)
+            positions = int(cumulative[end - 1]) - base + opening
+        documents.append(np.array([position]))
+        starts.append(np.array([offset]))
+        ends.append(np.array([end]))
+        pieces += 1
+        used_positions += positions
+        total_used += positions
+        used_tokens += end - offset + opening
+        # what the sample itself counts: its piece reopens with BOS, so runs restart at the cut
+        sample_patches += opening + int(patch_start_mask(mask[offset:end], config.patch_size).sum())
+        if end < length:
+            close_sample()
+            offset = end
+        else:
+            position, offset = position + 1, 0
+    if used_tokens:
+        close_sample()
+    num_samples = len(sample_offsets) - 1
+
+    def joined(chunks: list[np.ndarray]) -> np.ndarray:
+        return np.concatenate(chunks).astype(np.int64) if chunks else np.zeros(0, dtype=np.int64)
+
+    return PackedPlan(
+        joined(documents), joined(starts), joined(ends), np.asarray(sample_offsets, dtype=np.int64),
+        positions_used=total_used,
+        positions_total=num_samples * seq_length,
+        sample_num_tokens=np.asarray(sample_tokens, dtype=np.int64),
+        sample_num_positions=np.asarray(sample_positions, dtype=np.int64),
     )

@@ -112,8 +112,7 @@ def test_blend_follows_weights_and_resume_is_exact(corpora, sentencepiece_model)
 def test_epochs_reshuffle_and_reinterleave(corpora, sentencepiece_model):
     tokenizer = JointTokenizer.from_file(sentencepiece_model)
     train, _, _ = build_lst_datasets(make_config(tokenizer, blend_from_data_path([corpora[0]])), [400, 0, 0])
-    per_epoch = train._epoch_sizes or [len(train.plan(0))]
-    first_epoch = per_epoch[0]
+    first_epoch = int(train.epoch_sizes[0])
     assert first_epoch < 400
     assert not np.array_equal(train[0]["tokens"], train[first_epoch]["tokens"])
 
