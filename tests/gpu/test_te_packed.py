@@ -14,7 +14,6 @@ Run on a GPU machine with transformer-engine: ``pytest -m gpu tests/gpu/test_te_
 from __future__ import annotations
 
 import importlib.util
-import os
 
 import numpy as np
 import pytest
@@ -90,23 +89,6 @@ def gradient_error(reference: torch.nn.Module, te_module: torch.nn.Module, te_pr
         squared_error += float((got.float() - param.grad.float()).norm() ** 2)
         squared_norm += float(param.grad.float().norm() ** 2)
     return (squared_error / squared_norm) ** 0.5
-
-
-@pytest.fixture(scope="module")
-def gpu_parallel_state():
-    from tests.conftest import free_port
-    from megatron_lst.training.initialize import destroy_distributed, initialize_distributed
-
-    saved = {name: os.environ.get(name) for name in ("MASTER_ADDR", "MASTER_PORT")}
-    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(free_port())
-    initialize_distributed(1, 1, seed=3)
-    yield
-    destroy_distributed()
-    for name, value in saved.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
 
 
 def global_blocks(bf16: bool = True):
