@@ -202,8 +202,9 @@ def flex_block_mask(mask: IntervalMask):
         def interval(batch, head, query_index, key_index):
             return (key_index >= lo[batch, query_index]) & (key_index < hi[batch, query_index])
 
+        # compiled on CUDA: the block mask is then built tile by tile, never as a [Nq, Nk] grid
         mask._flex = create_block_mask(interval, mask.batch_size, None, mask.num_queries, mask.num_keys,
-                                       device=lo.device)
+                                       device=lo.device, _compile=lo.is_cuda)
     return mask._flex
 
 

@@ -87,6 +87,11 @@ class TrainConfig:
     train_tokens: Optional[float] = field(default=None, metadata={"help": "stop when this many raw tokens were seen"})
     bf16: bool = field(default=False, metadata={"help": "bf16 params and compute (GPU)"})
     transformer_impl: str = field(default="auto", metadata={"help": "auto, local (SDPA) or transformer_engine"})
+    local_attention_impl: str = field(
+        default="auto",
+        metadata={"help": "kernel of the LST's local attention: auto (FlexAttention on CUDA, blocked SDPA "
+                          "elsewhere), flex or blocked; all are linear in tokens"},
+    )
     recompute_granularity: Optional[str] = field(default=None, metadata={"help": "activation recompute: full or selective"})
     nan_policy: str = field(default="skip", metadata={"help": "on a NaN/Inf loss: skip the step or stop"})
     debug_inject_nan_iter: Optional[int] = field(
@@ -293,6 +298,8 @@ def validate(config: Config, parser: Optional[argparse.ArgumentParser] = None) -
         problems.append(f"--model must be lst or baseline, got {config.train.model!r}")
     if config.train.nan_policy not in ("skip", "stop"):
         problems.append(f"--nan-policy must be skip or stop, got {config.train.nan_policy!r}")
+    if config.train.local_attention_impl not in ("auto", "flex", "blocked"):
+        problems.append(f"--local-attention-impl must be auto, flex or blocked, got {config.train.local_attention_impl!r}")
     if config.train.transformer_impl not in ("auto", "local", "transformer_engine"):
         problems.append(f"--transformer-impl must be auto, local or transformer_engine")
     if config.train.engine not in ("megatron", "deepspeed"):

@@ -40,6 +40,9 @@ def hardware_problems(config: Config) -> list[str]:
                             "torch.cuda tensor types); on CPU drop it or use --engine deepspeed")
         if train.bf16:
             problems.append("--bf16 uses megatron-core's mixed-precision optimizer, which is GPU-only")
+    if train.local_attention_impl == "flex" and not cuda:
+        problems.append("--local-attention-impl flex trains on CUDA only (FlexAttention has no CPU backward); "
+                        "use auto or blocked")
     if train.recompute_granularity not in (None, "full", "selective"):
         problems.append(f"--recompute-granularity must be full or selective, got {train.recompute_granularity!r}")
     elif train.recompute_granularity and not cuda:

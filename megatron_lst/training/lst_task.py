@@ -173,6 +173,9 @@ class LSTTask:
         )
         shape = config.model_config
         initialize_by_global_name(model, config.data.seed, shape.init_method_std, shape.num_layers)
+        for local in (getattr(model, "patch_encoder", None), getattr(model, "patch_decoder", None)):
+            if local is not None:
+                local.attention_implementation = config.train.local_attention_impl
         return model
 
     def build_datasets(self, config: Config, train_samples: int, valid_samples: int) -> tuple:

@@ -93,3 +93,18 @@ def test_fast_path_equals_dense_reference_at_tensor_parallel_two(tmp_path):
     differences = json.loads(output.read_text())
     assert differences["loss"] < 1e-5 and differences["gradients"] < 1e-5, differences
     assert differences["gradient_scale"] > 1e-3
+
+
+def test_the_kernel_flag_reaches_both_local_modules(model_parallel, tmp_path):
+    from megatron_lst.tokenizer import JointTokenizer, train_sentencepiece
+    from megatron_lst.training.arguments import parse_args
+    from megatron_lst.training.lst_task import LSTTask
+
+    lines = [f"the speech unit {i} follows the text token {i * 7}" for i in range(200)]
+    tokenizer = JointTokenizer.from_file(str(train_sentencepiece(lines, tmp_path / "spm", vocab_size=60)))
+    config = parse_args(["--model", "lst", "--model-flavour", "debug", "--local-attention-impl", "blocked"])
+    model = LSTTask(config, tokenizer).build_model(config, pre_process=True, post_process=True)
+    assert model.patch_encoder.attention_implementation == "blocked"
+    assert model.patch_decoder.attention_implementation == "blocked"
+    with pytest.raises(SystemExit):
+        parse_args(["--model", "lst", "--local-attention-impl", "dense"])  # the reference is for tests only

@@ -24,6 +24,7 @@ cpu_only = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU 
         (["--transformer-impl", "transformer_engine"], "needs CUDA and an importable transformer_engine"),
         (["--recompute-granularity", "full"], "saves and restores the CUDA RNG state"),
         (["--recompute-granularity", "everything"], "must be full or selective"),
+        (["--local-attention-impl", "flex"], "FlexAttention has no CPU backward"),
     ],
 )
 def test_gpu_only_flags_are_refused_on_cpu(flags, reason):
