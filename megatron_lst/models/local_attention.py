@@ -9,54 +9,29 @@ its module built once for the whole forward pass (``local_patterns.py``).
 
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
 from megatron.core.transformer.enums import AttnMaskType
-from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_config import TransformerConfig
-from megatron.core.utils import divide
 
+from megatron_lst.models.attention import SDPACoreAttention
 from megatron_lst.models.interval_attention import IntervalMask, interval_attention
 
 
-class IntervalCoreAttention(MegatronModule):
+class IntervalCoreAttention(SDPACoreAttention):
     """Core attention over an ``IntervalMask``: query [sq, b, heads, d] -> context [sq, b, heads * d].
 
-    ``window_size`` is recorded for incremental decoding (its KV caches keep that many tokens); in
-    training the window is part of the mask the layer is given.
+    Takes ``SDPACoreAttention``'s constructor (head and TP geometry, softmax scale); only the
+    attention itself differs. ``window_size`` is recorded for incremental decoding (its KV caches
+    keep that many tokens); in training the window is part of the mask the layer is given.
     """
 
-    def __init__(
-        self,
-        config: TransformerConfig,
-        layer_number: int,
-        attn_mask_type: AttnMaskType,
-        attention_type: str,
-        attention_dropout: Optional[float] = None,
-        softmax_scale: Optional[float] = None,
-        cp_comm_type: Optional[str] = None,
-        pg_collection=None,
-        window_size: Optional[int] = None,
-    ):
-        super().__init__(config=config)
-        if config.context_parallel_size != 1:
-            raise ValueError("the LST's local layers do not support context parallelism")
-        from megatron.core import parallel_state
-
-        tp_size = (pg_collection.tp.size() if pg_collection is not None
-                   else parallel_state.get_tensor_model_parallel_world_size())
-        projection_size = config.kv_channels * config.num_attention_heads
-        self.layer_number = max(1, layer_number)
-        self.attention_type = attention_type
-        self.window_size = window_size
-        self.hidden_size_per_partition = divide(projection_size, tp_size)
-        head_dim = divide(projection_size, config.num_attention_heads)
-        self.softmax_scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(head_dim)
-        dropout = config.attention_dropout if attention_dropout is None else attention_dropout
-        if dropout:
-            raise ValueError(f"the LST's local attention has no dropout (got attention_dropout={dropout})")
+    def __init__(self, config: TransformerConfig, layer_number: int, attn_mask_type: AttnMaskType,
+                 attention_type: str, attention_dropout: Optional[float] = None, **kwargs):
+        super().__init__(config, layer_number, attn_mask_type, attention_type, attention_dropout, **kwargs)
+        if self.dropout_p:
+            raise ValueError(f"the LST's local attention has no dropout (got attention_dropout={self.dropout_p})")
 
     def forward(
         self,

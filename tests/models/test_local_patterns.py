@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
@@ -13,14 +12,8 @@ from megatron_lst.models.local_patterns import (
     encoder_cross_mask,
     sliding_window_mask,
 )
-from megatron_lst.patching import (
-    PatchingConfig,
-    compute_patches,
-    decoder_cross_attention_mask,
-    encoder_cross_attention_mask,
-)
-from megatron_lst.patching.padding import merge_padding_patches
-from tests.models.test_lst import LAYOUT, random_sample
+from megatron_lst.patching import decoder_cross_attention_mask, encoder_cross_attention_mask
+from tests.models.test_local_attention_paths import random_batch
 
 WORKED_LENGTHS = torch.tensor([[1, 3, 2, 4]])  # 9 tokens: encoder ids 0,1,1,1,2,2,3,3,3
 
@@ -32,20 +25,10 @@ def visible(mask) -> torch.Tensor:
 
 
 def padded_batch(seed: int, strategy: str):
-    """Random speech-text rows of two documents and different lengths, right-padded with PAD and
-    the padding merged into one patch, as training batches are: (patch lengths, input documents)."""
-    from megatron_lst.data.sampler import collate_packed
-
-    rng = np.random.default_rng(seed)
-    samples = [random_sample(rng, length, True) for length in (41, 17, 29)]
-    for sample in samples:
-        sample["num_positions"] = 0
-    batch = collate_packed(samples, pad_id=LAYOUT.pad_id)
-    patch_lengths = compute_patches(
-        batch["tokens"], batch["is_speech"], PatchingConfig(strategy=strategy, patch_size=4), LAYOUT,
-        segment_ids=batch["segment_ids"], is_silence=batch["is_silence"], document_ids=batch["document_ids"],
-    ).patch_lengths.long()
-    return merge_padding_patches(patch_lengths, batch["num_tokens"]), batch["document_ids"][:, :-1].long()
+    """(patch lengths, input documents) of random rows of two documents and different lengths,
+    right-padded and the padding merged into one patch, as training batches are."""
+    batch = random_batch(seed, strategy)
+    return batch["patch_lengths"], batch["documents"]
 
 
 def test_document_starts():
