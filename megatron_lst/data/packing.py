@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 
@@ -93,6 +94,28 @@ def _cut_end(cumulative_positions: np.ndarray, starts: np.ndarray, start: int, c
     return end
 
 
+def _next_piece(cumulative_positions: np.ndarray, patch_starts: np.ndarray, offset: int, used_positions: int,
+                used_tokens: int, config: PackingConfig) -> Optional[tuple[int, int]]:
+    """The piece of a document from token ``offset`` that goes into the current sample: (its end,
+    the positions it takes), or None when it does not fit and the sample must be closed first.
+
+    The whole rest of the document goes in when both budgets hold; a document that does not fit
+    an empty sample is cut at a patch start (``_cut_end``). A piece that continues a cut document
+    always opens a sample, with one BOS the dataset prepends (LST's first patch must be BOS
+    alone): its token and position are reserved.
+    """
+    length = len(patch_starts)
+    opening = 1 if offset else 0
+    base = int(cumulative_positions[offset - 1]) if offset else 0
+    positions = int(cumulative_positions[-1]) - base + opening
+    if used_positions + positions <= config.seq_length and used_tokens + length - offset + opening <= config.max_tokens:
+        return length, positions
+    if used_tokens:
+        return None
+    end = _cut_end(cumulative_positions, patch_starts, offset, config, reserved=opening)
+    return end, int(cumulative_positions[end - 1]) - base + opening
+
+
 def plan_packing(is_speech_per_document: Iterable[np.ndarray], config: PackingConfig) -> PackedPlan:
     """Greedy in-order packing of the documents whose speech masks are given."""
     documents: list[int] = []
@@ -111,18 +134,12 @@ def plan_packing(is_speech_per_document: Iterable[np.ndarray], config: PackingCo
         cumulative = np.cumsum(starts)
         start, length = 0, len(starts)
         while start < length:
-            # a piece that continues a cut document always opens a sample, with one BOS the
-            # dataset prepends (LST's first patch must be BOS alone): reserve its token and position
-            opening = 1 if start else 0
-            positions = int(cumulative[-1] - (cumulative[start - 1] if start else 0)) + opening
-            if used_positions + positions <= config.seq_length and used_tokens + length - start + opening <= config.max_tokens:
-                end = length
-            elif used_tokens:
+            piece = _next_piece(cumulative, starts, start, used_positions, used_tokens, config)
+            if piece is None:
                 close_sample()
                 continue
-            else:
-                end = _cut_end(cumulative, starts, start, config, reserved=opening)
-                positions = int(cumulative[end - 1] - (cumulative[start - 1] if start else 0)) + opening
+            end, positions = piece
+            opening = 1 if start else 0
             documents.append(position)
             piece_starts.append(start)
             piece_ends.append(end)
@@ -205,18 +222,12 @@ def pack_documents(num_tokens: np.ndarray, num_positions: np.ndarray, speech_mas
             patch_starts = patch_start_mask(mask, config.patch_size)
             cut = (position, mask, patch_starts, np.cumsum(patch_starts))
         _, mask, patch_starts, cumulative = cut
-        length = len(mask)
-        opening = 1 if offset else 0
-        base = int(cumulative[offset - 1]) if offset else 0
-        positions = int(cumulative[-1]) - base + opening
-        if used_positions + positions <= seq_length and used_tokens + length - offset + opening <= max_tokens:
-            end = length
-        elif used_tokens:
+        piece = _next_piece(cumulative, patch_starts, offset, used_positions, used_tokens, config)
+        if piece is None:
             close_sample()
             continue
-        else:
-            end = _cut_end(cumulative, patch_starts, offset, config, reserved=opening)
-            positions = int(cumulative[end - 1]) - base + opening
+        end, positions = piece
+        length, opening = len(mask), 1 if offset else 0
         documents.append(np.array([position]))
         starts.append(np.array([offset]))
         ends.append(np.array([end]))
