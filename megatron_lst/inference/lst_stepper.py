@@ -33,10 +33,6 @@ from megatron_lst.inference.rotary import RotaryTable
 from megatron_lst.models.lst import LSTModel
 
 
-def _window_size(stack) -> int | None:
-    return stack.window_size
-
-
 class OpenPatches:
     """Per-layer encoder states [B, capacity, E] of each row's tokens in its still-open patch."""
 
@@ -88,8 +84,8 @@ class LSTStepper:
         like = next(model.parameters())
         self.batch_size = batch_size
         self.position = 0
-        self.encoder_caches = [KVCache(_window_size(encoder.stack)) for _ in encoder.stack.window_layers]
-        self.decoder_caches = [KVCache(_window_size(decoder.stack)) for _ in decoder.stack.window_layers]
+        self.encoder_caches = [KVCache(encoder.stack.window_size) for _ in encoder.stack.window_layers]
+        self.decoder_caches = [KVCache(decoder.stack.window_size) for _ in decoder.stack.window_layers]
         self.global_caches = [KVCache() for _ in model.global_block.layers]
         self.decoder_cross_caches = [KVCache() for _ in decoder.stack.cross_layers]
         self.open_patches = OpenPatches(batch_size, len(encoder.stack.window_layers), encoder.config.hidden_size, like)

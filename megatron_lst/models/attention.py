@@ -9,8 +9,8 @@ instead. It has the same constructor and forward signature, so it slots into meg
 Mask convention (megatron-core's): ``attention_mask`` is boolean, True where attention is
 *forbidden*, broadcastable to ``[batch, heads, q_len, kv_len]``. With no mask and a causal mask
 type, causality is applied inside SDPA (aligned to the end of the keys, which is what
-incremental decoding with a KV cache needs). ``window_size`` (from the spec's params) limits a
-causal query to the last ``window_size`` keys, for the local encoder/decoder's sliding window.
+incremental decoding with a KV cache needs). The LST's local layers use ``IntervalCoreAttention``
+(local_attention.py), which shares this constructor: their windows are interval patterns.
 
 Packed sequences (``packed_seq_params.qkv_format == "thd"``, megatron-core's packed-sequence
 path, see ``models/packed_sequences.py``): query/key/value arrive as [T, heads, dim], each
@@ -128,12 +128,9 @@ class SDPACoreAttention(MegatronModule):
         softmax_scale: Optional[float] = None,
         cp_comm_type: Optional[str] = None,
         pg_collection=None,
-        window_size: Optional[int] = None,
     ):
         super().__init__(config=config)
         assert config.context_parallel_size == 1, "SDPACoreAttention does not do context parallelism"
-        if window_size is not None and window_size < 1:
-            raise ValueError(f"window_size must be >= 1 or None, got {window_size}")
         from megatron.core import parallel_state
 
         tp_size = (
@@ -145,7 +142,6 @@ class SDPACoreAttention(MegatronModule):
         self.layer_number = max(1, layer_number)
         self.attn_mask_type = attn_mask_type
         self.attention_type = attention_type
-        self.window_size = window_size
         self.hidden_size_per_partition = divide(projection_size, tp_size)
         self.heads_per_partition = divide(config.num_attention_heads, tp_size)
         self.query_groups_per_partition = divide(config.num_query_groups, tp_size)
@@ -180,8 +176,8 @@ class SDPACoreAttention(MegatronModule):
         mask_type = attn_mask_type if attn_mask_type is not None else self.attn_mask_type
         is_causal_type = mask_type in (AttnMaskType.causal, AttnMaskType.padding_causal)
         forbidden = attention_mask
-        if is_causal_type and (self.window_size is not None or forbidden is not None or q_len != kv_len):
-            structural = causal_window_mask(q_len, kv_len, self.window_size, query.device)
+        if is_causal_type and (forbidden is not None or q_len != kv_len):
+            structural = causal_window_mask(q_len, kv_len, None, query.device)
             forbidden = structural if forbidden is None else (forbidden | structural)
         use_builtin_causal = is_causal_type and forbidden is None
 
@@ -227,7 +223,6 @@ class SDPACoreAttention(MegatronModule):
             packed_seq_params.cu_seqlens_q, packed_seq_params.cu_seqlens_kv,
             causal=mask_type in (AttnMaskType.causal, AttnMaskType.padding_causal),
             scale=self.softmax_scale,
-            window_size=self.window_size,
             dropout_p=self.dropout_p if self.training else 0.0,
             cu_seqlens_q_padded=packed_seq_params.cu_seqlens_q_padded,
             cu_seqlens_kv_padded=packed_seq_params.cu_seqlens_kv_padded,

@@ -28,12 +28,11 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
-Implementation = Literal["auto", "blocked", "flex", "dense"]
 IMPLEMENTATIONS = ("auto", "blocked", "flex", "dense")
 
 

@@ -51,12 +51,11 @@ def _norm_spec(normalization: str):
     return get_gpt_layer_local_spec(normalization=normalization).submodules.input_layernorm
 
 
-def window_layer_spec(window_size: int, normalization: str) -> ModuleSpec:
-    """Causal sliding-window self-attention + MLP (the GPT local spec, interval core attention)."""
+def window_layer_spec(normalization: str) -> ModuleSpec:
+    """Causal sliding-window self-attention + MLP (the GPT local spec, interval core attention;
+    the window is part of the ``IntervalMask`` each forward pass builds)."""
     spec = copy.deepcopy(get_gpt_layer_local_spec(normalization=normalization))
-    spec.submodules.self_attention.submodules.core_attention = ModuleSpec(
-        module=IntervalCoreAttention, params={"window_size": window_size}
-    )
+    spec.submodules.self_attention.submodules.core_attention = IntervalCoreAttention
     return spec
 
 
@@ -94,7 +93,7 @@ class LocalStack(MegatronModule):
     def __init__(self, config: TransformerConfig, window_size: int, normalization: str, rotary_base: float):
         super().__init__(config=config)
         self.window_size = window_size
-        window_spec = window_layer_spec(window_size, normalization)
+        window_spec = window_layer_spec(normalization)
         cross_spec = cross_layer_spec(normalization)
         self.window_layers = torch.nn.ModuleList(
             build_module(window_spec, config=config, layer_number=i + 1) for i in range(config.num_layers)

@@ -23,8 +23,8 @@ class IntervalCoreAttention(SDPACoreAttention):
     """Core attention over an ``IntervalMask``: query [sq, b, heads, d] -> context [sq, b, heads * d].
 
     Takes ``SDPACoreAttention``'s constructor (head and TP geometry, softmax scale); only the
-    attention itself differs. ``window_size`` is recorded for incremental decoding (its KV caches
-    keep that many tokens); in training the window is part of the mask the layer is given.
+    attention itself differs. The sliding window lives in the mask (``LocalStack.window_size``
+    for incremental decoding's caches).
     """
 
     def __init__(self, config: TransformerConfig, layer_number: int, attn_mask_type: AttnMaskType,

@@ -58,12 +58,6 @@ def sliding_window_mask(seq_len: int, window: int, document_ids: Optional[torch.
                         implementation=implementation)
 
 
-def _patch_bounds(patch_lengths: torch.Tensor, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-    lengths = patch_lengths.long()
-    ends = torch.cumsum(lengths, dim=1)
-    return ends - lengths, ends
-
-
 def encoder_cross_mask(patch_lengths: torch.Tensor, seq_len: int, earlier: Optional[int],
                        document_ids: Optional[torch.Tensor], queries_per_patch: int = 1,
                        implementation: str = "auto") -> IntervalMask:
@@ -73,7 +67,8 @@ def encoder_cross_mask(patch_lengths: torch.Tensor, seq_len: int, earlier: Optio
     patch_ids_from_lengths(patch_lengths, seq_len)  # validates the lengths
     batch, num_patches = patch_lengths.shape
     device = patch_lengths.device
-    starts, ends = _patch_bounds(patch_lengths, seq_len)
+    ends = torch.cumsum(patch_lengths.long(), dim=1)
+    starts = ends - patch_lengths.long()
     first_token = starts.clamp(max=seq_len - 1)
     document_start = document_starts(document_ids, batch, seq_len, device).gather(1, first_token)
     if earlier is None:

@@ -26,12 +26,7 @@ from megatron_lst.models.config import ModelConfig
 from megatron_lst.models.local import PatchDecoder, PatchEncoder
 from megatron_lst.models.packed_sequences import pack_documents
 from megatron_lst.models.specs import gpt_layer_spec
-
-
-def patch_documents(patch_lengths: torch.Tensor, document_ids: torch.Tensor) -> torch.Tensor:
-    """[B, P] document of each patch: that of its first token (empty patches: the last token's)."""
-    starts = (torch.cumsum(patch_lengths, -1) - patch_lengths).clamp(max=document_ids.shape[1] - 1)
-    return document_ids.gather(1, starts.long())
+from megatron_lst.patching.masks import patch_documents
 
 
 def global_document_mask(patch_lengths: torch.Tensor, document_ids: Optional[torch.Tensor]) -> Optional[torch.Tensor]:

@@ -28,7 +28,7 @@ def _window(target: torch.Tensor, source: torch.Tensor, earlier_patches: Optiona
     return visible
 
 
-def _patch_documents(patch_lengths: torch.Tensor, document_ids: torch.Tensor) -> torch.Tensor:
+def patch_documents(patch_lengths: torch.Tensor, document_ids: torch.Tensor) -> torch.Tensor:
     """Document of each patch (that of its first token; empty patches take the last token's)."""
     if document_ids.shape[0] != patch_lengths.shape[0] or document_ids.dim() != 2:
         raise ValueError(
@@ -56,7 +56,7 @@ def encoder_cross_attention_mask(
     patch_index = torch.arange(patch_lengths.shape[1], device=patch_lengths.device)
     mask = _window(patch_index[None, :, None], token_patch[:, None, :], earlier_patches)
     if document_ids is not None:
-        mask &= _patch_documents(patch_lengths, document_ids)[:, :, None] == document_ids[:, None, :seq_len]
+        mask &= patch_documents(patch_lengths, document_ids)[:, :, None] == document_ids[:, None, :seq_len]
     return mask
 
 
@@ -75,5 +75,5 @@ def decoder_cross_attention_mask(
     patch_index = torch.arange(patch_lengths.shape[1], device=patch_lengths.device)
     mask = _window(decoder_patch[:, :, None], patch_index[None, None, :], earlier_patches)
     if document_ids is not None:
-        mask &= _patch_documents(patch_lengths, document_ids)[:, None, :] == document_ids[:, :seq_len, None]
+        mask &= patch_documents(patch_lengths, document_ids)[:, None, :] == document_ids[:, :seq_len, None]
     return mask
