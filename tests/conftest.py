@@ -21,12 +21,39 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def torchrun_command(script: str | Path, args: list[str], nproc: int) -> list[str]:
+    """``script args`` under torchrun with ``nproc`` local ranks on a free port."""
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
+            "--master-addr", "127.0.0.1", "--master-port", str(free_port()), str(script), *args]
+
+
 def pretrain_command(args: list[str], nproc: int = 1) -> list[str]:
     script = str(REPO_ROOT / "pretrain_lst.py")
     if nproc == 1:
         return [sys.executable, script, *args]
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
-            "--master-addr", "127.0.0.1", "--master-port", str(free_port()), script, *args]
+    return torchrun_command(script, args, nproc)
+
+
+def run_tensor_parallel_worker(script: str | Path, output: Path, nproc: int = 2, timeout: int = 600) -> dict:
+    """Run a test's worker script under torchrun; returns the JSON it wrote to ``output`` (rank 0)."""
+    result = subprocess.run(torchrun_command(script, [str(output)], nproc), env=child_env(), capture_output=True,
+                            text=True, timeout=timeout, cwd=REPO_ROOT)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-4000:]
+    return json.loads(Path(output).read_text())
+
+
+def worst_over_ranks(differences: dict[str, float]) -> dict[str, float]:
+    """A worker's fast-vs-reference differences as the worst rank has them: the largest difference,
+    and the smallest ``gradient_scale`` (which shows the comparison was not of zeros)."""
+    import torch
+
+    worst = {}
+    for name, value in differences.items():
+        sign = -1.0 if name == "gradient_scale" else 1.0
+        reduced = torch.tensor([sign * value], dtype=torch.float64)
+        torch.distributed.all_reduce(reduced, op=torch.distributed.ReduceOp.MAX)
+        worst[name] = sign * float(reduced)
+    return worst
 
 
 def child_env() -> dict:

@@ -54,11 +54,10 @@ class ModelConfig:
     )
 
     def __post_init__(self) -> None:
-        for name in ("cross_attn_window_encoder", "cross_attn_window_decoder", "local_window_size"):
-            value = getattr(self, name)
-            if value < 0 or (name == "local_window_size" and value == 0):
-                raise ValueError(f"--{name.replace('_', '-')} must be {'>= 1' if name == 'local_window_size' else '>= 0'}, "
-                                 f"got {value}")
+        minimums = {"cross_attn_window_encoder": 0, "cross_attn_window_decoder": 0, "local_window_size": 1}
+        for name, minimum in minimums.items():
+            if getattr(self, name) < minimum:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= {minimum}, got {getattr(self, name)}")
 
     def earlier_patches(self, module: str) -> Optional[int]:
         """How many patches before the own (encoder) or lagged (decoder) one a cross-attention query sees

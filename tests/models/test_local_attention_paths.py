@@ -7,36 +7,25 @@ query vectors per patch; fp32, outputs and every parameter gradient to 1e-5; als
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
 
-from megatron_lst.data.sampler import collate_packed
 from megatron_lst.models.config import model_flavour
 from megatron_lst.models.lst import LSTModel, lst_transformer_configs
-from megatron_lst.patching import PatchingConfig, compute_patches
-from megatron_lst.patching.padding import merge_padding_patches
-from tests.models.test_lst import LAYOUT, VOCAB, random_sample
+from tests.models.test_lst import VOCAB, random_sample, training_batch
 
 OVERRIDES = dict(local_window_size=5, cross_attn_window_encoder=3, cross_attn_window_decoder=4, cross_attn_k=2,
                  encoder_num_layers=2, decoder_num_layers=2)
 
 
 def random_batch(seed: int, strategy: str = "aligned") -> dict:
+    """Three rows of two documents each, of different lengths, as the collate patches them."""
     rng = np.random.default_rng(seed)
     samples = [random_sample(rng, length, True) for length in (57, 23, 40)]
     for sample in samples:
         sample["num_positions"] = 0
-    batch = collate_packed(samples, pad_id=LAYOUT.pad_id)
-    lengths = compute_patches(
-        batch["tokens"], batch["is_speech"], PatchingConfig(strategy=strategy, patch_size=4), LAYOUT,
-        segment_ids=batch["segment_ids"], is_silence=batch["is_silence"], document_ids=batch["document_ids"],
-    ).patch_lengths.long()
-    tokens = batch["tokens"].long()
-    return {"inputs": tokens[:, :-1], "labels": tokens[:, 1:] % 64, "documents": batch["document_ids"][:, :-1].long(),
-            "patch_lengths": merge_padding_patches(lengths, batch["num_tokens"])}
+    return training_batch(samples, strategy)
 
 
 def forward_backward(model: LSTModel, batch: dict, implementation: str) -> tuple[torch.Tensor, dict]:
@@ -80,17 +69,10 @@ def test_fast_path_equals_dense_reference(model_parallel, strategy, overrides):
 
 
 def test_fast_path_equals_dense_reference_at_tensor_parallel_two(tmp_path):
-    import subprocess
-    import sys
+    from tests.conftest import REPO_ROOT, run_tensor_parallel_worker
 
-    from tests.conftest import REPO_ROOT, child_env, free_port
-
-    output = tmp_path / "differences.json"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-               "--master-port", str(free_port()), str(REPO_ROOT / "tests/models/local_attention_worker.py"), str(output)]
-    result = subprocess.run(command, env=child_env(), capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
-    assert result.returncode == 0, result.stderr[-4000:]
-    differences = json.loads(output.read_text())
+    differences = run_tensor_parallel_worker(REPO_ROOT / "tests/models/local_attention_worker.py",
+                                             tmp_path / "differences.json", timeout=300)
     assert differences["loss"] < 1e-5 and differences["gradients"] < 1e-5, differences
     assert differences["gradient_scale"] > 1e-3
 

@@ -3,6 +3,8 @@ and the FLOPs split of static patching."""
 
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 import pytest
 import torch
@@ -30,10 +32,18 @@ def build_model(**overrides) -> LSTModel:
     return model.eval()
 
 
-def random_sample(rng: np.random.Generator, length: int, two_documents: bool) -> dict:
-    """BOS, then alternating text blocks and <s> speech spans of aligned segments, up to ``length``."""
+def random_sample(rng: np.random.Generator, length: int, two_documents: bool = False,
+                  document_starts: Optional[list[int]] = None) -> dict:
+    """BOS, then alternating text blocks and <s> speech spans of aligned segments, up to ``length``.
+
+    A new document (opened with BOS) starts at the first block boundary at or after each of
+    ``document_starts`` (default: past the middle when ``two_documents``, else none).
+    """
     columns = {name: [] for name in ("tokens", "is_speech", "segment_ids", "is_silence", "document_ids")}
     segment, document = 0, 0
+    if document_starts is None:
+        document_starts = [length // 2 + 1] if two_documents else []
+    pending = list(document_starts)
 
     def push(token, speech=False, seg=-1, silence=False):
         for name, value in zip(columns, (token, speech, seg, silence, document)):
@@ -41,8 +51,9 @@ def random_sample(rng: np.random.Generator, length: int, two_documents: bool) ->
 
     push(LAYOUT.bos_id)
     while len(columns["tokens"]) < length:
-        if two_documents and document == 0 and len(columns["tokens"]) > length // 2:
-            document = 1
+        if pending and len(columns["tokens"]) >= pending[0]:
+            pending.pop(0)
+            document += 1
             push(LAYOUT.bos_id)
         if rng.random() < 0.4:
             push(LAYOUT.text_marker_id)
@@ -56,6 +67,28 @@ def random_sample(rng: np.random.Generator, length: int, two_documents: bool) ->
                     push(LAYOUT.unit_offset + int(rng.integers(0, LAYOUT.num_units)), True, segment, silence)
                 segment += 1
     return {name: np.asarray(values[:length]) for name, values in columns.items()}
+
+
+def training_batch(samples: list[dict], strategy: str = "static", patch_size: int = 4) -> dict:
+    """An LST micro-batch as the collate builds it: rows right-padded, patched, each row's padding
+    one patch; inputs/targets shifted by one (PAD targets: label 0, loss mask 0)."""
+    from megatron_lst.data.sampler import collate_packed
+    from megatron_lst.patching.padding import merge_padding_patches
+
+    batch = collate_packed(samples, pad_id=LAYOUT.pad_id)
+    patch_lengths = compute_patches(
+        batch["tokens"], batch["is_speech"], PatchingConfig(strategy=strategy, patch_size=patch_size), LAYOUT,
+        segment_ids=batch["segment_ids"], is_silence=batch["is_silence"], document_ids=batch["document_ids"],
+    ).patch_lengths.long()
+    tokens = batch["tokens"].long()
+    targets = tokens[:, 1:]
+    return {
+        "inputs": tokens[:, :-1].contiguous(),
+        "labels": torch.where(targets == LAYOUT.pad_id, torch.zeros_like(targets), targets),
+        "loss_mask": (targets != LAYOUT.pad_id).float(),
+        "documents": batch["document_ids"][:, :-1].long().contiguous(),
+        "patch_lengths": merge_padding_patches(patch_lengths, batch["num_tokens"]),
+    }
 
 
 def patched_batch(seed: int, config: PatchingConfig, rows: int = 2, length: int = 33, two_documents=False):

@@ -35,13 +35,10 @@ from megatron_lst.models.config import model_flavour  # noqa: E402
 from megatron_lst.models.lst import LSTModel, global_packing_documents, lst_transformer_configs  # noqa: E402
 from megatron_lst.models.packed_sequences import pack_documents, thd_params, unpack_token_values  # noqa: E402
 from megatron_lst.models.specs import gpt_layer_spec, transformer_config  # noqa: E402
-from megatron_lst.patching import PatchingConfig, compute_patches  # noqa: E402
-from megatron_lst.patching.padding import merge_padding_patches  # noqa: E402
-from megatron_lst.tokenizer import VocabLayout  # noqa: E402
 from megatron_lst.training.baseline_task import BaselineTask, packed_to_gpt_batch  # noqa: E402
+from tests.models.test_lst import LAYOUT, VOCAB, training_batch  # noqa: E402
+from tests.models.test_lst import random_sample as lst_random_sample  # noqa: E402
 
-LAYOUT = VocabLayout(text_vocab_size=40, num_units=12, spare_units=1)
-VOCAB = 128  # padded joint vocabulary (LAYOUT.vocab_size rounded up)
 TOLERANCE = 1e-5
 
 
@@ -63,34 +60,8 @@ def random_document_ids(rng: np.random.Generator, batch: int, seq_len: int) -> t
 def random_sample(rng: np.random.Generator, length: int) -> dict:
     """A packed speech-text sample of ``length`` tokens: 1-3 documents, each opened with BOS, of
     text spans and aligned speech spans (the schema the patching kernel checks)."""
-    names = ("tokens", "is_speech", "segment_ids", "is_silence", "document_ids")
-    columns = {name: [] for name in names}
-    segment = 0
     cuts = sorted(rng.choice(np.arange(4, length - 3), size=int(rng.integers(0, 3)), replace=False).tolist())
-    document = 0
-
-    def push(token, speech=False, seg=-1, silence=False):
-        for name, value in zip(names, (token, speech, seg, silence, document)):
-            columns[name].append(value)
-
-    push(LAYOUT.bos_id)
-    while len(columns["tokens"]) < length:
-        if cuts and len(columns["tokens"]) >= cuts[0]:
-            cuts.pop(0)
-            document += 1
-            push(LAYOUT.bos_id)
-        if rng.random() < 0.4:
-            push(LAYOUT.text_marker_id)
-            for _ in range(rng.integers(1, 4)):
-                push(int(rng.integers(0, LAYOUT.text_vocab_size)))
-        else:
-            push(LAYOUT.speech_marker_id)
-            for _ in range(rng.integers(1, 4)):
-                silence = bool(rng.random() < 0.2)
-                for _ in range(rng.integers(1, 7)):
-                    push(LAYOUT.unit_offset + int(rng.integers(0, LAYOUT.num_units)), True, segment, silence)
-                segment += 1
-    sample = {name: np.asarray(values[:length]) for name, values in columns.items()}
+    sample = lst_random_sample(rng, length, document_starts=cuts)
     sample["num_positions"] = np.int64(length)
     return sample
 
@@ -103,21 +74,7 @@ def random_samples(seed: int, lengths: tuple[int, ...]) -> list[dict]:
 def lst_batch(seed: int, strategy: str = "static", patch_size: int = 4, lengths=(41, 23, 34)) -> dict:
     """An LST micro-batch as ``LSTTask`` builds it: right-padded rows of packed documents, patched,
     each row's padding one patch; inputs/targets shifted by one."""
-    batch = collate_packed(random_samples(seed, lengths), pad_id=LAYOUT.pad_id)
-    patch_lengths = compute_patches(
-        batch["tokens"], batch["is_speech"], PatchingConfig(strategy=strategy, patch_size=patch_size), LAYOUT,
-        segment_ids=batch["segment_ids"], is_silence=batch["is_silence"], document_ids=batch["document_ids"],
-    ).patch_lengths.long()
-    patch_lengths = merge_padding_patches(patch_lengths, batch["num_tokens"])
-    tokens = batch["tokens"].long()
-    targets = tokens[:, 1:]
-    return {
-        "inputs": tokens[:, :-1].contiguous(),
-        "labels": torch.where(targets == LAYOUT.pad_id, torch.zeros_like(targets), targets),
-        "loss_mask": (targets != LAYOUT.pad_id).float(),
-        "documents": batch["document_ids"][:, :-1].long().contiguous(),
-        "patch_lengths": patch_lengths,
-    }
+    return training_batch(random_samples(seed, lengths), strategy, patch_size)
 
 
 def max_difference(first: torch.Tensor, second: torch.Tensor) -> float:
@@ -487,16 +444,9 @@ def test_packed_baseline_keeps_documents_apart(model_parallel):
 def test_packed_paths_equal_the_mask_paths_at_tensor_parallel_two(tmp_path):
     """Block, whole LST and baseline at TP = 2 (each rank attends its half of the heads), run as
     this file's script under torchrun on gloo."""
-    import subprocess
+    from tests.conftest import run_tensor_parallel_worker
 
-    from tests.conftest import REPO_ROOT, child_env, free_port
-
-    output = tmp_path / "differences.json"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-               "--master-port", str(free_port()), str(Path(__file__).resolve()), str(output)]
-    result = subprocess.run(command, env=child_env(), capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-4000:]
-    differences = json.loads(output.read_text())
+    differences = run_tensor_parallel_worker(Path(__file__).resolve(), tmp_path / "differences.json")
     assert set(differences) == {"global_block", "lst", "baseline"}
     for values in differences.values():
         assert_equal_paths(values)
@@ -506,6 +456,7 @@ def test_packed_paths_equal_the_mask_paths_at_tensor_parallel_two(tmp_path):
 def tensor_parallel_worker(output: str) -> None:
     """Each rank compares the packed and mask paths on its own shards; rank 0 writes the maxima."""
     from megatron_lst.training.initialize import destroy_distributed, initialize_distributed
+    from tests.conftest import worst_over_ranks
 
     initialize_distributed(tensor_model_parallel_size=2, seed=11)
     results = {}
@@ -515,11 +466,7 @@ def tensor_parallel_worker(output: str) -> None:
     results["lst"] = compare_lst(build_lst(tensor_parallel=2), lst_batch(6))
     torch.manual_seed(2)
     results["baseline"] = compare_baseline(build_baseline(tensor_parallel=2), random_samples(7, (40, 29, 35)), 41)
-    for values in results.values():
-        for name in values:
-            reduced = torch.tensor([values[name] if name != "gradient_scale" else -values[name]], dtype=torch.float64)
-            torch.distributed.all_reduce(reduced, op=torch.distributed.ReduceOp.MAX)  # worst rank; least scale
-            values[name] = float(reduced) if name != "gradient_scale" else -float(reduced)
+    results = {name: worst_over_ranks(values) for name, values in results.items()}
     if torch.distributed.get_rank() == 0:
         Path(output).write_text(json.dumps(results))
     destroy_distributed()
