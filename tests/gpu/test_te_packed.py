@@ -272,28 +272,9 @@ def test_te_baseline_packed_equals_the_sdpa_mask_reference(gpu_parallel_state):
 
 
 def test_te_baseline_keeps_documents_apart(gpu_parallel_state):
-    from tests.models.test_packed_sequences import LAYOUT, random_samples
-
-    from megatron_lst.models.packed_sequences import thd_params
-    from megatron_lst.training.baseline_task import packed_to_gpt_batch
+    from tests.models.test_packed_sequences import packed_baseline_logit_moves, random_samples
 
     _, te_model = baseline_models()
-    te_model.eval()
-    samples = random_samples(8, (60, 60))
-    row = next(i for i, s in enumerate(samples) if s["document_ids"].max() >= 1)
-    second = int(np.nonzero(samples[row]["document_ids"] == 1)[0][0])
-    changed = [dict(s) for s in samples]
-    tokens = changed[row]["tokens"].copy()
-    tokens[1] = LAYOUT.text_marker_id if tokens[1] != LAYOUT.text_marker_id else LAYOUT.speech_marker_id
-    changed[row]["tokens"] = tokens
-    logits = []
-    for group in (samples, changed):
-        batch = packed_to_gpt_batch(group, pad_id=LAYOUT.pad_id, length=61, pack=True)
-        with torch.no_grad():
-            logits.append(te_model(batch["packed_tokens"].cuda(), batch["packed_position_ids"].cuda(), None,
-                                   packed_seq_params=thd_params(batch["cu_seqlens"], int(batch["max_seqlen"]), "cuda"))[0])
-    moved = (logits[1] - logits[0]).float().abs().amax(-1).cpu()
-    index = batch["packed_index"]
-    in_first = (index // 60 == row) & (index % 60 >= 1) & (index % 60 < second)
+    moved, in_first = packed_baseline_logit_moves(te_model.eval(), random_samples(8, (60, 60)), 61, "cuda")
     assert float(moved[in_first].max()) > 1e-3
     assert float(moved[~in_first].max()) == 0.0, "a token moved logits outside its own document"

@@ -416,10 +416,11 @@ def test_packed_baseline_batch_leaves_padding_out_and_maps_the_loss_back():
     assert unpacked[documents >= 0].tolist() == per_token[0].tolist()
 
 
-def test_packed_baseline_keeps_documents_apart(model_parallel):
-    torch.manual_seed(0)
-    model = build_baseline().eval()
-    samples = random_samples(8, (40, 40))
+def packed_baseline_logit_moves(model, samples: list[dict], length: int,
+                                device: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Change token 1 of the first row that holds two documents and run the packed baseline on both
+    batches: (largest logit change of each packed token [T], True for the tokens of that row's
+    first document after the change, the only ones allowed to move)."""
     row = next(i for i, s in enumerate(samples) if s["document_ids"].max() >= 1)
     second = int(np.nonzero(samples[row]["document_ids"] == 1)[0][0])
     changed = [dict(s) for s in samples]
@@ -428,15 +429,20 @@ def test_packed_baseline_keeps_documents_apart(model_parallel):
     changed[row]["tokens"] = tokens
     logits = []
     for group in (samples, changed):
-        batch = packed_to_gpt_batch(group, pad_id=LAYOUT.pad_id, length=41, pack=True)
+        batch = packed_to_gpt_batch(group, pad_id=LAYOUT.pad_id, length=length, pack=True)
         with torch.no_grad():
-            output = model(batch["packed_tokens"], batch["packed_position_ids"], None,
-                           packed_seq_params=thd_params(batch["cu_seqlens"], int(batch["max_seqlen"])))
+            output = model(batch["packed_tokens"].to(device), batch["packed_position_ids"].to(device), None,
+                           packed_seq_params=thd_params(batch["cu_seqlens"], int(batch["max_seqlen"]), device))
         logits.append(output[0])  # [T, V]
-    moved = (logits[1] - logits[0]).abs().amax(-1)
-    index = batch["packed_index"]
-    row_of, column_of = index // 40, index % 40
-    in_first = (row_of == row) & (column_of >= 1) & (column_of < second)
+    moved = (logits[1] - logits[0]).float().abs().amax(-1).cpu()
+    index, width = batch["packed_index"], length - 1
+    in_first = (index // width == row) & (index % width >= 1) & (index % width < second)
+    return moved, in_first
+
+
+def test_packed_baseline_keeps_documents_apart(model_parallel):
+    torch.manual_seed(0)
+    moved, in_first = packed_baseline_logit_moves(build_baseline().eval(), random_samples(8, (40, 40)), 41)
     assert float(moved[in_first].max()) > 1e-4
     assert float(moved[~in_first].max()) < 1e-6, "a token moved logits outside its own document"
 
