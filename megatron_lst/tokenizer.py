@@ -1,6 +1,6 @@
 """The joint speech-text vocabulary.
 
-One id space serves text and speech so that one output head predicts both (LST.md §2):
+One id space serves text and speech so that one output head predicts both (docs/method.md §2):
 
     [0, T)                     text BPE ids (SentencePiece or tiktoken, as the text model numbers them)
     T + 0 .. T + 2             BOS, EOS, PAD

@@ -1,5 +1,5 @@
 // Writer for Megatron's indexed dataset format (.bin + .idx), the layout that
-// megatron.core.datasets.indexed_dataset.IndexedDataset reads (MEGATRON_NOTES.md).
+// megatron.core.datasets.indexed_dataset.IndexedDataset reads (docs/megatron_core.md).
 //
 // Why C++: megatron-core's Python IndexedDatasetBuilder converts every item through numpy and
 // torch and computes the byte pointers in a Python loop at finalize time; preprocessing a

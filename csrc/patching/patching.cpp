@@ -1,4 +1,4 @@
-// Patch-boundary kernel for the Latent Speech-Text Transformer (LST.md §2-3).
+// Patch-boundary kernel for the Latent Speech-Text Transformer (docs/method.md §2-3).
 //
 // Input: a batch of token rows [B, N] with per-token metadata (is_speech, segment_ids,
 // is_silence, document_ids; the schema of megatron_lst/patching/strategies.py). Output: patch

@@ -1,4 +1,4 @@
-"""On-the-fly interleaving of one speech-text document into a token stream (LST.md §4).
+"""On-the-fly interleaving of one speech-text document into a token stream (docs/method.md §4).
 
 Words alternate between text spans (uniform 5-30 words) and speech spans (the preceding text span
 times the speech:text word ratio, 1:2 by default, stochastically rounded so the ratio holds in

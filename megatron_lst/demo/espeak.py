@@ -1,7 +1,7 @@
 """Speech with exact word times from espeak-ng's C API (ctypes).
 
 espeak-ng's command line gives no timings, but its library reports WORD and PHONEME events with
-sample positions while it synthesises (DEMO_DATA_NOTES.md). This module owns that binding:
+sample positions while it synthesises (docs/demo_data.md). This module owns that binding:
 
 * The library is a process-wide singleton (a second ``espeak_Initialize`` silently re-routes audio),
   so :func:`get_espeak` returns the one :class:`Espeak` of this process; voices and rates are

@@ -1,7 +1,7 @@
 """Units from a user's HuBERT checkpoint (Hugging Face format) and k-means centroids (.npy).
 
 This is the path real users take: LST's units are HuBERT features quantised with k-means
-(LST.md §4). No weights can be downloaded on this project's machines, so the checkpoint must be a
+(docs/method.md §4). No weights can be downloaded on this project's machines, so the checkpoint must be a
 local folder that ``transformers.HubertModel.from_pretrained`` reads; the centroids are a
 ``(num_units, hidden_size)`` array for the chosen layer.
 

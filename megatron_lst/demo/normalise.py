@@ -1,7 +1,7 @@
 """Text normalisation to plain speakable words.
 
 The demo corpus is synthesised with espeak-ng, which produces odd or empty word events for digits
-and symbols (DEMO_DATA_NOTES.md, gotcha 3). So every sentence that reaches the synthesiser, and the
+and symbols (docs/demo_data.md, gotcha 3). So every sentence that reaches the synthesiser, and the
 matching text-only corpus, is reduced to ASCII letters, apostrophes inside words and the simple
 punctuation ``. , ? !``: numbers are spelled out ("42" -> "forty two", "$5,000" -> "five thousand
 dollars", "1999" -> "nineteen ninety nine"), a few symbols become words ("&" -> "and", "%" ->

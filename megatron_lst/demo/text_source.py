@@ -1,7 +1,7 @@
 """Real English text from the gensim wheel, as normalised documents of sentences.
 
 No text corpus can be downloaded on this project's machines, but ``pip install --no-deps gensim``
-ships ``gensim/test/test_data/`` with news and Wikipedia text (DEMO_DATA_NOTES.md). This module
+ships ``gensim/test/test_data/`` with news and Wikipedia text (docs/demo_data.md). This module
 finds that folder *without importing gensim* (its import needs dependencies we do not install),
 reads the sources below and returns :class:`Document` objects whose sentences are already reduced to
 plain speakable words by :mod:`megatron_lst.demo.normalise`:

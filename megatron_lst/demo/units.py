@@ -1,7 +1,7 @@
 """Speech units at 25 Hz from a log-mel front end, PCA and k-means (no downloaded weights).
 
-LST trains on HuBERT units at 25 Hz (LST.md §4). No HuBERT weights can be downloaded here, so the
-demo quantises a plain front end instead (the recipe measured in DEMO_DATA_NOTES.md):
+LST trains on HuBERT units at 25 Hz (docs/method.md §4). No HuBERT weights can be downloaded here, so the
+demo quantises a plain front end instead (the recipe measured in docs/demo_data.md):
 
     audio -> 16 kHz -> STFT (400-sample Hann window, hop 160) -> 80 mel bins (20-7600 Hz) -> log
           -> 4 frames stacked (40 ms, 320 dims) -> per-utterance mean subtraction

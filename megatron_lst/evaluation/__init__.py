@@ -1,1 +1,1 @@
-"""Evaluation: story-completion benchmarks (format, builders) and likelihood scoring (LST.md §6)."""
+"""Evaluation: story-completion benchmarks (format, builders) and likelihood scoring (docs/method.md §6)."""

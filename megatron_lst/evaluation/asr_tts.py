@@ -1,4 +1,4 @@
-"""ASR and TTS metrics (LST.md §6: ASR WER, TTS error rate of a recogniser on generated speech).
+"""ASR and TTS metrics (docs/method.md §6: ASR WER, TTS error rate of a recogniser on generated speech).
 
 - ``word_error_rate``: word-level edit distance over the reference word count, after lower-casing
   and dropping punctuation (transcripts and ASR outputs differ in nothing else that matters here).

@@ -10,8 +10,8 @@ Both model families reduce to one function, next-token logits of a right-padded 
 
 * baseline (megatron-core GPTModel): the model reads all L tokens; logits at t predict t + 1.
 * LST: the model reads the first L - 1 tokens with the patch lengths of all L (the one-patch lag,
-  LST.md §2), patched *static* with the run's patch size whatever the training strategy: the paper
-  evaluates without an aligner (LST.md §3), and static needs nothing but the tokens.
+  docs/method.md §2), patched *static* with the run's patch size whatever the training strategy: the paper
+  evaluates without an aligner (docs/method.md §3), and static needs nothing but the tokens.
 
 Padding goes after each sequence and attention is causal, so it cannot change a sequence's
 log-probs; for LST the pad tokens are text-like, each its own patch after the real ones.

@@ -1,6 +1,6 @@
 """Multiple-choice scoring by likelihood: one joint sequence per (item, ending, direction).
 
-Sequence layout (the same as an interleaved training stream, LST.md §2 and data/interleave.py)::
+Sequence layout (the same as an interleaved training stream, docs/method.md §2 and data/interleave.py)::
 
     BOS  m(prompt)  prompt tokens  [m(ending) if its modality differs]  ending tokens
 
@@ -9,7 +9,7 @@ the prompt (S->S, T->T); a cross-modal ending (S->T, T->S) gets the switch marke
 every modality change in training. The marker is identical for all endings of an item, so it does
 not change the ending scores; it is part of the whole-sequence score.
 
-Three scores per ending (LST.md §6 asks for all three, the paper does not say which it used):
+Three scores per ending (docs/method.md §6 asks for all three, the paper does not say which it used):
 
 * ``sum``:      summed log-prob of the ending tokens (lm-eval style); higher is better.
 * ``mean``:     the same divided by the number of ending tokens; higher is better.

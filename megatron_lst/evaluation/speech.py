@@ -1,6 +1,6 @@
 """Speech versions of text benchmarks: every part synthesised by espeak-ng and turned into units.
 
-As in the paper (LST.md §6) the prompt and each ending are synthesised *separately* and their units
+As in the paper (docs/method.md §6) the prompt and each ending are synthesised *separately* and their units
 concatenated at scoring time, so all endings of an item share one prompt audio and an ending's
 units never depend on the prompt. The units come from the demo corpus's saved log-mel extractor,
 so they are the units the model was trained on. A part's text is normalised first

@@ -1,4 +1,4 @@
-"""Incremental generation with KV caches (LST.md §8: the global model steps once per patch).
+"""Incremental generation with KV caches (docs/method.md §8: the global model steps once per patch).
 
 - kv_cache.py         growing / sliding key-value caches with per-row validity
 - layer_steps.py      one step of a megatron-core layer (self-attention + MLP, cross-attention) on

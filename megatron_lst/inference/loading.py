@@ -2,7 +2,7 @@
 
 The model is built and loaded exactly as evaluation does (evaluation/model_scorer.py), so any
 checkpoint that scores also generates. LST generates with *static* patches of the run's
-``--patch-size`` whatever its training strategy (LST.md §3: static needs no aligner at inference).
+``--patch-size`` whatever its training strategy (docs/method.md §3: static needs no aligner at inference).
 """
 
 from __future__ import annotations

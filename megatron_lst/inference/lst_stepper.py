@@ -1,4 +1,4 @@
-"""The LST decoded one token per step with caches in all three modules (LST.md §2, §8).
+"""The LST decoded one token per step with caches in all three modules (docs/method.md §2, §8).
 
 Per step and row, for the new token:
 1. if the row's open speech patch ended before this token (``close_before``), close it first;

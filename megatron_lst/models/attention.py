@@ -1,7 +1,7 @@
 """Core attention on ``torch.nn.functional.scaled_dot_product_attention``.
 
 megatron-core's own ``DotProductAttention`` allocates its score buffer on CUDA and builds its
-causal mask on CUDA (MEGATRON_NOTES.md), so CPU runs use this module in the layer spec
+causal mask on CUDA (docs/megatron_core.md), so CPU runs use this module in the layer spec
 instead. It has the same constructor and forward signature, so it slots into megatron-core's
 ``SelfAttention``/``CrossAttention`` through a ``ModuleSpec``; torch picks the fused kernel
 (flash / memory-efficient) on GPU when no transformer-engine spec is used.

@@ -2,7 +2,7 @@
 
 A flavour fixes the *global* transformer (identical for LST and the baseline, so that
 compute- and data-controlled comparisons differ in one flag) and the LST's local patch
-encoder/decoder. Shapes of ``420m`` and ``1b`` are the paper's (LST.md §2, §5); ``7b`` is this
+encoder/decoder. Shapes of ``420m`` and ``1b`` are the paper's (docs/method.md §2, §5); ``7b`` is this
 project's choice (the paper gives no local shapes for it); ``debug`` runs on a CPU in seconds and
 ``demo`` is the CPU demo's (a few minutes); ``1b-mini`` has the 1b's depths at CPU widths (benchmarks).
 """

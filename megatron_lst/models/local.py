@@ -11,7 +11,7 @@ under tensor parallelism exactly like the global transformer:
 Encoder: embed, then per layer ``window -> cross`` where patch queries (initialised by max-pooling
 the token states of their patch after the first window layer) attend the tokens of their own patch.
 Decoder: per layer ``cross -> window`` where token queries attend the global outputs of the patches
-up to their decoder patch id (the one-patch lag of LST.md §2), then a final norm and the
+up to their decoder patch id (the one-patch lag of docs/method.md §2), then a final norm and the
 vocabulary-parallel output head.
 
 Every local attention is an interval pattern (each query sees one contiguous run of keys: the
@@ -63,7 +63,7 @@ def cross_layer_spec(normalization: str) -> ModuleSpec:
     """Cross-attention only: pre-norm, CrossAttention over an interval pattern, residual add.
 
     A layer without self-attention needs ``IdentityFuncOp`` for its bias-dropout-add
-    (MEGATRON_NOTES.md); the MLP is left out, so its bda is ``IdentityFuncOp`` as well.
+    (docs/megatron_core.md); the MLP is left out, so its bda is ``IdentityFuncOp`` as well.
     """
     return ModuleSpec(
         module=TransformerLayer,

@@ -1,6 +1,6 @@
-"""LSTModel: patch encoder -> global transformer over patches -> patch decoder (LST.md §2).
+"""LSTModel: patch encoder -> global transformer over patches -> patch decoder (docs/method.md §2).
 
-Pipeline parallelism (DESIGN.md §2): the encoder lives on the first stage (``pre_process``), the
+Pipeline parallelism (docs/design.md §2): the encoder lives on the first stage (``pre_process``), the
 decoder, output head and loss on the last (``post_process``); the global layers are split by
 megatron-core's ``TransformerBlock``. One tensor crosses each stage boundary:
 ``cat([patch_states (P), token_states (N)])`` in [seq, batch, width] layout, each part

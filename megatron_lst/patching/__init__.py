@@ -1,4 +1,4 @@
-"""Patching: which tokens form each patch of the LST global model (LST.md §2-3).
+"""Patching: which tokens form each patch of the LST global model (docs/method.md §2-3).
 
 - config.py      PatchingConfig (strategy, patch size, silence mode, cap, marker folding, curriculum)
 - strategies.py  compute_patches over the C++ kernel megatron_lst._patching; the metadata schema

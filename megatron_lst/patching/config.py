@@ -1,4 +1,4 @@
-"""PatchingConfig: which patching strategy a run uses, with every knob of LST.md §3.
+"""PatchingConfig: which patching strategy a run uses, with every knob of docs/method.md §3.
 
 One frozen dataclass shared by the C++ wrapper (strategies.py) and the numpy reference
 (reference.py), so both read the same settings and reject the same bad ones.
@@ -29,7 +29,7 @@ class PatchingConfig:
         shorter remainder last. ``None`` means no cap.
     fold_speech_marker: fold the ``<s>`` marker into the first patch of the speech span that
         follows it (the marker does not count towards ``patch_size``). Default ``False``: the
-        marker stands alone as a length-1 patch in every strategy, as LST.md §2 states ("every
+        marker stands alone as a length-1 patch in every strategy, as docs/method.md §2 states ("every
         marker a patch of length 1"), and so that static and aligned rows in a mixed or curriculum
         batch differ only in their speech boundaries. The reference code folds in static mode and
         not in aligned mode; set ``True`` for static runs that want to match it.

@@ -1,6 +1,6 @@
 """Patch ids from patch lengths: which patch each token belongs to, for encoder and decoder.
 
-LST.md §2 worked example, 9 tokens, patch_lengths [1, 3, 2, 4] (sum N+1: the last patch holds
+docs/method.md §2 worked example, 9 tokens, patch_lengths [1, 3, 2, 4] (sum N+1: the last patch holds
 the next token):
     encoder ids [0, 1, 1, 1, 2, 2, 3, 3, 3]   (the patch that contains token i)
     decoder ids [0, 0, 0, 1, 1, 2, 2, 2, 2]   (the last patch complete before token i+1 starts)

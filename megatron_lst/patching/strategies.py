@@ -13,7 +13,7 @@ Per-token metadata schema (shared with the data pipeline's interleaver). A sampl
 A batch is [B, N] arrays. Padding: PAD tokens (is_speech False) are patched like text, one
 length-1 patch each, so every row's lengths sum to N and a batch needs no lengths argument.
 
-Training convention (LST.md §2): patch the N+1 tokens of a training sample (the N inputs plus
+Training convention (docs/method.md §2): patch the N+1 tokens of a training sample (the N inputs plus
 the last target, as Megatron GPT samples are drawn). The first patch is then BOS alone and the
 lengths sum to N+1; ``ids.patch_ids_from_lengths(patch_lengths, N)`` and
 ``ids.decoder_patch_ids_from_lengths(patch_lengths, N)`` give the model's views of the N inputs.

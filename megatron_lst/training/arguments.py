@@ -131,7 +131,7 @@ class LoggingConfig:
 
 @dataclass
 class PatchingArgs:
-    """How LST groups speech units into patches (LST.md §3); ignored by the baseline."""
+    """How LST groups speech units into patches (docs/method.md §3); ignored by the baseline."""
 
     patching: str = field(default="static", metadata={"help": "static, aligned, mixed or curriculum"})
     patch_size: int = field(default=4, metadata={"help": "speech units per static patch (paper's best: 4)"})

@@ -5,7 +5,7 @@ home-made loop, this module patches exactly those calls so that the real megatro
 optimizer, schedules and checkpoint writer run on CPU. Each patch names the call it replaces.
 ``apply_cpu_patches()`` does nothing when CUDA is available, and is idempotent.
 
-Patches (see MEGATRON_NOTES.md, "Works on CPU only with small patches"):
+Patches (see docs/megatron_core.md, "Works on CPU only with small patches"):
   (a) ``torch.cuda.current_device()`` returns ``"cpu"`` (megatron passes it as ``device=``
       in DDP buffers, p2p shape exchange, ``GlobalMemoryBuffer``) and
       ``torch.cuda.synchronize()`` is a no-op (p2p communication, timers).

@@ -23,7 +23,7 @@ from megatron_lst.models.config import ModelConfig
 from megatron_lst.models.flops import gpt_training_flops, lst_training_flops
 from megatron_lst.training.arguments import Config
 
-# Paper's mix (LST.md §5): per 3.00 baseline positions 0.77 are speech units.
+# Paper's mix (docs/method.md §5): per 3.00 baseline positions 0.77 are speech units.
 SPEECH_TOKEN_FRACTION = 0.77 / 3.0
 # Text BPE size assumed when no --tokenizer-model is given, plus the joint specials and 502 unit ids.
 ASSUMED_TEXT_VOCAB = 32000

@@ -2,7 +2,7 @@
 
 megatron-core quietly falls back (or fails deep inside a layer) when a GPU feature is asked for
 on a machine without it. These checks run before anything is built so that a flag that cannot
-work here is refused in one line that names the flag and what it needs (MEGATRON_NOTES.md: the
+work here is refused in one line that names the flag and what it needs (docs/megatron_core.md: the
 distributed optimizer, the bf16 optimizer and sequence parallel have no CPU path).
 """
 

@@ -43,7 +43,7 @@ def masked_token_loss(loss_mask: torch.Tensor, per_token_loss: torch.Tensor, ext
 
     With ``calculate_per_token_loss`` the schedule adds sums and counts over micro-batches and
     ``finalize_model_grads`` divides the gradients by the global token count, so the objective
-    is the mean cross-entropy over every target token of the global batch (LST.md §2).
+    is the mean cross-entropy over every target token of the global batch (docs/method.md §2).
     """
     mask = loss_mask.reshape(-1).float()
     losses = per_token_loss.reshape(-1).float()

@@ -1,4 +1,4 @@
-"""Patch ids, cross-attention masks and max-pooling, against LST.md §2 and hand-computed cases."""
+"""Patch ids, cross-attention masks and max-pooling, against docs/method.md §2 and hand-computed cases."""
 
 from __future__ import annotations
 
