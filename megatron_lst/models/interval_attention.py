@@ -191,19 +191,55 @@ def _compiled_flex_attention():
     return torch.compile(flex_attention)
 
 
+FLEX_BLOCK = 128  # FlexAttention's default tile, queries and keys
+
+
+def interval_kv_blocks(lo: torch.Tensor, hi: torch.Tensor, num_keys: int,
+                       block: int = FLEX_BLOCK) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """FlexAttention's block lists of the intervals, read off ``lo``/``hi`` in O(Nq) (no compile).
+
+    Query tile t needs key tiles from ``min(lo)`` to ``max(hi)`` over its queries: those tiles that
+    every query of t attends entirely are *full* (no mask_mod call), the others *partial*. Returns
+    (partial counts [B, Tq], partial indices [B, Tq, Tk], full counts, full indices), indices
+    ascending and the unused tail of each row pointing at tile 0. ``create_block_mask`` would find
+    the same tiles by evaluating the mask on a grid, compiled per shape on CUDA (a recompile at
+    every new batch shape, seconds each); the intervals already say where they lie.
+    """
+    batch, num_queries = lo.shape
+    query_tiles, key_tiles = -(-num_queries // block), -(-num_keys // block)
+    pad = query_tiles * block - num_queries
+    # padded queries attend nothing: an empty [Nk, 0) leaves the range alone and makes their tile partial
+    lo_tiles = F.pad(lo, (0, pad), value=num_keys).view(batch, query_tiles, block)
+    hi_tiles = F.pad(hi, (0, pad), value=0).view(batch, query_tiles, block)
+    starts = torch.arange(key_tiles, device=lo.device) * block
+    ends = starts + block  # the last tile's padded keys attend nothing either: a ragged tile is never full
+    touched = (starts < hi_tiles.amax(-1, keepdim=True)) & (ends > lo_tiles.amin(-1, keepdim=True))
+    full = (starts >= lo_tiles.amax(-1, keepdim=True)) & (ends <= hi_tiles.amin(-1, keepdim=True))
+    partial = touched & ~full
+
+    def listed(selected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        order = torch.argsort((~selected).to(torch.int8), dim=-1, stable=True)  # selected tiles first, ascending
+        counts = selected.sum(-1, dtype=torch.int32)
+        unused = torch.arange(key_tiles, device=lo.device) >= counts[..., None]
+        return counts, order.masked_fill(unused, 0).to(torch.int32)
+
+    return (*listed(partial), *listed(full))
+
+
 def flex_block_mask(mask: IntervalMask):
     """FlexAttention ``BlockMask`` of the intervals (cached on the mask: every layer reuses it)."""
     if mask._flex is None:
-        from torch.nn.attention.flex_attention import create_block_mask
+        from torch.nn.attention.flex_attention import BlockMask
 
         lo, hi = mask.lo, mask.hi
 
         def interval(batch, head, query_index, key_index):
             return (key_index >= lo[batch, query_index]) & (key_index < hi[batch, query_index])
 
-        # compiled on CUDA: the block mask is then built tile by tile, never as a [Nq, Nk] grid
-        mask._flex = create_block_mask(interval, mask.batch_size, None, mask.num_queries, mask.num_keys,
-                                       device=lo.device, _compile=lo.is_cuda)
+        counts, indices, full_counts, full_indices = (
+            t[:, None] for t in interval_kv_blocks(lo, hi, mask.num_keys))  # one head entry: all heads share it
+        mask._flex = BlockMask.from_kv_blocks(counts, indices, full_counts, full_indices, BLOCK_SIZE=FLEX_BLOCK,
+                                              mask_mod=interval, seq_lengths=(mask.num_queries, mask.num_keys))
     return mask._flex
 
 

@@ -23,9 +23,23 @@ class PreemptionHandler:
 
     def __init__(self, signals: tuple = HANDLED_SIGNALS):
         self.received: Optional[int] = None
+        self._signals = signals
         self._previous = {}
         for sig in signals:
             self._previous[sig] = signal.signal(sig, self._on_signal)
+
+    def reinstall(self) -> None:
+        """Point the signals at this handler again, at the C level too.
+
+        A native library can replace the process's handler behind Python's back (``sigaction`` from
+        C: Python's own table still names ours). On the GPU, a SIGUSR1 sent during the second step
+        of an NCCL baseline run went unseen although the same run on gloo stops; communicators are
+        created lazily at the first collective, inside the first step. ``signal.signal`` re-issues
+        the ``sigaction``, so calling this after every step bounds such a loss to the step in which
+        the library ran.
+        """
+        for sig in self._signals:
+            signal.signal(sig, self._on_signal)
 
     def _on_signal(self, signum: int, frame) -> None:
         self.received = signum
@@ -36,6 +50,7 @@ class PreemptionHandler:
 
     def should_stop(self) -> bool:
         """True on every rank when any rank got a signal (every rank must call it at the same step)."""
+        self.reinstall()
         flag = 1 if self.received else 0
         if torch.distributed.is_initialized():
             (flag,) = collectives.all_reduce_values([flag], op=torch.distributed.ReduceOp.MAX, dtype=torch.int32,

@@ -82,12 +82,17 @@ EOF
 }
 
 part_pytest() {
-    # the whole folder, not `-m gpu`: a GPU test file that forgets the marker still runs here
-    "$PY" -m pytest -p no:cacheprovider -v -rfEs --durations=15 tests/gpu
+    # the whole folder, not `-m gpu`: a GPU test file that forgets the marker still runs here. With
+    # pytest-timeout, one slow test fails with its traceback instead of the part's limit killing
+    # pytest before it prints any failure.
+    local per_test=()
+    "$PY" -c "import pytest_timeout" 2>/dev/null && per_test=(--timeout "${PYTEST_TEST_TIMEOUT:-100}")
+    "$PY" -m pytest -p no:cacheprovider -v -rfEs --tb=short --durations=15 "${per_test[@]}" tests/gpu
 }
 
 part_mfu() {
-    "$PY" bench/bench_mfu.py
+    # a fixed micro-batch: fitting one tries several sizes, each with its own warm-up
+    "$PY" bench/bench_mfu.py --micro-batch-size "${MFU_MICRO_BATCH:-2}" --warmup 2 --steps 5
 }
 
 if [[ "${1:-}" == "--part" ]]; then

@@ -111,3 +111,45 @@ def test_flex_attention_forward_equals_dense_on_cpu():
         flex = interval_attention(query, key, value, mask, 0.25, "flex")
         dense = interval_attention(query, key, value, mask, 0.25, "dense")
     torch.testing.assert_close(flex, dense, atol=1e-5, rtol=1e-5)
+
+
+def _tile_grid(counts: torch.Tensor, indices: torch.Tensor, key_tiles: int) -> torch.Tensor:
+    """[B, Tq, Tk] bool of the tiles a (counts, indices) block list names."""
+    grid = torch.zeros(*counts.shape, key_tiles, dtype=torch.bool)
+    for position in range(indices.shape[-1]):
+        listed = position < counts
+        grid.scatter_reduce_(-1, indices[..., position:position + 1].long(), listed[..., None], reduce="amax")
+    return grid
+
+
+@pytest.mark.parametrize("monotone", [True, False])
+@pytest.mark.parametrize("shape", [(300, 280), (128, 128), (40, 700)])
+def test_flex_tiles_read_off_the_intervals_cover_create_block_masks(monotone, shape):
+    """interval_kv_blocks against torch's own create_block_mask (which evaluates the mask on the
+    whole grid): the same full tiles, and partial tiles that cover every tile it marks (equal when
+    the intervals grow with the query, as LST's do)."""
+    flex_attention = pytest.importorskip("torch.nn.attention.flex_attention")
+    from megatron_lst.models.interval_attention import interval_kv_blocks
+
+    num_queries, num_keys = shape
+    generator = torch.Generator().manual_seed(num_queries + monotone)
+    lo, hi = random_intervals(2, num_queries, num_keys, generator, monotone, max_width=300)
+
+    def interval(batch, head, query_index, key_index):
+        return (key_index >= lo[batch, query_index]) & (key_index < hi[batch, query_index])
+
+    reference = flex_attention.create_block_mask(interval, 2, None, num_queries, num_keys, device="cpu")
+    key_tiles = -(-num_keys // 128)
+    counts, indices, full_counts, full_indices = interval_kv_blocks(lo, hi, num_keys)
+    ours_partial, ours_full = _tile_grid(counts, indices, key_tiles), _tile_grid(full_counts, full_indices, key_tiles)
+    their_partial = _tile_grid(reference.kv_num_blocks[:, 0], reference.kv_indices[:, 0], key_tiles)
+    their_full = _tile_grid(reference.full_kv_num_blocks[:, 0], reference.full_kv_indices[:, 0], key_tiles)
+    assert torch.equal(ours_full, their_full)
+    assert not (their_partial & ~ours_partial).any()
+    if monotone:
+        assert torch.equal(ours_partial, their_partial)
+    # every listed index is ascending among the listed ones (FlexAttention walks them in order)
+    for row_counts, row_indices in ((counts, indices), (full_counts, full_indices)):
+        for b, t in zip(*torch.nonzero(row_counts > 1, as_tuple=True)):
+            listed = row_indices[b, t, :row_counts[b, t]]
+            assert (listed[1:] > listed[:-1]).all()
