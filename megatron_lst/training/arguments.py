@@ -71,6 +71,12 @@ class DataConfig:
     global_batch_size: int = field(default=8, metadata={"help": "samples per optimizer step (all ranks)"})
     seed: int = field(default=1234, metadata={"help": "seed for initialisation, data order and patching"})
     data_cache_path: Optional[str] = field(default=None, metadata={"help": "where dataset index caches go"})
+    blend_weights: str = field(
+        default="tokens",
+        metadata={"help": "what --data-path weights share out: tokens (the paper's 1:2 interleaved:text by "
+                          "tokens; each dataset's sample weight is corrected by its tokens per sample) or samples "
+                          "(megatron-core's plain sample draw)"},
+    )
     data_mode: str = field(
         default="interleaved",
         metadata={"help": "how speech-text documents become streams: interleaved (pre-training), speech, text, "
@@ -306,6 +312,8 @@ def validate(config: Config, parser: Optional[argparse.ArgumentParser] = None) -
         problems.append(f"--engine must be megatron or deepspeed, got {config.train.engine!r}")
     if config.data.data_mode not in ("interleaved", "speech", "text", "asr", "tts"):
         problems.append(f"--data-mode must be interleaved, speech, text, asr or tts, got {config.data.data_mode!r}")
+    if config.data.blend_weights not in ("tokens", "samples"):
+        problems.append(f"--blend-weights must be tokens or samples, got {config.data.blend_weights!r}")
     if config.data.global_batch_size % config.data.micro_batch_size:
         problems.append(
             f"--global-batch-size {config.data.global_batch_size} is not a multiple of "

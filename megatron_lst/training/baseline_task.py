@@ -17,6 +17,7 @@ from megatron_lst.data.blending import build_lst_datasets
 from megatron_lst.data.datasets import LSTDatasetConfig
 from megatron_lst.data.sampler import collate_packed
 from megatron_lst.data.speech_documents import is_speech_text_dataset
+from megatron_lst.data.token_shares import dataset_names
 from megatron_lst.models.baseline import build_baseline_model, padded_vocab_size
 from megatron_lst.models.init import initialize_by_global_name
 from megatron_lst.models.flops import gpt_training_flops
@@ -25,7 +26,7 @@ from megatron_lst.models.specs import resolve_use_te, transformer_config
 from megatron_lst.tokenizer import JointTokenizer
 from megatron_lst.training.arguments import Config
 from megatron_lst.training.data_modes import answer_target_mask, interleave_config
-from megatron_lst.training.task import masked_token_loss
+from megatron_lst.training.task import dataset_token_shares, masked_token_loss
 
 
 class MegatronTokenizerAdapter:
@@ -80,6 +81,7 @@ class BaselineTask:
         self.tokenizer = tokenizer or load_tokenizer(config)
         self.use_te = resolve_use_te(config.train.transformer_impl)
         self.pack_sequences = self.use_te if pack_sequences is None else pack_sequences
+        self.dataset_names: list[str] = []  # set by build_datasets for a blend: the realised token shares
         if self.use_te and not self.pack_sequences:
             raise ValueError("the transformer-engine spec ignores the document mask: the baseline must pack "
                              "documents (pack_sequences=True) to keep them apart")
@@ -114,6 +116,7 @@ class BaselineTask:
 
     def build_datasets(self, config: Config, train_samples: int, valid_samples: int) -> tuple:
         prefixes, weights = parse_blend(config.data.data_path)
+        self.dataset_names = dataset_names(prefixes) if len(prefixes) > 1 else []
         if any(is_speech_text_dataset(prefix) for prefix in prefixes):
             return self._interleaved_datasets(config, prefixes, weights, train_samples, valid_samples)
         self.collate = None
@@ -151,7 +154,8 @@ class BaselineTask:
             patch_size=1,
             max_tokens=config.data.seq_length + 1,
         )
-        train, valid, _ = build_lst_datasets(dataset_config, [train_samples, valid_samples, 0])
+        train, valid, _ = build_lst_datasets(dataset_config, [train_samples, valid_samples, 0],
+                                             weight_by=config.data.blend_weights)
         # sequence parallelism splits the packed length across the TP ranks: pad it to a multiple
         pad_to_multiple = config.parallel.tensor_model_parallel_size if config.parallel.sequence_parallel else 1
         self.collate = partial(packed_to_gpt_batch, pad_id=self.tokenizer.pad_id, length=config.data.seq_length + 1,
@@ -163,8 +167,10 @@ class BaselineTask:
         batch = next(data_iterator)
         device = next(model.parameters()).device
         is_speech = batch.get("is_speech")
+        shares = dataset_token_shares(batch.get("dataset_id"), (batch["tokens"] != self.tokenizer.pad_id).sum(1),
+                                      self.dataset_names, device)
         loss_func = partial(modality_token_loss, batch["loss_mask"].to(device),
-                            None if is_speech is None else is_speech.to(device))
+                            None if is_speech is None else is_speech.to(device), extra=shares)
         if "cu_seqlens" in batch:  # packed documents (packed_to_gpt_batch with pack=True)
             output = model(
                 batch["packed_tokens"].long().to(device),
@@ -231,6 +237,8 @@ def packed_to_gpt_batch(samples: list[dict], pad_id: int, length: int, data_mode
         "position_ids": torch.arange(length - 1).expand(tokens.shape[0], -1).contiguous(),
         "is_speech": packed["is_speech"][:, 1:].contiguous(),
     }
+    if "dataset_id" in packed:  # which blended dataset each row came from (the realised token shares)
+        batch["dataset_id"] = packed["dataset_id"]
     if not pack:
         batch["attention_mask"] = documents[:, None, :, None] != documents[:, None, None, :]  # True = forbidden
         return batch
@@ -253,15 +261,15 @@ def packed_token_loss(token_index: torch.Tensor, batch_size: int, seq_len: int, 
     return loss_func(unpack_token_values(per_token_loss, token_index, batch_size, seq_len))
 
 
-def modality_token_loss(loss_mask: torch.Tensor, is_speech_target, per_token_loss: torch.Tensor):
-    """The mean-over-tokens loss plus separate text and speech losses when the batch has speech."""
-    if is_speech_target is None:
-        return masked_token_loss(loss_mask, per_token_loss)
-    losses = per_token_loss.float()
-    speech = loss_mask * is_speech_target.float()
-    text = loss_mask - speech
-    extra = {
-        "speech loss": torch.stack([(losses * speech).sum().detach(), speech.sum()]),
-        "text loss": torch.stack([(losses * text).sum().detach(), text.sum()]),
-    }
+def modality_token_loss(loss_mask: torch.Tensor, is_speech_target, per_token_loss: torch.Tensor,
+                        extra: Optional[dict] = None):
+    """The mean-over-tokens loss plus separate text and speech losses when the batch has speech,
+    and any ``extra`` reported metrics (the blend's token shares)."""
+    extra = dict(extra or {})
+    if is_speech_target is not None:
+        losses = per_token_loss.float()
+        speech = loss_mask * is_speech_target.float()
+        text = loss_mask - speech
+        extra["speech loss"] = torch.stack([(losses * speech).sum().detach(), speech.sum()])
+        extra["text loss"] = torch.stack([(losses * text).sum().detach(), text.sum()])
     return masked_token_loss(loss_mask, per_token_loss, extra)

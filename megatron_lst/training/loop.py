@@ -30,7 +30,7 @@ from megatron_lst.training.initialize import initialize_distributed, print_rank_
 from megatron_lst.training.metrics import MetricsLogger
 from megatron_lst.training.sampler import build_data_iterator
 from megatron_lst.training.signals import PreemptionHandler
-from megatron_lst.training.task import TrainingTask
+from megatron_lst.training.task import SHARE_PREFIX, TrainingTask
 
 
 @dataclass
@@ -42,6 +42,8 @@ class TrainState:
     flops_so_far: float = 0.0
     tokens_so_far: float = 0.0
     skipped_iterations: int = 0
+    # raw tokens each blended dataset supplied so far (from the steps' "share <name>" metrics)
+    tokens_by_dataset: dict = field(default_factory=dict)
 
     def to_common(self) -> dict:
         return {
@@ -50,12 +52,18 @@ class TrainState:
             "flops_so_far": self.flops_so_far,
             "tokens_so_far": self.tokens_so_far,
             "skipped_iterations": self.skipped_iterations,
+            "tokens_by_dataset": dict(self.tokens_by_dataset),
         }
 
     def restore(self, saved: dict) -> None:
         """Take the progress fields back from a checkpoint's common state (what ``to_common`` wrote)."""
         for key, current in self.to_common().items():
-            setattr(self, key, type(current)(saved.get(key, 0)))
+            setattr(self, key, type(current)(saved.get(key) or type(current)()))
+
+    def token_shares_so_far(self) -> dict[str, float]:
+        """Each blended dataset's share of the raw tokens trained on since the run began."""
+        total = sum(self.tokens_by_dataset.values())
+        return {name: tokens / total for name, tokens in sorted(self.tokens_by_dataset.items())} if total else {}
 
     def advance(self, result: "StepResult", global_batch_size: int) -> None:
         """Count one finished step (either engine): samples consumed, FLOPs, raw tokens, skips."""
@@ -64,6 +72,10 @@ class TrainState:
         self.flops_so_far += result.flops
         self.tokens_so_far += result.tokens
         self.skipped_iterations += int(result.skipped)
+        for name, share in result.metrics.items():
+            if name.startswith(SHARE_PREFIX):  # per-step shares are lumpy (bucketing): the running total is not
+                dataset = name[len(SHARE_PREFIX):]
+                self.tokens_by_dataset[dataset] = self.tokens_by_dataset.get(dataset, 0.0) + share * result.tokens
 
     def budget_reached(self, train) -> Optional[str]:
         """Why training must stop now (``--train-iters``, ``--train-flops``, ``--train-tokens``), or None."""

@@ -25,6 +25,7 @@ from megatron_lst.data.blending import build_lst_datasets
 from megatron_lst.data.datasets import LSTDatasetConfig
 from megatron_lst.data.sampler import collate_packed
 from megatron_lst.data.speech_documents import is_speech_text_dataset
+from megatron_lst.data.token_shares import dataset_names
 from megatron_lst.models.baseline import padded_vocab_size
 from megatron_lst.models.flops import lst_training_flops
 from megatron_lst.models.init import initialize_by_global_name
@@ -38,6 +39,7 @@ from megatron_lst.training.arguments import Config
 from megatron_lst.training.baseline_task import BaselineTask, load_tokenizer, modality_token_loss, parse_blend
 from megatron_lst.training.data_modes import answer_target_mask, interleave_config
 from megatron_lst.training.sampler import SamplingOptions
+from megatron_lst.training.task import dataset_token_shares
 
 # Global batches whose samples are sorted together by token count. On a demo-like blend (33%
 # speech-text by samples, --seq-length 256, micro-batch 4, global batch 8; bench/bench_bucketing.py)
@@ -71,8 +73,10 @@ def gpt_samples_to_lst_batch(samples: list[dict]) -> dict:
     samples, _, _ = pop_sample_keys(samples)
     stacked = default_collate(samples)
     full = torch.cat([stacked["tokens"], stacked["labels"][:, -1:]], dim=1).long()
-    return {"tokens": full, "is_speech": torch.zeros_like(full, dtype=torch.bool),
-            "patch_lengths": torch.ones_like(full)}
+    batch = {"tokens": full, "is_speech": torch.zeros_like(full, dtype=torch.bool), "patch_lengths": torch.ones_like(full)}
+    if "dataset_id" in stacked:  # a blend of text corpora: which one each row came from
+        batch["dataset_id"] = stacked["dataset_id"]
+    return batch
 
 
 def open_documents_with_bos(sample: dict, bos_id: int) -> dict:
@@ -163,6 +167,7 @@ class LSTTask:
         self.collate = None
         self.sampling = SamplingOptions()  # set by build_datasets: keys and bucketing for the sampler
         self.reports_modalities = False  # text and speech losses, for speech-text corpora
+        self.dataset_names: list[str] = []  # set by build_datasets for a blend: the realised token shares
 
     # ------------------------------------------------------------------ model and data
     def build_model(self, config: Config, pre_process: bool, post_process: bool) -> torch.nn.Module:
@@ -189,6 +194,7 @@ class LSTTask:
         which variable sequence lengths absorb.
         """
         prefixes, weights = parse_blend(config.data.data_path)
+        self.dataset_names = dataset_names(prefixes) if len(prefixes) > 1 else []
         if not any(is_speech_text_dataset(prefix) for prefix in prefixes):
             train, valid = BaselineTask(config, self.tokenizer).build_datasets(config, train_samples, valid_samples)
             self.collate = gpt_samples_to_lst_batch
@@ -206,7 +212,8 @@ class LSTTask:
             patch_size=self.patching.patch_size,
             max_tokens=positions * self.patching.patch_size,
         )
-        train, valid, _ = build_lst_datasets(dataset_config, [train_samples, valid_samples, 0])
+        train, valid, _ = build_lst_datasets(dataset_config, [train_samples, valid_samples, 0],
+                                             weight_by=config.data.blend_weights)
         self.reports_modalities = True
         self.collate = partial(collate_lst_samples, bos_id=self.tokenizer.bos_id, pad_id=self.tokenizer.pad_id,
                                patching=self.patching, vocab=self.tokenizer.vocab)
@@ -233,7 +240,8 @@ class LSTTask:
                        document_ids=None if documents is None else documents.to(device))
         # decided per run, not per micro-batch: every rank must report the same metric names
         is_speech_target = batch["is_speech"][:, 1:].to(device) if self.reports_modalities else None
-        return output, partial(modality_token_loss, loss_mask.to(device), is_speech_target)
+        shares = dataset_token_shares(batch.get("dataset_id"), (targets != pad_id).sum(1), self.dataset_names, device)
+        return output, partial(modality_token_loss, loss_mask.to(device), is_speech_target, extra=shares)
 
     def batch_tokens(self, batch: dict) -> int:
         return int((batch["tokens"][:, 1:] != self.tokenizer.pad_id).sum())

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from megatron_lst.training.initialize import is_logging_rank
+from megatron_lst.training.task import SHARE_PREFIX
 
 
 class MetricsLogger:
@@ -44,6 +45,7 @@ class MetricsLogger:
             consumed_samples=state.consumed_samples,
         )
         values.update({f"step_flops_{module}": flops for module, flops in result.flops_by_module.items()})
+        values.update({f"share_so_far_{name}": share for name, share in state.token_shares_so_far().items()})
         self._record("train", state.iteration, values)
 
     def log_line(self, state, result, lr: float, elapsed: float, tokens: float, steps: int,
@@ -56,7 +58,11 @@ class MetricsLogger:
         positions = tokens if positions is None else positions
         positions_per_s = positions / max(elapsed, 1e-9)
         tokens_per_position = tokens / max(positions, 1e-9)
-        metrics = " | ".join(f"{name} {value:.4f}" for name, value in sorted(result.metrics.items()))
+        metrics = " | ".join(f"{name} {value:.4f}" for name, value in sorted(result.metrics.items())
+                             if not name.startswith(SHARE_PREFIX))
+        shares = state.token_shares_so_far()
+        if shares:  # the blend's realised token shares since the start (a step's own are lumpy under bucketing)
+            metrics += " | tokens so far " + ", ".join(f"{name} {share:.1%}" for name, share in shares.items())
         grad = f"{result.grad_norm:.3f}" if result.grad_norm is not None else "-"
         print(
             f"iteration {state.iteration:8d} | {metrics} | lr {lr:.3e} | grad norm {grad} | "

@@ -15,6 +15,8 @@ import torch
 
 from megatron_lst.training.arguments import Config
 
+SHARE_PREFIX = "share "  # reported metric "share <dataset name>": that dataset's fraction of the step's tokens
+
 
 class TrainingTask(Protocol):
     name: str
@@ -53,6 +55,26 @@ def masked_token_loss(loss_mask: torch.Tensor, per_token_loss: torch.Tensor, ext
     if extra:
         reported.update(extra)
     return loss_sum, num_tokens, reported
+
+
+def dataset_token_shares(dataset_ids: torch.Tensor | None, row_tokens: torch.Tensor, names: list[str],
+                         device: torch.device) -> dict[str, torch.Tensor]:
+    """Reported metrics ``{"share <name>": [tokens from that dataset, all tokens]}`` of a micro-batch.
+
+    Summed over micro-batches and data-parallel ranks like the losses, they give the realised
+    share of tokens each blended dataset supplied in a step (what ``--blend-weights tokens`` aims
+    at). Every name is reported in every micro-batch, zero or not, so that all ranks reduce the
+    same metrics. No names (a single dataset): no metrics.
+    """
+    if not names:
+        return {}
+    if dataset_ids is None:
+        raise KeyError("a blended batch carries no 'dataset_id': the collate must keep megatron's BlendedDataset field")
+    tokens = row_tokens.reshape(-1).double()
+    per_dataset = torch.zeros(len(names), dtype=torch.float64).index_add_(0, dataset_ids.reshape(-1).long(), tokens)
+    total = tokens.sum()
+    return {f"{SHARE_PREFIX}{name}": torch.stack([per_dataset[index], total]).float().to(device)
+            for index, name in enumerate(names)}
 
 
 def forward_with_loss(model_call: Callable[[], torch.Tensor], loss_mask: torch.Tensor) -> tuple:
