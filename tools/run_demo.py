@@ -7,8 +7,9 @@ Stages (each cached or re-run as needed, progress printed throughout):
   1. corpus      tools/make_demo_corpus.py: gensim-wheel text, espeak-ng speech, log-mel k-means units
   2. tokenizer   a SentencePiece BPE trained on the training text
   3. preprocess  tools/preprocess_data.py: speech-text and text-only indexed datasets
-  4. train       pretrain_lst.py for the baseline, then LST, under the same FLOPs budget
-                 (compute-controlled: LST gets --train-flops = what the baseline spent)
+  4. train       pretrain_lst.py for the baseline, then LST, compute-controlled as in the paper: the
+                 same iterations and global positions per step (--control flops: LST instead stops on
+                 the FLOPs the baseline spent)
   5. evaluate    held-out StoryCloze-/HellaSwag-like benchmarks (synthesised speech), all four
                  directions, with tools/evaluate.py
   6. fine-tune   ASR and TTS from both pretrained models; held-out WER / unit error / steps per second
@@ -100,6 +101,30 @@ def train(model: str, common: list[str], out: Path, extra: list[str], name: str 
          "--tensorboard-dir", str(run_dir / "tensorboard"), "--log-json", str(log_json), *extra],
         log_file=run_dir.parent / f"{name}.log" if run_dir.parent.exists() else None)
     return log_json
+
+
+def flops_matched_schedule(baseline_metrics: list[dict], common: list[str], curriculum: list[str], out: Path) -> list[str]:
+    """LST's flags to stop on the FLOPs the baseline spent (``--control flops``): a 3-step probe
+    measures LST's FLOPs per step, and its schedule is fitted to the steps the budget lasts."""
+    budget = summarise_run(baseline_metrics)["flops"]
+    stage("4/7 measure LST's FLOPs per step (a 3-step probe), to fit its schedule to the budget")
+    probe = summarise_run(read_metrics(train("lst", common, out, [*curriculum, "--train-iters", "3"], name="lst_probe")))
+    lst_iters = max(int(budget // (probe["flops"] / 3)), 1)
+    stage(f"4/7 train LST, curriculum patching, same FLOPs budget ({budget:.3e}): about {lst_iters} iterations")
+    return [*curriculum, "--train-iters", str(lst_iters), "--train-flops", str(budget),
+            "--lr-warmup-iters", str(max(lst_iters // 10, 1)), "--eval-interval", str(max(lst_iters // 4, 1))]
+
+
+CONTROL_DESCRIPTIONS = {  # --control: (section title, comparison, how the pair is trained)
+    "compute": ("compute-controlled: equal iterations", "equal iterations",
+                "Both models use the same global transformer (the `demo` flavour: 4 x 128), the same iterations and "
+                "the same global positions per step, as in the paper's compute-controlled runs; LST's positions hold "
+                "patches of speech units, so it sees more raw tokens and spends more FLOPs (its local modules)."),
+    "flops": ("FLOPs-matched", "equal FLOPs",
+              "Both models use the same global transformer (the `demo` flavour: 4 x 128) and positions per step; "
+              "LST's schedule is fitted to the baseline's FLOPs (local encoder/decoder counted) and it stops "
+              "when it has spent them."),
+}
 
 
 def build_benchmarks(corpus: Path, out: Path, max_items: int) -> dict[str, Path]:
@@ -256,15 +281,13 @@ def write_report(out: Path, runs: dict[str, list[dict]], evaluations: dict, patc
     lines = ["# megatron-lst demo report", "",
              f"Corpus built, models trained and evaluated in {elapsed / 60:.1f} minutes on this machine "
              f"(2 CPU cores). Settings: `{json.dumps(settings)}`.", "",
-             "## Training (compute-controlled)", "",
-             "Both models use the same global transformer (the `demo` flavour: 4 x 128) and positions per step; "
-             "LST's schedule is fitted to the baseline's FLOPs (local encoder/decoder counted) and it stops "
-             "when it has spent them.", "",
+             f"## Training ({CONTROL_DESCRIPTIONS[settings['control']][0]})", "",
+             CONTROL_DESCRIPTIONS[settings["control"]][2], "",
              *rep.training_table(runs), "", "![loss vs FLOPs](loss_vs_flops.png)", ""]
     if "lst" in summaries and summaries["lst"]["valid_loss"] is not None and summaries["baseline"]["valid_loss"] is not None:
         base, lst = summaries["baseline"], summaries["lst"]
         winner = "LST" if lst["valid_loss"] < base["valid_loss"] else "the baseline"
-        lines += [f"At equal compute {winner} reaches the lower validation loss "
+        lines += [f"At {CONTROL_DESCRIPTIONS[settings['control']][1]} {winner} reaches the lower validation loss "
                   f"({lst['valid_loss']:.4f} LST vs {base['valid_loss']:.4f} baseline, nats per token); "
                   f"LST saw {lst['raw_tokens'] or 0:.0f} raw tokens vs {base['raw_tokens'] or 0:.0f}.", ""]
     lines += ["## Patching of the interleaved demo data", "",
@@ -294,7 +317,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="demo_out", help="output folder (corpus, data, runs, report)")
     parser.add_argument("--quick", action="store_true", help="tiny corpus and short training (CI)")
-    parser.add_argument("--iters", type=int, default=None, help="baseline training iterations (sets the FLOPs budget)")
+    parser.add_argument("--iters", type=int, default=None, help="training iterations of the baseline (and of LST "
+                        "under --control compute; under --control flops they set the FLOPs budget)")
+    parser.add_argument("--control", choices=sorted(CONTROL_DESCRIPTIONS), default="compute",
+                        help="compute: equal iterations and positions per step (the paper's compute-controlled "
+                             "runs); flops: LST stops on the FLOPs the baseline spent")
     parser.add_argument("--finetune-iters", type=int, default=None,
                         help="ASR/TTS fine-tuning steps per model (default 300; 6 with --quick). At demo scale the "
                              "models start to read their input only after ~1000+ steps: see the report's gain rows")
@@ -321,14 +348,12 @@ def main(argv: list[str] | None = None) -> int:
     (out / "runs").mkdir(exist_ok=True)
     stage("4/7 train the baseline")
     runs = {"baseline": read_metrics(train("baseline", common, out, []))}
-    budget = summarise_run(runs["baseline"])["flops"]
     curriculum = ["--patching", "curriculum", "--curriculum-tau1", "0.333", "--curriculum-tau2", "0.667"]
-    stage("4/7 measure LST's FLOPs per step (a 3-step probe), to fit its schedule to the budget")
-    probe = summarise_run(read_metrics(train("lst", common, out, [*curriculum, "--train-iters", "3"], name="lst_probe")))
-    lst_iters = max(int(budget // (probe["flops"] / 3)), 1)
-    stage(f"4/7 train LST, curriculum patching, same FLOPs budget ({budget:.3e}): about {lst_iters} iterations")
-    lst_extra = [*curriculum, "--train-iters", str(lst_iters), "--train-flops", str(budget),
-                 "--lr-warmup-iters", str(max(lst_iters // 10, 1)), "--eval-interval", str(max(lst_iters // 4, 1))]
+    if args.control == "flops":
+        lst_extra = flops_matched_schedule(runs["baseline"], common, curriculum, out)
+    else:
+        stage(f"4/7 train LST, curriculum patching, the same {iters} iterations and positions per step")
+        lst_extra = curriculum
     runs["lst"] = read_metrics(train("lst", common, out, lst_extra))
     stage("5/7 evaluate on held-out story completion")
     benchmarks = build_benchmarks(corpus, out, max_items=12 if args.quick else 40)
@@ -345,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
                 iters=finetune_iters, max_segments=4 if args.quick else 48, asr_checkpoint=asr)
     stage("7/7 report")
     patch_stats = patch_sample_statistics(speech, tokenizer, out, num_samples=20 if args.quick else 100)
-    settings = {"quick": args.quick, "iterations": iters, "seq_length": seq_length,
+    settings = {"quick": args.quick, "control": args.control, "iterations": iters, "seq_length": seq_length,
                 "finetune_iterations": finetune_iters}
     report = write_report(out, runs, evaluations, patch_stats, finetuned, settings, time.time() - started)
     print(report.read_text())

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The compute-controlled pair at 7b: the baseline, then LST, with the same --train-flops budget.
+# The compute-controlled pair at 7b (the paper's protocol): the baseline, then LST, for the same
+# iterations and global positions per step. The FLOPs-matched pair: train.sh SIZE MODEL flops.
 # MODELS="lst" runs one of the two; other settings (NNODES, NODE_RANK, MASTER_ADDR, GPUS_PER_NODE,
 # DATA_PATH, TOKENIZER, RUN_DIR, DRY_RUN=1) are train.sh's.
 set -euo pipefail

@@ -4,7 +4,12 @@
 #   examples/launch/train.sh SIZE MODEL CONTROL [extra pretrain_lst.py flags]
 #     SIZE     420m | 1b | 7b          (examples/configs/SIZE.yaml: the paper's optimiser and batch)
 #     MODEL    lst | baseline
-#     CONTROL  compute | data | iters  (same FLOPs budget, same raw-token budget, or plain --train-iters)
+#     CONTROL  compute | flops | data
+#              compute: the paper's compute-controlled runs, the same iterations and global positions per
+#                       step for every model (--train-iters = the paper's steps); `iters` is an alias
+#              flops:   FLOPs-matched, every model stops on the baseline's FLOPs (LST's local modules cost
+#                       extra FLOPs per step, so it takes fewer steps)
+#              data:    data-controlled, every model stops on the baseline's raw tokens
 #
 # Environment (defaults in brackets): NNODES [1], NODE_RANK [0], GPUS_PER_NODE [8],
 # MASTER_ADDR [127.0.0.1], MASTER_PORT [29500], RDZV=1 to use c10d rendezvous instead of a fixed
@@ -42,13 +47,13 @@ case "$SIZE" in
 esac
 case "$MODEL" in lst|baseline) ;; *) echo "unknown MODEL '$MODEL' (lst or baseline)" >&2; exit 2 ;; esac
 
-# Budgeted runs cap iterations at twice the paper's and decay the LR over the paper's steps; the
-# budget, not the cap, ends them (LST: about 1.24 raw tokens per position at the paper's mix).
+# Budgeted runs (flops, data) cap iterations at twice the paper's and decay the LR over the paper's
+# steps; the budget, not the cap, ends them (LST: about 1.24 raw tokens per position at the paper's mix).
 case "$CONTROL" in
-  compute) BUDGET_FLAGS=(--train-flops "$FLOPS_BUDGET" --train-iters $((2 * ITERS)) --lr-decay-iters "$ITERS") ;;
+  compute|iters) CONTROL=compute; BUDGET_FLAGS=(--train-iters "$ITERS") ;;
+  flops)   BUDGET_FLAGS=(--train-flops "$FLOPS_BUDGET" --train-iters $((2 * ITERS)) --lr-decay-iters "$ITERS") ;;
   data)    BUDGET_FLAGS=(--train-tokens "$TOKENS_BUDGET" --train-iters $((2 * ITERS)) --lr-decay-iters "$ITERS") ;;
-  iters)   BUDGET_FLAGS=(--train-iters "$ITERS") ;;
-  *) echo "unknown CONTROL '$CONTROL' (compute, data or iters)" >&2; exit 2 ;;
+  *) echo "unknown CONTROL '$CONTROL' (compute, flops or data)" >&2; exit 2 ;;
 esac
 
 NAME="${SIZE}_${MODEL}_${CONTROL}"

@@ -27,6 +27,9 @@ def read_metrics(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines()] if Path(path).is_file() else []
 
 
+SHARE_SO_FAR = "share_so_far_"  # --log-json key prefix of a blended dataset's running token share
+
+
 def summarise_run(rows: list[dict]) -> dict:
     """The last training and validation numbers of one run."""
     train_rows = [r for r in rows if r["kind"] == "train"]
@@ -41,6 +44,8 @@ def summarise_run(rows: list[dict]) -> dict:
         "valid_loss": last_valid.get("lm_loss"),
         "valid_speech_loss": last_valid.get("speech_loss"),
         "valid_text_loss": last_valid.get("text_loss"),
+        "token_shares": {key[len(SHARE_SO_FAR):]: value for key, value in last_train.items()
+                         if key.startswith(SHARE_SO_FAR)},
     }
 
 
@@ -163,14 +168,17 @@ def _fmt(value, spec: str) -> str:
 
 
 def training_table(runs: dict[str, list[dict]]) -> list[str]:
-    lines = ["| model | iterations | FLOPs | raw tokens | train loss | valid loss | valid speech loss | valid text loss |",
-             "|---|---|---|---|---|---|---|---|"]
+    """One row per run; the last column is the realised share of the raw tokens each blended
+    dataset supplied over the whole run (what the --data-path weights ask for, by tokens)."""
+    lines = ["| model | iterations | FLOPs | raw tokens | train loss | valid loss | valid speech loss | valid text loss "
+             "| token shares |", "|---|---|---|---|---|---|---|---|---|"]
     for name, rows in runs.items():
         s = summarise_run(rows)
+        shares = ", ".join(f"{dataset} {share:.1%}" for dataset, share in s["token_shares"].items()) or "-"
         lines.append(
             f"| {name} | {_fmt(s['iterations'], 'd')} | {_fmt(s['flops'], '.3e')} | {_fmt(s['raw_tokens'], '.0f')} | "
             f"{_fmt(s['train_loss'], '.4f')} | {_fmt(s['valid_loss'], '.4f')} | "
-            f"{_fmt(s['valid_speech_loss'], '.4f')} | {_fmt(s['valid_text_loss'], '.4f')} |"
+            f"{_fmt(s['valid_speech_loss'], '.4f')} | {_fmt(s['valid_text_loss'], '.4f')} | {shares} |"
         )
     return lines
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
+import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -147,8 +149,9 @@ class PatchingArgs:
     max_patch_length: Optional[int] = field(default=None, metadata={"help": "split longer patches (None = no cap)"})
     curriculum_tau1: float = field(
         default=0.0,
-        metadata={"help": "curriculum: all aligned until here; a value <= 1 is a fraction of --train-iters, "
-                          "larger values are iterations"},
+        metadata={"help": "curriculum: all aligned until here; a value <= 1 is a fraction of the run's planned "
+                          "steps (--train-iters, or the steps a --train-flops/--train-tokens budget lasts, whichever "
+                          "ends the run first), larger values are iterations"},
     )
     curriculum_tau2: float = field(
         default=0.0,
@@ -161,12 +164,13 @@ class PatchingArgs:
         default=0.5, metadata={"help": "mixed: probability that a sequence is patched aligned"}
     )
 
-    def to_patching_config(self, train_iters: int, seed: int):
-        """The ``PatchingConfig`` of a run, with the curriculum boundaries in optimizer steps."""
+    def to_patching_config(self, planned_steps: int, seed: int):
+        """The ``PatchingConfig`` of a run, with the curriculum boundaries in optimizer steps
+        (fractions of ``planned_steps``: ``dry_run.planned_steps``)."""
         from megatron_lst.patching.config import PatchingConfig
 
         def steps(value: float) -> float:
-            return value * train_iters if value <= 1.0 else value
+            return value * planned_steps if value <= 1.0 else value
 
         return PatchingConfig(
             strategy=self.patching, patch_size=self.patch_size, silence_mode=self.silence_mode,
@@ -307,7 +311,7 @@ def validate(config: Config, parser: Optional[argparse.ArgumentParser] = None) -
     if config.train.local_attention_impl not in ("auto", "flex", "blocked"):
         problems.append(f"--local-attention-impl must be auto, flex or blocked, got {config.train.local_attention_impl!r}")
     if config.train.transformer_impl not in ("auto", "local", "transformer_engine"):
-        problems.append(f"--transformer-impl must be auto, local or transformer_engine")
+        problems.append(f"--transformer-impl must be auto, local or transformer_engine, got {config.train.transformer_impl!r}")
     if config.train.engine not in ("megatron", "deepspeed"):
         problems.append(f"--engine must be megatron or deepspeed, got {config.train.engine!r}")
     if config.data.data_mode not in ("interleaved", "speech", "text", "asr", "tts"):
@@ -325,7 +329,7 @@ def validate(config: Config, parser: Optional[argparse.ArgumentParser] = None) -
             problems.append("--model lst needs --encoder-num-layers and --decoder-num-layers >= 1; "
                             "a model without local modules is the baseline: use --model baseline")
         try:
-            config.patching.to_patching_config(config.train.train_iters, config.data.seed)
+            problems += check_curriculum_reaches_static(config)
         except ValueError as error:
             problems.append(str(error))
     if problems:
@@ -333,3 +337,35 @@ def validate(config: Config, parser: Optional[argparse.ArgumentParser] = None) -
         if parser is not None:
             parser.error(message)
         raise ValueError(message)
+
+
+def run_patching_config(config: Config):
+    """The run's ``PatchingConfig``: curriculum fractions are of the run's planned steps."""
+    from megatron_lst.training.dry_run import planned_steps
+
+    return config.patching.to_patching_config(planned_steps(config).steps, config.data.seed)
+
+
+def check_curriculum_reaches_static(config: Config) -> list[str]:
+    """Problems (refusals) of a curriculum that cannot reach its static phase before the run ends.
+
+    Evaluation always patches statically, so a curriculum run that stops while still drawing
+    aligned patches is scored on patches it was barely trained on. With ``--train-iters`` ending
+    the run the step count is exact and such a schedule is refused; with a FLOPs or token budget
+    it is an estimate and the numbers are printed as a warning.
+    """
+    from megatron_lst.training.dry_run import planned_steps
+
+    patching = run_patching_config(config)
+    if patching.strategy != "curriculum":
+        return []
+    plan = planned_steps(config)
+    if patching.tau2 <= plan.steps:
+        return []
+    message = (f"the curriculum reaches static patching at step {patching.tau2:.0f} (--curriculum-tau2 "
+               f"{config.patching.curriculum_tau2:g}) but the run is planned to end after {plan.describe()}")
+    if not plan.estimated:
+        return [message + ": lower --curriculum-tau2 (a fraction <= 1 is of the planned steps) or train longer"]
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"warning: {message}; the budget's steps are an estimate, check the schedule", file=sys.stderr, flush=True)
+    return []

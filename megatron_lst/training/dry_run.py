@@ -15,11 +15,11 @@ speech compression (``SPEECH_TOKEN_FRACTION``).
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from typing import Optional
 
-from megatron_lst.models.config import ModelConfig
 from megatron_lst.models.flops import gpt_training_flops, lst_training_flops
 from megatron_lst.training.arguments import Config
 
@@ -238,6 +238,41 @@ def plan(config: Config, world_size: Optional[int] = None) -> dict:
     }
 
 
+@dataclass
+class PlannedSteps:
+    """The optimizer steps a run is planned to take, and which flag ends it.
+
+    ``estimated``: the end is a FLOPs or token budget, whose steps are estimated from the flags
+    (this module's FLOPs and tokens per step); ``--train-iters`` is exact.
+    """
+
+    steps: int
+    ends_on: str
+    estimated: bool
+
+    def describe(self) -> str:
+        how = "about " if self.estimated else ""
+        return f"{how}{self.steps} steps (ends on {self.ends_on})"
+
+
+def planned_steps(config: Config, flops_per_step_total: Optional[float] = None,
+                  tokens_per_step: Optional[float] = None) -> PlannedSteps:
+    """Whichever of --train-iters, --train-flops and --train-tokens stops the run first."""
+    train = config.train
+    plans = [PlannedSteps(train.train_iters, f"--train-iters {train.train_iters}", False)]
+    if train.train_flops is not None:
+        if flops_per_step_total is None:
+            flops_per_step_total = flops_per_step(config, vocab_size(config)[0])["total"]
+        plans.append(PlannedSteps(math.ceil(train.train_flops / flops_per_step_total),
+                                  f"--train-flops {train.train_flops:.4g}", True))
+    if train.train_tokens is not None:
+        if tokens_per_step is None:
+            tokens_per_step = config.data.global_batch_size * config.data.seq_length * speech_compression(config)
+        plans.append(PlannedSteps(math.ceil(train.train_tokens / tokens_per_step),
+                                  f"--train-tokens {train.train_tokens:.4g}", True))
+    return min(plans, key=lambda plan: (plan.steps, plan.estimated))
+
+
 def budget_lines(config: Config, flops_per_step: float, tokens_per_step: float) -> list[str]:
     """How many steps a FLOPs or token budget lasts (whichever stops first ends the run)."""
     lines = []
@@ -266,6 +301,7 @@ def format_plan(config: Config, result: dict) -> str:
         "FLOPs per step: " + ", ".join(f"{name} {value:.4g}" for name, value in flops.items()),
         f"FLOPs for --train-iters {config.train.train_iters}: {flops['total'] * config.train.train_iters:.4g}",
         *budget_lines(config, flops["total"], result["tokens_per_step"]),
+        f"planned steps: {planned_steps(config, flops['total'], result['tokens_per_step']).describe()}",
         "parameters: " + ", ".join(f"{name} {value / 1e6:.1f}M" for name, value in counts.items()),
         f"vocabulary: {result['vocab']} (padded; {result['vocab_source']})",
         f"memory per GPU (GiB, estimate): weights {memory['weights']:.2f}, grads {memory['grads']:.2f}, "

@@ -35,7 +35,7 @@ from megatron_lst.models.specs import resolve_use_te
 from megatron_lst.patching import PatchingConfig, compute_patches
 from megatron_lst.patching.padding import merge_padding_patches
 from megatron_lst.tokenizer import JointTokenizer, VocabLayout
-from megatron_lst.training.arguments import Config
+from megatron_lst.training.arguments import Config, run_patching_config
 from megatron_lst.training.baseline_task import BaselineTask, load_tokenizer, modality_token_loss, parse_blend
 from megatron_lst.training.data_modes import answer_target_mask, interleave_config
 from megatron_lst.training.sampler import SamplingOptions
@@ -151,7 +151,7 @@ class LSTTask:
     def __init__(self, config: Config, tokenizer: Optional[JointTokenizer] = None):
         self.config = config
         self.tokenizer = tokenizer or load_tokenizer(config)
-        self.patching = config.patching.to_patching_config(config.train.train_iters, config.data.seed)
+        self.patching = run_patching_config(config)
         self.use_te = resolve_use_te(config.train.transformer_impl)
         self.global_config, self.encoder_config, self.decoder_config = lst_transformer_configs(
             config.model_config,

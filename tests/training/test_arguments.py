@@ -56,3 +56,39 @@ def test_bad_settings_are_refused_with_the_reason(tmp_path, capsys):
     with pytest.raises(SystemExit):
         parse_args(["--config", str(bad)])
     assert "unknown configuration keys: ['no_such_flag']" in capsys.readouterr().err
+
+
+CURRICULUM = ["--model", "lst", "--patching", "curriculum"]
+
+
+def test_curriculum_fractions_are_of_the_steps_the_run_is_planned_to_take():
+    from megatron_lst.training.arguments import run_patching_config
+    from megatron_lst.training.dry_run import flops_per_step, planned_steps, vocab_size
+
+    config = parse_args([*CURRICULUM, "--curriculum-tau1", "0.25", "--curriculum-tau2", "0.5", "--train-iters", "1000"])
+    patching = run_patching_config(config)
+    assert (patching.tau1, patching.tau2) == (250, 500)
+    # a FLOPs budget that lasts 400 steps ends the run before --train-iters 1000: fractions are of 400
+    per_step = flops_per_step(config, vocab_size(config)[0])["total"]
+    budgeted = parse_args([*CURRICULUM, "--curriculum-tau1", "0.25", "--curriculum-tau2", "0.5", "--train-iters", "1000",
+                           "--train-flops", str(400 * per_step)])
+    assert planned_steps(budgeted).steps == 400 and planned_steps(budgeted).estimated
+    assert (run_patching_config(budgeted).tau1, run_patching_config(budgeted).tau2) == (100, 200)
+
+
+def test_a_curriculum_that_never_reaches_static_patching_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        parse_args([*CURRICULUM, "--curriculum-tau1", "100", "--curriculum-tau2", "3000", "--train-iters", "2000"])
+    error = capsys.readouterr().err
+    assert "reaches static patching at step 3000" in error and "2000 steps (ends on --train-iters 2000)" in error
+
+
+def test_a_budget_that_may_end_before_the_static_phase_is_warned_with_the_numbers(capsys):
+    from megatron_lst.training.dry_run import flops_per_step, vocab_size
+
+    per_step = flops_per_step(parse_args(CURRICULUM), vocab_size(parse_args(CURRICULUM))[0])["total"]
+    parse_args([*CURRICULUM, "--curriculum-tau1", "100", "--curriculum-tau2", "300", "--train-iters", "2000",
+                "--train-flops", str(250 * per_step)])
+    warning = capsys.readouterr().err
+    assert "warning: the curriculum reaches static patching at step 300" in warning
+    assert "about 250 steps (ends on --train-flops" in warning

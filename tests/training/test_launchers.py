@@ -43,17 +43,29 @@ def test_budgets_are_the_baselines_paper_run(size):
     assert tokens == pytest.approx(result["tokens_per_step"] * PAPER_STEPS[size], rel=1e-6)
 
 
-def test_pair_script_plans_both_models_with_one_budget():
+def test_compute_controlled_pair_plans_equal_iterations():
+    """The paper's compute-controlled runs: the same steps (and positions per step) for both models."""
     result = launch("1b_compute_controlled.sh", DRY_RUN="1", NNODES="4", NODE_RANK="0",
                     MASTER_ADDR="10.0.0.1", GPUS_PER_NODE="8")
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
     assert "launch: 1b_baseline_compute on 4 node(s) x 8 GPUs" in out and "launch: 1b_lst_compute" in out
     assert out.count("world 32 = TP 1 x PP 1 x DP 32") == 2
-    assert out.count("--train-flops 9.696e+20 lasts about") == 2
-    baseline_steps, lst_steps = (int(n) for n in re.findall(r"--train-flops \S+ lasts about (\d+) steps", out))
-    assert baseline_steps == pytest.approx(PAPER_STEPS["1b"], rel=1e-3)
-    assert lst_steps < baseline_steps  # the local modules cost FLOPs on top of the same global positions
+    assert out.count("batch: global 128 samples x 4096 positions") == 2
+    planned = re.findall(r"planned steps: (.*)", out)
+    assert planned == [f"{PAPER_STEPS['1b']} steps (ends on --train-iters {PAPER_STEPS['1b']})"] * 2
+    assert "--train-flops" not in out
+
+
+def test_flops_matched_pair_stops_lst_earlier_on_the_baselines_flops():
+    steps = {}
+    for model in ("baseline", "lst"):
+        result = launch("train.sh", "1b", model, "flops", DRY_RUN="1", NNODES="4", GPUS_PER_NODE="8")
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "--train-flops 9.696e+20 lasts about" in result.stdout
+        steps[model] = int(re.search(r"planned steps: about (\d+) steps \(ends on --train-flops", result.stdout).group(1))
+    assert steps["baseline"] == pytest.approx(PAPER_STEPS["1b"], rel=1e-3)
+    assert steps["lst"] < steps["baseline"]  # the local modules cost FLOPs on top of the same global positions
 
 
 def test_slurm_script_plans_outside_an_allocation():
@@ -95,3 +107,5 @@ def test_every_slurm_script_dry_runs(size):
 def test_usage_errors_name_the_choices():
     result = launch("train.sh", "3b", "lst", "compute", DRY_RUN="1")
     assert result.returncode == 2 and "420m, 1b or 7b" in result.stderr
+    result = launch("train.sh", "1b", "lst", "budget", DRY_RUN="1")
+    assert result.returncode == 2 and "compute, flops or data" in result.stderr

@@ -1,0 +1,27 @@
+"""The demo report's training table: last numbers of each run and its realised token shares."""
+
+from __future__ import annotations
+
+from megatron_lst.demo.report import summarise_run, training_table
+
+
+def rows(share_speech: float) -> list[dict]:
+    train = {"kind": "train", "iteration": 2, "flops_so_far": 3e9, "tokens_so_far": 900.0, "lm_loss": 5.5,
+             "share_so_far_speech_doc": share_speech, "share_so_far_text_doc": 1 - share_speech,
+             "share_speech_doc": 1.0, "share_text_doc": 0.0}  # a step's own shares are not the run's
+    return [{"kind": "train", "iteration": 1, "lm_loss": 6.0}, train,
+            {"kind": "valid", "iteration": 2, "lm_loss": 5.7, "speech_loss": 6.1, "text_loss": 5.2}]
+
+
+def test_summary_takes_the_last_running_shares():
+    summary = summarise_run(rows(0.331))
+    assert summary["token_shares"] == {"speech_doc": 0.331, "text_doc": 1 - 0.331}
+    assert (summary["iterations"], summary["valid_loss"]) == (2, 5.7)
+
+
+def test_training_table_lists_the_shares_in_percent():
+    table = training_table({"lst": rows(0.331), "baseline": [{"kind": "train", "iteration": 2, "lm_loss": 5.0}]})
+    assert table[0].endswith("| token shares |")
+    assert table[2] == ("| lst | 2 | 3.000e+09 | 900 | 5.5000 | 5.7000 | 6.1000 | 5.2000 | "
+                        "speech_doc 33.1%, text_doc 66.9% |")
+    assert table[3].endswith("| - |")  # no blend, no shares
