@@ -77,6 +77,17 @@ class DataConfig:
                           "asr (speech then <t> transcript, loss on the transcript) or tts (text then <s> units, "
                           "loss on the units)"},
     )
+    opening_speech_uniform: bool = field(
+        default=False,
+        metadata={"help": "interleaving: a document that opens in speech draws that span as 2-15 words, the "
+                          "reference code's rule (default: the rest of a length-biased first text+speech cycle)"},
+    )
+    text_document_marker: bool = field(
+        default=False,
+        metadata={"help": "text-corpus documents read BOS <t> text EOS, as in the reference code "
+                          "(default: BOS text EOS); blends packed by this project only, not megatron's "
+                          "GPTDataset path of text-only runs"},
+    )
 
 
 @dataclass
