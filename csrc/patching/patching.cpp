@@ -7,6 +7,12 @@
 // span is a maximal run of speech units inside one document, so no patch crosses a modality or
 // a document boundary.
 //
+// Causal boundaries (Options::causal, docs/method.md §2 "Patch boundaries"): the paper's rule closes
+// a span's short last static patch because the *next* token is not a unit, so the prediction of
+// that next token already sees the closed patch. Under the causal rule such an open patch (and a
+// folded <s> that no unit followed) takes the non-speech token that ends it as its last token, so
+// every boundary is decided by the patch's own tokens: p units, or a non-speech token.
+//
 // The readable oracle of every rule below is megatron_lst/patching/reference.py; the property
 // tests hold this file to it. Work happens with the GIL released.
 
@@ -41,6 +47,7 @@ struct Options {
   int silence_mode;
   int64_t max_patch_length;  // 0: no cap
   bool fold_speech_marker;
+  bool causal;  // boundaries never depend on the token after the patch
   double tau1;
   double tau2;
   double mixed_aligned_probability;
@@ -168,14 +175,18 @@ void append_capped(std::vector<int64_t>& lengths, int64_t length, int64_t cap) {
 }
 
 // Static patching of the speech span [begin, end): runs of patch_size, shorter remainder last.
-void patch_span_static(int64_t begin, int64_t end, int64_t marker, const Options& options,
-                       std::vector<int64_t>& lengths) {
+// Under the causal rule a shorter remainder is not emitted but returned (its length, marker
+// included): it stays open for the token after the span. Returns 0 when nothing is left open.
+int64_t patch_span_static(int64_t begin, int64_t end, int64_t marker, const Options& options,
+                          std::vector<int64_t>& lengths) {
   for (int64_t position = begin; position < end;) {
     int64_t size = std::min(options.patch_size, end - position);
+    if (options.causal && size < options.patch_size) return size + marker;
     append_capped(lengths, size + marker, options.max_patch_length);
     marker = 0;
     position += size;
   }
+  return 0;
 }
 
 // Aligned patching of the speech span [begin, end): one patch per segment (sil_sep), or each
@@ -215,12 +226,25 @@ void patch_row(const Row& row, const Vocab& vocab, const Options& options, bool 
                std::vector<int64_t>& lengths) {
   lengths.clear();
   int64_t marker = 0;
+  int64_t open = 0;  // causal rule: tokens of a patch waiting for the non-speech token that ends it
   for (int64_t i = 0; i < row.length;) {
+    if (open > 0) {
+      bool joins = !row.is_speech[i] && row.document_ids[i] == row.document_ids[i - 1];
+      append_capped(lengths, open + (joins ? 1 : 0), options.max_patch_length);
+      open = 0;
+      if (joins) {
+        ++i;
+        continue;
+      }
+    }
     if (!row.is_speech[i]) {
-      bool fold = options.fold_speech_marker && row.tokens[i] == vocab.speech_marker_id && i + 1 < row.length &&
-                  row.is_speech[i + 1] && row.document_ids[i + 1] == row.document_ids[i];
+      bool is_marker = options.fold_speech_marker && row.tokens[i] == vocab.speech_marker_id;
+      bool fold = is_marker && i + 1 < row.length && row.is_speech[i + 1] &&
+                  row.document_ids[i + 1] == row.document_ids[i];
       if (fold)
         marker = 1;
+      else if (is_marker && options.causal)
+        open = 1;  // whether units follow is not known yet: <s> waits like an open patch
       else
         lengths.push_back(1);
       ++i;
@@ -231,10 +255,11 @@ void patch_row(const Row& row, const Vocab& vocab, const Options& options, bool 
     if (aligned)
       patch_span_aligned(row, i, end, marker, options, lengths);
     else
-      patch_span_static(i, end, marker, options, lengths);
+      open = patch_span_static(i, end, marker, options, lengths);
     marker = 0;
     i = end;
   }
+  if (open > 0) append_capped(lengths, open, options.max_patch_length);
 }
 
 template <typename T>
@@ -252,8 +277,8 @@ py::array_t<T, py::array::c_style | py::array::forcecast> as_batch(const py::arr
 
 Options make_options(int strategy, int64_t patch_size, int silence_mode, int64_t max_patch_length,
                      bool fold_speech_marker, double tau1, double tau2, double mixed_aligned_probability,
-                     uint64_t seed, int64_t step) {
-  Options options{strategy, patch_size, silence_mode, max_patch_length, fold_speech_marker,
+                     uint64_t seed, int64_t step, bool causal = false) {
+  Options options{strategy, patch_size, silence_mode, max_patch_length, fold_speech_marker, causal,
                   tau1, tau2, mixed_aligned_probability, seed, step};
   validate_options(options);
   return options;
@@ -264,9 +289,9 @@ py::tuple patch_batch(py::array tokens_in, py::array is_speech_in, py::array seg
                       int64_t speech_marker_id, int64_t unit_offset, int64_t vocab_size, int strategy,
                       int64_t patch_size, int silence_mode, int64_t max_patch_length, bool fold_speech_marker,
                       double tau1, double tau2, double mixed_aligned_probability, uint64_t seed, int64_t step,
-                      int64_t max_num_patches) {
+                      int64_t max_num_patches, bool causal) {
   Options options = make_options(strategy, patch_size, silence_mode, max_patch_length, fold_speech_marker, tau1,
-                                 tau2, mixed_aligned_probability, seed, step);
+                                 tau2, mixed_aligned_probability, seed, step, causal);
   Vocab vocab{bos_id, speech_marker_id, unit_offset, vocab_size};
   auto tokens = py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(tokens_in);
   if (!tokens || tokens.ndim() != 2) throw std::invalid_argument("patching: tokens must be an int64 array [B, N]");
@@ -361,7 +386,7 @@ PYBIND11_MODULE(_patching, module) {
              py::arg("speech_marker_id"), py::arg("unit_offset"), py::arg("vocab_size"), py::arg("strategy"),
              py::arg("patch_size"), py::arg("silence_mode"), py::arg("max_patch_length"),
              py::arg("fold_speech_marker"), py::arg("tau1"), py::arg("tau2"), py::arg("mixed_aligned_probability"),
-             py::arg("seed"), py::arg("step"), py::arg("max_num_patches"));
+             py::arg("seed"), py::arg("step"), py::arg("max_num_patches"), py::arg("causal") = false);
   module.def("choose_aligned_rows", &choose_aligned_rows, "Per-sample aligned/static choice",
              py::arg("sample_ids"), py::arg("strategy"), py::arg("tau1"), py::arg("tau2"),
              py::arg("mixed_aligned_probability"), py::arg("seed"), py::arg("step"));

@@ -78,12 +78,17 @@ class LSTDatasetConfig(BlendedMegatronDatasetConfig):
         return PackingConfig(self.sequence_length, max_tokens, self.patch_size)
 
 
-def text_document_stream(text_ids: np.ndarray, vocab: VocabLayout) -> TokenStream:
-    """``BOS text EOS`` for a text-corpus document (an EOD the preprocessor appended is reused)."""
+def text_document_stream(text_ids: np.ndarray, vocab: VocabLayout, marker: bool = False) -> TokenStream:
+    """``BOS text EOS`` for a text-corpus document (an EOD the preprocessor appended is reused);
+    ``BOS <t> text EOS`` with ``marker`` (``InterleaveConfig.text_document_marker``; an empty
+    document stays ``BOS EOS``, as the interleaver marks only runs it emits)."""
     builder = StreamBuilder(vocab)
     ids = np.asarray(text_ids, dtype=np.int64)
     if len(ids) and ids[-1] == vocab.eos_id:
         ids = ids[:-1]
+    if marker:
+        builder.text(ids)
+        return builder.finish([])
     builder.pieces.append((ids, np.zeros(len(ids), bool), np.full(len(ids), -1, np.int32), np.zeros(len(ids), bool)))
     return builder.finish([])
 
@@ -154,7 +159,7 @@ class PackedLSTDataset(MegatronDataset):
             return interleave_document(self.dataset[document], self.vocab, self.config.interleave, epoch, document)
         first, last = self.dataset.document_indices[document], self.dataset.document_indices[document + 1]
         ids = np.concatenate([self.dataset[int(i)] for i in range(first, last)] or [np.empty(0, np.int64)])
-        return text_document_stream(ids, self.vocab)
+        return text_document_stream(ids, self.vocab, self.config.interleave.text_document_marker)
 
     def _fingerprint(self) -> dict:
         """What identifies the corpus in the cache's manifest (the hash keys only its path)."""

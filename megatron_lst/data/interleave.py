@@ -4,7 +4,9 @@ Words alternate between text spans (uniform 5-30 words) and speech spans (the pr
 times the speech:text word ratio, 1:2 by default, stochastically rounded so the ratio holds in
 expectation). The document begins at a random point of a first text+speech cycle (so the first
 span may be shorter than the ranges above; see ``choose_spans``). A last block under 3
-words merges into the one before it. A speech span keeps the silences inside it and half of each
+words merges into the one before it. Options for the reference code's other two rules (off by
+default, see ``InterleaveConfig``): a document that opens in speech draws that opening span as
+2-15 words, and text-corpus documents carry a ``<t>`` after BOS. A speech span keeps the silences inside it and half of each
 silence that borders it (the half next to its words). Spans are drawn from an RNG keyed by
 (seed, epoch, document), so each epoch sees new spans and a resumed run sees the same ones.
 
@@ -34,12 +36,30 @@ SPEECH = 1
 
 @dataclass(frozen=True)
 class InterleaveConfig:
+    """How documents become token streams; every field is part of the packing plans' cache key.
+
+    opening_speech_uniform: the reference code's "otherwise" branch. A speech span normally
+        follows a text span and takes ``speech_text_ratio`` times its words; a document that opens
+        in speech has no text span before it, and here (by default) that opening span is the
+        remainder of a length-biased first cycle (``choose_spans``). With this option it is drawn
+        uniformly from ``min_opening_speech_words``..``max_opening_speech_words`` (reference: 2-15)
+        instead. Off by default so existing runs keep their spans.
+    text_document_marker: put ``<t>`` after BOS in text-corpus documents (``BOS <t> text EOS``),
+        as the reference code marks every text run; default off (``BOS text EOS``), this
+        project's original stream, which megatron's GPTDataset path for text-only blends also
+        gives.
+    """
+
     mode: str = INTERLEAVED
     speech_text_ratio: float = 0.5
     min_text_words: int = 5
     max_text_words: int = 30
     min_last_block_words: int = 3
     seed: int = 1234
+    opening_speech_uniform: bool = False
+    min_opening_speech_words: int = 2
+    max_opening_speech_words: int = 15
+    text_document_marker: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -48,6 +68,9 @@ class InterleaveConfig:
             raise ValueError("speech_text_ratio must be positive")
         if not 1 <= self.min_text_words <= self.max_text_words:
             raise ValueError("need 1 <= min_text_words <= max_text_words")
+        if not 1 <= self.min_opening_speech_words <= self.max_opening_speech_words:
+            raise ValueError("need 1 <= min_opening_speech_words <= max_opening_speech_words, got "
+                             f"{self.min_opening_speech_words}..{self.max_opening_speech_words}")
 
 
 @dataclass
@@ -83,6 +106,8 @@ def choose_spans(num_words: int, rng: np.random.Generator, config: InterleaveCon
     word position is speech with probability ratio / (1 + ratio) whatever the document length; a
     fixed start would bias short documents towards the first modality, and an unweighted first
     cycle would bias every document towards speech or text depending on the ratio.
+    With ``config.opening_speech_uniform`` a document that opens in speech draws that span
+    uniformly from ``min/max_opening_speech_words`` instead (the reference code's rule).
     """
     ratio = config.speech_text_ratio
     # The cycle that covers a random word is length-biased (the inspection paradox): draw it so.
@@ -92,6 +117,9 @@ def choose_spans(num_words: int, rng: np.random.Generator, config: InterleaveCon
     offset = int(rng.integers(0, text_words + speech_words))
     if offset < text_words:
         pending = [(TEXT, text_words - offset), (SPEECH, speech_words)]
+    elif config.opening_speech_uniform:
+        opening = int(rng.integers(config.min_opening_speech_words, config.max_opening_speech_words + 1))
+        pending = [(SPEECH, opening)]
     else:
         pending = [(SPEECH, text_words + speech_words - offset)]
     spans: list[Span] = []

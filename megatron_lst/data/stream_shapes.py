@@ -7,7 +7,8 @@ the shapes here are computed from the indexed dataset's sequence lengths with nu
 corpus at once:
 
 - a text-corpus document (Megatron GPT dataset) is ``BOS text EOS`` (an EOD the preprocessor
-  appended is reused): its shape is its length, and its last token decides the EOD case;
+  appended is reused), ``BOS <t> text EOS`` with ``InterleaveConfig.text_document_marker``: its
+  shape is its length, and its last token decides the EOD case;
 - a speech-text document becomes a list of *emits* ``(modality, count)`` in stream order; the
   interleaved mode draws its spans per (seed, epoch, document) with ``choose_spans`` itself (the one
   per-document Python step, kept so that the spans are the interleaver's by construction) and
@@ -153,9 +154,11 @@ def shapes_from_emits(order: np.ndarray, position: np.ndarray, speech: np.ndarra
 
 
 class TextStreamShapes:
-    """Shapes of ``BOS text EOS`` streams of a Megatron GPT indexed dataset: no per-document work."""
+    """Shapes of ``BOS [<t>] text EOS`` streams of a Megatron GPT indexed dataset: no per-document work.
 
-    def __init__(self, dataset: IndexedDataset, vocab: VocabLayout):
+    ``marker``: ``InterleaveConfig.text_document_marker`` (a ``<t>`` before non-empty text)."""
+
+    def __init__(self, dataset: IndexedDataset, vocab: VocabLayout, marker: bool = False):
         lengths = np.asarray(dataset.sequence_lengths, dtype=np.int64)
         bounds = np.asarray(dataset.document_indices, dtype=np.int64)
         document_lengths = np.diff(_with_zero(lengths)[bounds])
@@ -163,7 +166,8 @@ class TextStreamShapes:
         nonempty = np.flatnonzero(document_lengths > 0)
         if len(nonempty):
             ends_with_eos[nonempty] = self._last_tokens(dataset, lengths, bounds, nonempty) == vocab.eos_id
-        self.num_tokens = document_lengths + 2 - ends_with_eos
+        text_tokens = document_lengths - ends_with_eos
+        self.num_tokens = text_tokens + 2 + (marker & (text_tokens > 0))
 
     @staticmethod
     def _last_tokens(dataset: IndexedDataset, lengths: np.ndarray, bounds: np.ndarray,
@@ -297,4 +301,4 @@ def stream_shapes(dataset, vocab: VocabLayout, config: InterleaveConfig, patch_s
     """
     if isinstance(dataset, SpeechTextDocuments):
         return SpeechTextStreamShapes(dataset, config, patch_size, workers)
-    return TextStreamShapes(dataset, vocab)
+    return TextStreamShapes(dataset, vocab, config.text_document_marker)

@@ -144,7 +144,10 @@ def lst_logits(model: torch.nn.Module, config: Config, tokenizer: JointTokenizer
 
     def logits(tokens: torch.Tensor) -> torch.Tensor:
         is_speech = torch.as_tensor(tokenizer.vocab.is_unit(tokens.cpu().numpy()), device=tokens.device)
-        patch_lengths = compute_patches(tokens, is_speech, static, tokenizer.vocab).patch_lengths.long()
+        # padding is no document (-1), so a causal run's open speech patch never takes a PAD
+        document_ids = torch.where(tokens != tokenizer.pad_id, 0, -1).int()
+        patch_lengths = compute_patches(tokens, is_speech, static, tokenizer.vocab,
+                                        document_ids=document_ids).patch_lengths.long()
         num_tokens = (tokens != tokenizer.pad_id).sum(dim=1)
         patch_lengths = merge_padding_patches(patch_lengths, num_tokens)
         return model(tokens[:, :-1].contiguous(), patch_lengths.to(tokens.device))

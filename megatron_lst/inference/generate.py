@@ -98,8 +98,13 @@ def _stop_reason(token: int, modality: str, vocab: VocabLayout, config: Generati
 
 @torch.no_grad()
 def generate(stepper, prompts: Sequence[Sequence[int]], vocab: VocabLayout, patch_size: int,
-             config: GenerationConfig = GenerationConfig()) -> Generation:
-    """Continue every prompt (each opening with BOS) with ``stepper`` (cached or uncached)."""
+             config: GenerationConfig = GenerationConfig(), patch_boundary: str = "paper") -> Generation:
+    """Continue every prompt (each opening with BOS) with ``stepper`` (cached or uncached).
+
+    ``patch_boundary`` is the run's ``--patch-boundary``: under ``causal`` the token that ends a
+    short speech run joins its patch, as the model was trained."""
+    if patch_boundary not in ("paper", "causal"):
+        raise ValueError(f"patch_boundary must be paper or causal, got {patch_boundary!r}")
     if not prompts or any(len(prompt) == 0 or prompt[0] != vocab.bos_id for prompt in prompts):
         raise ValueError("every prompt must be non-empty and open with BOS")
     device = next(stepper.model.parameters()).device
@@ -107,7 +112,7 @@ def generate(stepper, prompts: Sequence[Sequence[int]], vocab: VocabLayout, patc
     modalities = [config.modality or prompt_modality(prompt, vocab) for prompt in prompts]
     generator = torch.Generator(device=device).manual_seed(config.seed)
     stepper.reset(batch)
-    tracker = StaticPatchTracker(batch, patch_size, vocab, device)
+    tracker = StaticPatchTracker(batch, patch_size, vocab, device, causal=patch_boundary == "causal")
     unit_budget = config.unit_budget()
     generated: list[list[int]] = [[] for _ in range(batch)]
     reasons = [""] * batch

@@ -47,7 +47,8 @@ class CheckpointGenerator:
         return BaselineStepper(self.model) if self.use_cache else UncachedBaselineStepper(self.model)
 
     def generate(self, prompts: list[list[int]], config: GenerationConfig) -> Generation:
-        return generate(self.stepper(), prompts, self.tokenizer.vocab, self.patch_size, config)
+        boundary = self.config.patching.patch_boundary if self.is_lst else "paper"
+        return generate(self.stepper(), prompts, self.tokenizer.vocab, self.patch_size, config, boundary)
 
     @classmethod
     def from_checkpoint(cls, root: str | Path, iteration: Optional[int] = None,

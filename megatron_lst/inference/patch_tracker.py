@@ -10,6 +10,10 @@ not to be a unit, so the tracker reports two flags per row and token:
 
 Until a span ends, the next token is assumed to continue it: that is what the global model can
 know without seeing the future, and it is the same rule in the cached and uncached paths.
+
+With ``causal=True`` (``--patch-boundary causal``) the tracker follows the training patches
+exactly: the non-speech token that ends a short run joins it as its last token and closes it, so
+``close_before`` is never set and teacher-forced generation reproduces the training forward.
 """
 
 from __future__ import annotations
@@ -22,10 +26,12 @@ from megatron_lst.tokenizer import VocabLayout
 class StaticPatchTracker:
     """Per-row open speech run length; ``update`` takes the next token of every row."""
 
-    def __init__(self, batch_size: int, patch_size: int, vocab: VocabLayout, device: torch.device | str = "cpu"):
+    def __init__(self, batch_size: int, patch_size: int, vocab: VocabLayout, device: torch.device | str = "cpu",
+                 causal: bool = False):
         if patch_size < 1:
             raise ValueError(f"patch_size must be >= 1, got {patch_size}")
         self.patch_size = patch_size
+        self.causal = causal
         self.vocab = vocab
         self.open_units = torch.zeros(batch_size, dtype=torch.long, device=device)
 
@@ -36,6 +42,8 @@ class StaticPatchTracker:
         """tokens [B] -> (close_before [B], completes [B]) booleans."""
         is_unit = self.is_unit(tokens)
         close_before = (self.open_units > 0) & ~is_unit
+        if self.causal:  # the token joins the open run as its last token instead
+            close_before = torch.zeros_like(close_before)
         self.open_units = torch.where(is_unit, self.open_units + 1, torch.zeros_like(self.open_units))
         completes = ~is_unit | (self.open_units == self.patch_size)
         self.open_units = torch.where(completes, torch.zeros_like(self.open_units), self.open_units)

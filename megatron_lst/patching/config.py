@@ -11,6 +11,7 @@ from typing import Optional
 
 STRATEGIES = ("static", "aligned", "mixed", "curriculum")
 SILENCE_MODES = ("sil_sep", "sil_merged")
+PATCH_BOUNDARIES = ("paper", "causal")
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,16 @@ class PatchingConfig:
         marker a patch of length 1"), and so that static and aligned rows in a mixed or curriculum
         batch differ only in their speech boundaries. The reference code folds in static mode and
         not in aligned mode; set ``True`` for static runs that want to match it.
+    patch_boundary: ``paper`` (default, the paper's and reference code's rule) closes a static
+        span's shorter last patch where the span ends, which is decided by the *next* token not
+        being a unit, so the prediction of that token already sees the closed patch (a
+        one-token look-ahead that generation cannot have). ``causal`` leaves such a patch open
+        and lets the non-speech token that ends the span (``<t>``, EOS, ...) join it as its last
+        token; with ``fold_speech_marker`` an ``<s>`` that no unit follows likewise takes the next
+        token. Every boundary then follows from the patch's own tokens (``patch_size`` units, or
+        a non-speech token), so no position's logits depend on the token after it
+        (docs/method.md §2). Aligned patches end where the alignment ends a word or silence in
+        both modes.
     tau1, tau2: curriculum boundaries in optimizer steps (``tau1 <= tau2``).
     seed: seed of the per-sequence choice of mixed and curriculum; the choice is a hash of
         (seed, step, sample id), so it is reproducible and resumable with no RNG state to save.
@@ -44,6 +55,7 @@ class PatchingConfig:
     silence_mode: str = "sil_sep"
     max_patch_length: Optional[int] = None
     fold_speech_marker: bool = False
+    patch_boundary: str = "paper"
     tau1: float = 0.0
     tau2: float = 0.0
     seed: int = 0
@@ -54,6 +66,10 @@ class PatchingConfig:
             raise ValueError(f"PatchingConfig.strategy must be one of {STRATEGIES}, got {self.strategy!r}")
         if self.silence_mode not in SILENCE_MODES:
             raise ValueError(f"PatchingConfig.silence_mode must be one of {SILENCE_MODES}, got {self.silence_mode!r}")
+        if self.patch_boundary not in PATCH_BOUNDARIES:
+            raise ValueError(
+                f"PatchingConfig.patch_boundary must be one of {PATCH_BOUNDARIES}, got {self.patch_boundary!r}"
+            )
         if int(self.patch_size) != self.patch_size or self.patch_size < 1:
             raise ValueError(f"PatchingConfig.patch_size must be an integer >= 1, got {self.patch_size}")
         if self.max_patch_length is not None and self.max_patch_length < 1:

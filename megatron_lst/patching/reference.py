@@ -2,8 +2,9 @@
 
 This is the specification the C++ kernel (csrc/patching/patching.cpp) is held to. It is
 written in a different order on purpose: first every token and speech span becomes raw
-patches, then the ``<s>`` marker is folded, then the length cap splits long patches. The
-C++ kernel does all three in one pass.
+patches, then the ``<s>`` marker is folded and (``patch_boundary="causal"``) open patches take
+the token that ends them, then the length cap splits long patches. The C++ kernel does all of
+it in one pass.
 
 Arguments follow the per-token metadata schema documented in strategies.py.
 """
@@ -155,34 +156,50 @@ def reference_patch_lengths(
     validate_sample(tokens, is_speech, segment_ids, is_silence, document_ids, layout)
     if aligned and segment_ids is None:
         raise ValueError("aligned patching needs segment_ids")
-    # Raw patches as (first position, length, opens a speech span).
-    raw: list[tuple[int, int, bool]] = [(int(i), 1, False) for i in np.flatnonzero(~is_speech)]
+    # Raw patches as (first position, length, opens a speech span, is a static span's short last run).
+    raw: list[tuple[int, int, bool, bool]] = [(int(i), 1, False, False) for i in np.flatnonzero(~is_speech)]
     for begin, end in speech_spans(is_speech, document_ids):
         if aligned:
             lengths = aligned_span_lengths(segment_ids[begin:end], is_silence[begin:end], config.silence_mode)
         else:
             lengths = static_span_lengths(end - begin, config.patch_size)
         offsets = begin + np.concatenate([[0], np.cumsum(lengths)[:-1]])
-        raw += [(int(offset), length, k == 0) for k, (offset, length) in enumerate(zip(offsets, lengths))]
+        short_last = [not aligned and k == len(lengths) - 1 and length < config.patch_size
+                      for k, length in enumerate(lengths)]
+        raw += [(int(offset), length, k == 0, short_last[k])
+                for k, (offset, length) in enumerate(zip(offsets, lengths))]
     raw.sort()
-    folded: list[int] = []
+    # Folding, then the causal rule: a patch left open (a static span's short last run, or a
+    # folded-mode <s> with no unit after it) takes the non-speech token after it, in its document,
+    # as its last token. Raw patches tile the row, so "after it" is simply the next raw patch.
+    causal = config.patch_boundary == "causal"
+    patches: list[int] = []
+    open_length = 0
     k = 0
     while k < len(raw):
-        position, length, _ = raw[k]
+        position, length, _, short_last = raw[k]
+        if open_length:
+            joins = not is_speech[position] and document_ids[position] == document_ids[position - 1]
+            patches.append(open_length + int(joins))
+            open_length = 0
+            if joins:
+                k += 1
+                continue
+        is_marker = config.fold_speech_marker and tokens[position] == layout.speech_marker_id
         next_opens_span = k + 1 < len(raw) and raw[k + 1][2] and raw[k + 1][0] == position + 1
-        foldable = (
-            config.fold_speech_marker
-            and tokens[position] == layout.speech_marker_id
-            and next_opens_span
-            and document_ids[position] == document_ids[position + 1]
-        )
-        if foldable:
-            folded.append(1 + raw[k + 1][1])
+        if is_marker and next_opens_span and document_ids[position] == document_ids[position + 1]:
+            length, is_open = 1 + raw[k + 1][1], raw[k + 1][3]
             k += 2
         else:
-            folded.append(length)
+            is_open = short_last or is_marker
             k += 1
-    return cap_lengths(folded, config.max_patch_length)
+        if causal and is_open:
+            open_length = length
+        else:
+            patches.append(length)
+    if open_length:
+        patches.append(open_length)
+    return cap_lengths(patches, config.max_patch_length)
 
 
 def reference_patch_batch(

@@ -162,6 +162,7 @@ def compute_patches(
         int(config.seed),
         int(step),
         -1 if max_num_patches is None else int(max_num_patches),
+        config.patch_boundary == "causal",
     )
     outputs = [patch_lengths, patch_starts, num_patches, aligned]
     if single:

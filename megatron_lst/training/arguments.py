@@ -85,6 +85,17 @@ class DataConfig:
                           "asr (speech then <t> transcript, loss on the transcript) or tts (text then <s> units, "
                           "loss on the units)"},
     )
+    opening_speech_uniform: bool = field(
+        default=False,
+        metadata={"help": "interleaving: a document that opens in speech draws that span as 2-15 words, the "
+                          "reference code's rule (default: the rest of a length-biased first text+speech cycle)"},
+    )
+    text_document_marker: bool = field(
+        default=False,
+        metadata={"help": "text-corpus documents read BOS <t> text EOS, as in the reference code "
+                          "(default: BOS text EOS); blends packed by this project only, not megatron's "
+                          "GPTDataset path of text-only runs"},
+    )
 
 
 @dataclass
@@ -160,6 +171,13 @@ class PatchingArgs:
     fold_speech_marker: bool = field(
         default=False, metadata={"help": "fold <s> into the first patch of its speech span (default: own patch)"}
     )
+    patch_boundary: str = field(
+        default="paper",
+        metadata={"help": "paper: a speech span's short last patch closes where the span ends, so predicting "
+                          "the token after it sees that patch (a one-token look-ahead, the paper's rule); "
+                          "causal: that patch stays open and takes the non-speech token that ends the span, "
+                          "so no patch boundary depends on the token after it (docs/method.md §2)"},
+    )
     mixed_aligned_probability: float = field(
         default=0.5, metadata={"help": "mixed: probability that a sequence is patched aligned"}
     )
@@ -175,6 +193,7 @@ class PatchingArgs:
         return PatchingConfig(
             strategy=self.patching, patch_size=self.patch_size, silence_mode=self.silence_mode,
             max_patch_length=self.max_patch_length, fold_speech_marker=self.fold_speech_marker,
+            patch_boundary=self.patch_boundary,
             tau1=steps(self.curriculum_tau1), tau2=steps(self.curriculum_tau2), seed=seed,
             mixed_aligned_probability=self.mixed_aligned_probability,
         )

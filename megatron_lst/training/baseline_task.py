@@ -150,7 +150,8 @@ class BaselineTask:
             split=config.data.split,
             path_to_cache=config.data.data_cache_path,
             vocab=self.tokenizer.vocab,
-            interleave=interleave_config(config.data.data_mode, config.data.seed),
+            interleave=interleave_config(config.data.data_mode, config.data.seed,
+                                         config.data.opening_speech_uniform, config.data.text_document_marker),
             patch_size=1,
             max_tokens=config.data.seq_length + 1,
         )

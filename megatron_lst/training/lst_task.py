@@ -208,7 +208,8 @@ class LSTTask:
             split=config.data.split,
             path_to_cache=config.data.data_cache_path,
             vocab=self.tokenizer.vocab,
-            interleave=interleave_config(config.data.data_mode, config.data.seed),
+            interleave=interleave_config(config.data.data_mode, config.data.seed,
+                                         config.data.opening_speech_uniform, config.data.text_document_marker),
             patch_size=self.patching.patch_size,
             max_tokens=positions * self.patching.patch_size,
         )

@@ -135,3 +135,49 @@ def test_fixed_modes(mode, first_marker, second_marker):
     assert stream.tokens[1] == marker_ids[first_marker]
     if mode in ("speech", "asr", "tts"):
         assert stream.is_speech.sum() == len(document.unit_ids)
+
+
+def test_opening_speech_span_draws_two_to_fifteen_words_when_asked():
+    """The reference's 'otherwise' branch: a document that opens in speech draws 2-15 words for
+    that span; a document that opens in text is spanned exactly as by default."""
+    default, uniform = InterleaveConfig(), InterleaveConfig(opening_speech_uniform=True)
+    openings = []
+    for document in range(2000):
+        plain = choose_spans(400, document_rng(3, 0, document), default)
+        spans = choose_spans(400, document_rng(3, 0, document), uniform)
+        if plain[0].modality == TEXT:
+            assert [(s.modality, s.first_word, s.end_word) for s in spans] == \
+                [(s.modality, s.first_word, s.end_word) for s in plain]
+            continue
+        assert spans[0].modality == SPEECH
+        openings.append(spans[0].num_words)
+        assert spans[1].modality == TEXT and 5 <= spans[1].num_words <= 30
+    assert len(openings) > 300 and set(openings) == set(range(2, 16))  # every length of the range, no other
+
+
+def test_opening_speech_range_is_checked():
+    with pytest.raises(ValueError, match="min_opening_speech_words"):
+        InterleaveConfig(min_opening_speech_words=9, max_opening_speech_words=3)
+
+
+@pytest.mark.parametrize("marker, expected", [(False, ["B", 7, 8, "E"]), (True, ["B", "T", 7, 8, "E"])])
+def test_text_corpus_documents_carry_t_only_when_asked(marker, expected):
+    from megatron_lst.data.datasets import text_document_stream
+
+    names = {VOCAB.bos_id: "B", VOCAB.eos_id: "E", VOCAB.text_marker_id: "T"}
+    for ids in ([7, 8], [7, 8, VOCAB.eos_id]):  # an EOD the preprocessor appended is reused
+        stream = text_document_stream(np.array(ids), VOCAB, marker)
+        assert [names.get(int(t), int(t)) for t in stream.tokens] == expected
+        assert not stream.is_speech.any() and (stream.segment_ids == -1).all()
+    assert len(text_document_stream(np.array([], np.int64), VOCAB, marker).tokens) == 2  # BOS EOS, no marker
+
+
+def test_interleaving_flags_reach_the_interleave_config():
+    from megatron_lst.training.arguments import parse_args
+    from megatron_lst.training.data_modes import interleave_config
+
+    data = parse_args(["--opening-speech-uniform", "--text-document-marker", "--seed", "3"]).data
+    config = interleave_config(data.data_mode, data.seed, data.opening_speech_uniform, data.text_document_marker)
+    assert (config.opening_speech_uniform, config.text_document_marker, config.seed) == (True, True, 3)
+    defaults = parse_args([]).data
+    assert (defaults.opening_speech_uniform, defaults.text_document_marker) == (False, False)

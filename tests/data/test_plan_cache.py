@@ -71,10 +71,11 @@ def tokenizer(sentencepiece_model) -> JointTokenizer:
 
 
 def make_config(tokenizer, prefix: str, seq_length: int = 64, patch_size: int = 4, mode: str = INTERLEAVED,
-                cache: Path | None = None) -> LSTDatasetConfig:
+                cache: Path | None = None, **interleave_options) -> LSTDatasetConfig:
     return LSTDatasetConfig(random_seed=5, sequence_length=seq_length, blend=blend_from_data_path([prefix]),
                             split="1,0,0", vocab=tokenizer.vocab, patch_size=patch_size,
-                            max_tokens=seq_length * patch_size, interleave=InterleaveConfig(mode=mode, seed=9),
+                            max_tokens=seq_length * patch_size,
+                            interleave=InterleaveConfig(mode=mode, seed=9, **interleave_options),
                             path_to_cache=str(cache) if cache else None)
 
 
@@ -94,7 +95,8 @@ def reference_streams(dataset: PackedLSTDataset, order: np.ndarray, epoch: int) 
     streams = []
     for d in order.tolist():
         parts = [low[i] for i in range(int(low.document_indices[d]), int(low.document_indices[d + 1]))]
-        streams.append(text_document_stream(np.concatenate(parts or [np.empty(0, np.int64)]), config.vocab))
+        streams.append(text_document_stream(np.concatenate(parts or [np.empty(0, np.int64)]), config.vocab,
+                                            config.interleave.text_document_marker))
     return streams
 
 
@@ -140,21 +142,23 @@ def assert_same_sample(expected: dict, got: dict, where: str) -> None:
 
 
 # ---------------------------------------------------------------------------- tests
-CASES = {  # corpus, interleaving mode, positions per sample, patch size, samples
-    "speech-interleaved-3-epochs": ("speech", INTERLEAVED, 200, 4, 260),
-    "speech-cut-documents": ("speech", INTERLEAVED, 16, 6, 150),
-    "speech-asr-baseline": ("speech", ASR, 48, 1, 150),
-    "text-eod-3-epochs": ("text_eod", INTERLEAVED, 200, 4, 150),
-    "text-no-eod-baseline": ("text", INTERLEAVED, 33, 1, 150),
+CASES = {  # corpus, interleaving mode, positions per sample, patch size, samples, interleaving options
+    "speech-interleaved-3-epochs": ("speech", INTERLEAVED, 200, 4, 260, {}),
+    "speech-cut-documents": ("speech", INTERLEAVED, 16, 6, 150, {}),
+    "speech-asr-baseline": ("speech", ASR, 48, 1, 150, {}),
+    "text-eod-3-epochs": ("text_eod", INTERLEAVED, 200, 4, 150, {}),
+    "text-no-eod-baseline": ("text", INTERLEAVED, 33, 1, 150, {}),
+    "speech-opening-uniform": ("speech", INTERLEAVED, 16, 4, 150, {"opening_speech_uniform": True}),
+    "text-marked-cut-documents": ("text", INTERLEAVED, 20, 4, 150, {"text_document_marker": True}),
 }
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_cached_and_in_memory_samples_equal_the_reference(case, corpora, tokenizer, tmp_path):
-    corpus, mode, seq_length, patch_size, count = CASES[case]
-    config = make_config(tokenizer, corpora[corpus], seq_length, patch_size, mode, cache=tmp_path / "cache")
+    corpus, mode, seq_length, patch_size, count, options = CASES[case]
+    config = make_config(tokenizer, corpora[corpus], seq_length, patch_size, mode, cache=tmp_path / "cache", **options)
     cached = build(config, count)
-    in_memory = build(make_config(tokenizer, corpora[corpus], seq_length, patch_size, mode), count)
+    in_memory = build(make_config(tokenizer, corpora[corpus], seq_length, patch_size, mode, **options), count)
     if case.endswith("3-epochs"):
         assert len(cached.epoch_sizes) >= 3
     assert isinstance(cached._plans.piece_documents, np.memmap)
@@ -281,9 +285,12 @@ def test_reading_a_sample_does_no_corpus_wide_work(corpora, tokenizer, tmp_path,
         dataset[150]
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_stream_shapes_match_the_interleaver(mode, corpora, tokenizer):
-    dataset = build(make_config(tokenizer, corpora["speech"], mode=mode), 10)
+@pytest.mark.parametrize("mode, options", [(mode, {}) for mode in MODES] + [
+    (INTERLEAVED, {"opening_speech_uniform": True}),
+    (INTERLEAVED, {"opening_speech_uniform": True, "min_opening_speech_words": 1, "max_opening_speech_words": 2}),
+])
+def test_stream_shapes_match_the_interleaver(mode, options, corpora, tokenizer):
+    dataset = build(make_config(tokenizer, corpora["speech"], mode=mode, **options), 10)
     shapes = stream_shapes.stream_shapes(dataset.dataset, tokenizer.vocab, dataset.config.interleave, 4)
     for epoch in (0, 3):
         order = dataset.document_order(epoch)
@@ -295,12 +302,16 @@ def test_stream_shapes_match_the_interleaver(mode, corpora, tokenizer):
 
 
 @pytest.mark.parametrize("corpus", ["text", "text_eod"])
-def test_text_shapes_come_from_the_index(corpus, corpora, tokenizer):
-    dataset = build(make_config(tokenizer, corpora[corpus]), 10)
+@pytest.mark.parametrize("marker", [False, True])
+def test_text_shapes_come_from_the_index(corpus, marker, corpora, tokenizer):
+    dataset = build(make_config(tokenizer, corpora[corpus], text_document_marker=marker), 10)
     order = dataset.document_order(0)
-    shapes = stream_shapes.TextStreamShapes(dataset.dataset, tokenizer.vocab).epoch(order, 0)
-    lengths = [len(stream.tokens) for stream in reference_streams(dataset, order, 0)]
+    shapes = stream_shapes.stream_shapes(dataset.dataset, tokenizer.vocab, dataset.config.interleave, 4).epoch(order, 0)
+    streams = reference_streams(dataset, order, 0)
+    lengths = [len(stream.tokens) for stream in streams]
     assert shapes.num_tokens.tolist() == lengths == shapes.num_positions.tolist()
+    assert all((stream.tokens[1] == tokenizer.vocab.text_marker_id) == (marker and len(stream.tokens) > 2)
+               for stream in streams)
 
 
 def test_parallel_span_drawing_equals_serial(corpora, tokenizer, monkeypatch):

@@ -10,7 +10,8 @@ import torch
 
 from megatron_lst.inference.baseline_stepper import BaselineStepper
 from megatron_lst.inference.lst_stepper import LSTStepper
-from megatron_lst.inference.patch_tracker import flags_from_patch_lengths
+from megatron_lst.inference.patch_tracker import StaticPatchTracker, flags_from_patch_lengths
+from megatron_lst.inference.uncached import UncachedLSTStepper
 from megatron_lst.patching import PatchingConfig, compute_patches
 from tests.inference.conftest import LAYOUT, build_baseline, build_lst
 
@@ -46,12 +47,13 @@ def incremental_logits(stepper, tokens: torch.Tensor, completes: torch.Tensor) -
 
 @pytest.mark.parametrize("patch_size", [1, 4, 6])
 @pytest.mark.parametrize("window,decoder_patches", [(5, 512), (512, 512), (5, 3), (512, 1)])
-def test_lst_incremental_matches_full_forward(model_parallel, patch_size, window, decoder_patches):
+@pytest.mark.parametrize("boundary", ["paper", "causal"])
+def test_lst_incremental_matches_full_forward(model_parallel, patch_size, window, decoder_patches, boundary):
     """Sliding windows and decoder cross-attention windows (in patches) shorter than the rows."""
     model = build_lst(local_window_size=window, num_query_groups=2, cross_attn_window_decoder=decoder_patches)
     tokens = batch_of_streams(patch_size + window, batch=3, length=41)
     is_speech = torch.as_tensor(LAYOUT.is_unit(tokens.numpy()))
-    patching = PatchingConfig(strategy="static", patch_size=patch_size)
+    patching = PatchingConfig(strategy="static", patch_size=patch_size, patch_boundary=boundary)
     patch_lengths = compute_patches(tokens, is_speech, patching, LAYOUT).patch_lengths.long()
     inputs = tokens[:, :-1].contiguous()
     with torch.no_grad():
@@ -90,3 +92,36 @@ def test_baseline_incremental_matches_full_forward(model_parallel, num_query_gro
 def test_lst_encoder_window_beyond_its_own_patch_is_refused(model_parallel):
     with pytest.raises(ValueError, match="cross-attn-window-encoder 1"):
         LSTStepper(build_lst(cross_attn_window_encoder=4))
+
+
+def tracked_logits(stepper, tokens: torch.Tensor, tracker: StaticPatchTracker) -> torch.Tensor:
+    """Logits at every position when the patch tracker decides the boundaries one token at a time,
+    as free generation does (it never sees the token after the current one)."""
+    stepper.reset(tokens.shape[0])
+    steps = []
+    for i in range(tokens.shape[1]):
+        close_before, completes = tracker.update(tokens[:, i])
+        steps.append(stepper.step(tokens[:, i], close_before, completes))
+    return torch.stack(steps, dim=1)
+
+
+@pytest.mark.parametrize("patch_size", [3, 4])
+def test_causal_generation_reproduces_the_training_forward(model_parallel, patch_size):
+    """Under causal boundaries the generation-time tracker (no look-ahead) gives exactly the
+    training forward's logits over kernel-patched rows, cached and uncached; under the paper's
+    boundaries it cannot, since training closes a short run before seeing the token that ends it."""
+    model = build_lst(local_window_size=7)
+    tokens = batch_of_streams(patch_size, batch=3, length=40)
+    inputs = tokens[:, :-1].contiguous()
+    is_speech = torch.as_tensor(LAYOUT.is_unit(tokens.numpy()))
+    full = {}
+    for boundary in ("paper", "causal"):
+        config = PatchingConfig(patch_size=patch_size, patch_boundary=boundary)
+        with torch.no_grad():
+            full[boundary] = model(inputs, compute_patches(tokens, is_speech, config, LAYOUT).patch_lengths.long())
+    for stepper in (LSTStepper(model), UncachedLSTStepper(model)):
+        tracker = StaticPatchTracker(inputs.shape[0], patch_size, LAYOUT, causal=True)
+        torch.testing.assert_close(tracked_logits(stepper, inputs, tracker), full["causal"],
+                                   atol=TOLERANCE, rtol=TOLERANCE)
+    paper_tracked = tracked_logits(LSTStepper(model), inputs, StaticPatchTracker(inputs.shape[0], patch_size, LAYOUT))
+    assert not torch.allclose(paper_tracked, full["paper"], atol=TOLERANCE, rtol=TOLERANCE)

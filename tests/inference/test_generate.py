@@ -10,6 +10,7 @@ import torch
 from megatron_lst.inference.baseline_stepper import BaselineStepper
 from megatron_lst.inference.generate import GenerationConfig, generate
 from megatron_lst.inference.lst_stepper import LSTStepper
+from megatron_lst.inference.patch_tracker import StaticPatchTracker
 from megatron_lst.inference.sampling import SamplingConfig, sample_next
 from megatron_lst.inference.uncached import UncachedBaselineStepper, UncachedLSTStepper
 from tests.inference.conftest import LAYOUT, build_baseline, build_lst
@@ -49,13 +50,14 @@ def test_max_seconds_at_25_units_per_second(model_parallel):
 
 
 @pytest.mark.parametrize("patch_size", [1, 4])
-def test_cached_generation_equals_uncached(model_parallel, patch_size):
+@pytest.mark.parametrize("boundary", ["paper", "causal"])
+def test_cached_generation_equals_uncached(model_parallel, patch_size, boundary):
     """Free generation with mixed stop rules and batch rows of different prompt lengths."""
     model = build_lst(seed=2, local_window_size=5)
     prompts = [speech_prompt(), speech_prompt(extra_text=4), [LAYOUT.bos_id, LAYOUT.text_marker_id, 7, 8]]
     config = GenerationConfig(max_units=14, max_new_tokens=14, restrict_to_modality=False)
-    cached = generate(LSTStepper(model), prompts, LAYOUT, patch_size, config)
-    uncached = generate(UncachedLSTStepper(model), prompts, LAYOUT, patch_size, config)
+    cached = generate(LSTStepper(model), prompts, LAYOUT, patch_size, config, boundary)
+    uncached = generate(UncachedLSTStepper(model), prompts, LAYOUT, patch_size, config, boundary)
     assert cached.tokens == uncached.tokens
     assert cached.stop_reasons == uncached.stop_reasons
     assert cached.generated_global_positions == uncached.generated_global_positions
@@ -94,3 +96,22 @@ def test_sampling_filters():
     assert set(top_p.tolist()) <= {0, 1} and 1 in top_p.tolist()
     with pytest.raises(ValueError):
         SamplingConfig(top_p=0.0)
+
+
+@pytest.mark.parametrize("causal, close_before, completes", [
+    # u u u <t> at p = 2: the paper rule closes the third unit's run before <t>, which is its own patch;
+    # the causal rule lets <t> join that run and close it (one global step fewer)
+    (False, [False, False, False, True, False], [False, True, False, True, True]),
+    (True, [False, False, False, False, False], [False, True, False, True, True]),
+])
+def test_tracker_flags_by_hand(causal, close_before, completes):
+    tracker = StaticPatchTracker(1, 2, LAYOUT, causal=causal)
+    unit = LAYOUT.unit_offset
+    flags = [tracker.update(torch.tensor([token])) for token in (unit, unit + 1, unit + 2, LAYOUT.text_marker_id, 5)]
+    assert [bool(before) for before, _ in flags] == close_before
+    assert [bool(done) for _, done in flags] == completes
+
+
+def test_generate_refuses_an_unknown_patch_boundary(model_parallel):
+    with pytest.raises(ValueError, match="patch_boundary"):
+        generate(LSTStepper(build_lst()), [speech_prompt()], LAYOUT, 4, SPEECH_ONLY, "lookahead")

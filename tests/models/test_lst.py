@@ -258,3 +258,68 @@ def test_padding_as_one_patch_changes_no_real_logit(model_parallel, two_document
         logits = model(inputs, merged, document_ids=documents)
     for row, count in enumerate(batch["num_tokens"].tolist()):
         torch.testing.assert_close(logits[row, :count - 1], reference[row, :count - 1], rtol=0, atol=1e-5)
+
+
+def flipped_logits(model: LSTModel, tokens: list[int], flip: int, config: PatchingConfig) -> tuple:
+    """Logits [N, V] of a row patched as training patches it, with token ``flip`` a speech unit,
+    then with it ``<t>``: the training forward's view before and after the flip."""
+    outputs = []
+    for replacement in (LAYOUT.unit_offset + 3, LAYOUT.text_marker_id):
+        row = torch.tensor(tokens[:flip] + [replacement] + tokens[flip + 1:])
+        is_speech = torch.as_tensor(LAYOUT.is_unit(row.numpy()))
+        lengths = compute_patches(row, is_speech, config, LAYOUT).patch_lengths.long()
+        with torch.no_grad():
+            outputs.append(model(row[None, :-1], lengths[None])[0])
+    return tuple(outputs)
+
+
+# B <t> text text <s> u u u u u [flip] text text EOS: at p = 4 the span's fifth unit (position 9) is a
+# short last run, which the paper rule closes only when token 10 is not a unit
+LOOKAHEAD_ROW = [LAYOUT.bos_id, LAYOUT.text_marker_id, 5, 6, LAYOUT.speech_marker_id,
+                 *(LAYOUT.unit_offset + u for u in (1, 2, 3, 4, 5)), LAYOUT.unit_offset, 7, 8, LAYOUT.eos_id]
+
+
+@pytest.mark.parametrize("fold", [False, True])
+def test_paper_boundaries_let_position_i_see_whether_token_i_plus_1_is_speech(model_parallel, fold):
+    """The look-ahead of the paper's rule, demonstrated: flipping token 10 between a unit and <t>
+    changes the logits of position 9, which predicts token 10."""
+    torch.manual_seed(0)
+    unit_logits, marker_logits = flipped_logits(build_model(), LOOKAHEAD_ROW, 10,
+                                                PatchingConfig(fold_speech_marker=fold))
+    torch.testing.assert_close(unit_logits[:9], marker_logits[:9], rtol=0, atol=1e-5)
+    assert (unit_logits[9] - marker_logits[9]).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("fold", [False, True])
+@pytest.mark.parametrize("flip", [10, 5])  # after the short last run; right after <s> (folded or not)
+def test_causal_boundaries_keep_position_i_blind_to_token_i_plus_1(model_parallel, fold, flip):
+    torch.manual_seed(0)
+    unit_logits, marker_logits = flipped_logits(build_model(), LOOKAHEAD_ROW, flip,
+                                                PatchingConfig(fold_speech_marker=fold, patch_boundary="causal"))
+    torch.testing.assert_close(unit_logits[:flip], marker_logits[:flip], rtol=0, atol=1e-5)
+    assert (unit_logits[flip] - marker_logits[flip]).abs().max() > 1e-4, "token i+1 influences nothing"
+
+
+def test_causal_boundaries_hold_on_random_rows(model_parallel):
+    """Every unit position of random rows: flipping the next token leaves its logits unchanged."""
+    torch.manual_seed(0)
+    model = build_model()
+    config = PatchingConfig(patch_size=3, patch_boundary="causal")
+    rng = np.random.default_rng(5)
+    tokens = random_sample(rng, 30)["tokens"].tolist()
+    positions = [i for i in range(1, 28) if LAYOUT.is_unit(np.array(tokens[i]))]
+    assert len(positions) >= 5
+    for i in positions:
+        unit_logits, marker_logits = flipped_logits(model, tokens, i + 1, config)
+        torch.testing.assert_close(unit_logits[: i + 1], marker_logits[: i + 1], rtol=0, atol=1e-5)
+
+
+def test_patch_boundary_flag_reaches_the_patching_config(capsys):
+    from megatron_lst.training.arguments import parse_args
+
+    config = parse_args(["--model", "lst", "--patch-boundary", "causal"])
+    assert config.patching.to_patching_config(10, 1).patch_boundary == "causal"
+    assert parse_args(["--model", "lst"]).patching.patch_boundary == "paper"
+    with pytest.raises(SystemExit):
+        parse_args(["--model", "lst", "--patch-boundary", "lookahead"])
+    assert "patch_boundary must be one of" in capsys.readouterr().err

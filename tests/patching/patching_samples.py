@@ -74,6 +74,7 @@ def configs(draw, strategies=("static", "aligned", "mixed", "curriculum")) -> Pa
         silence_mode=draw(st.sampled_from(("sil_sep", "sil_merged"))),
         max_patch_length=draw(st.one_of(st.none(), st.integers(1, 10))),
         fold_speech_marker=draw(st.booleans()),
+        patch_boundary=draw(st.sampled_from(("paper", "causal"))),
         tau1=tau1,
         tau2=tau1 + draw(st.integers(0, 20)),
         seed=draw(st.integers(0, 2**64 - 1)),

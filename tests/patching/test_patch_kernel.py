@@ -71,8 +71,13 @@ def test_patching_properties(batch: dict, config: PatchingConfig, step: int) -> 
             if length == 1:
                 continue
             folded = config.fold_speech_marker and tokens[0] == LAYOUT.speech_marker_id
-            units = speech[1:] if folded else speech
+            body = speech[1:] if folded else speech
+            # causal boundaries: the non-speech token that ends an open static patch is its last token
+            closed_by_next = config.patch_boundary == "causal" and not body[-1]
+            units = body[:-1] if closed_by_next else body
             assert units.all(), "a text token or marker is inside a multi-token patch"
+            if closed_by_next:
+                assert not result.aligned[b] and len(units) < config.patch_size, "only a short open patch takes the next token"
             if config.max_patch_length is not None:
                 assert length <= config.max_patch_length
             unit_count = len(units)
@@ -107,6 +112,13 @@ SPEC = "B T t t S w3 s2 w6 T t E P P"
         (PatchingConfig(strategy="aligned", silence_mode="sil_merged"), [1, 1, 1, 1, 1, 5, 6, 1, 1, 1, 1, 1]),
         (PatchingConfig(strategy="aligned", fold_speech_marker=True), [1, 1, 1, 1, 4, 2, 6, 1, 1, 1, 1, 1]),
         (PatchingConfig(strategy="aligned", max_patch_length=4), [1, 1, 1, 1, 1, 3, 2, 4, 2, 1, 1, 1, 1, 1]),
+        # causal: the short last run (3 units) takes the <t> that ends the span
+        (PatchingConfig(patch_boundary="causal"), [1, 1, 1, 1, 1, 4, 4, 4, 1, 1, 1, 1]),
+        (PatchingConfig(patch_boundary="causal", fold_speech_marker=True), [1, 1, 1, 1, 5, 4, 4, 1, 1, 1, 1]),
+        # 11 units at p=5: 5, 5, 1+<t> = 2, then the cap of 3 splits each 5 into 3 + 2
+        (PatchingConfig(patch_size=5, max_patch_length=3, patch_boundary="causal"),
+         [1, 1, 1, 1, 1, 3, 2, 3, 2, 2, 1, 1, 1, 1]),
+        (PatchingConfig(strategy="aligned", patch_boundary="causal"), [1, 1, 1, 1, 1, 3, 2, 6, 1, 1, 1, 1, 1]),
     ],
 )
 def test_hand_computed_patches(config: PatchingConfig, expected: list) -> None:
@@ -157,3 +169,54 @@ def test_static_needs_no_segments_but_aligned_does() -> None:
     assert static.patch_lengths.sum() == batch["tokens"].size
     with pytest.raises(ValueError, match="segment_ids"):
         compute_patches(batch["tokens"], batch["is_speech"], PatchingConfig(strategy="aligned"), LAYOUT)
+
+
+@pytest.mark.parametrize(
+    "spec, config, expected",
+    [
+        # a span that fills its last patch leaves nothing open: <t> stays a patch of its own
+        ("B S w4 w4 T t E", PatchingConfig(patch_boundary="causal"), [1, 1, 4, 4, 1, 1, 1]),
+        ("B S w3 E P P", PatchingConfig(patch_boundary="causal"), [1, 1, 4, 1, 1]),  # EOS ends the run
+        # a folded <s> with no unit after it waits for the token that decides it
+        ("B S T t E", PatchingConfig(fold_speech_marker=True, patch_boundary="causal"), [1, 2, 1, 1]),
+        ("B S T t E", PatchingConfig(fold_speech_marker=True), [1, 1, 1, 1, 1]),
+        # an open run never takes a token of the next document, nor one past the row's end
+        ("B S w3 | w3 S | w2", PatchingConfig(fold_speech_marker=True, patch_boundary="causal"), [1, 4, 4, 2]),
+        ("B S w3 | w3 S | w2", PatchingConfig(fold_speech_marker=True), [1, 4, 3, 1, 2]),
+    ],
+)
+def test_causal_boundaries_by_hand(spec: str, config: PatchingConfig, expected: list) -> None:
+    kernel, reference = run_both(hand_sample(spec), config)
+    assert kernel.patch_lengths[0].tolist() == expected
+    assert reference[0][0].tolist() == expected
+
+
+def boundaries_up_to_flipped_token(batch: dict, config: PatchingConfig, cut: int, next_is_unit: bool) -> set:
+    """Patch ends <= ``cut`` of the row's first ``cut`` tokens followed by one more token at ``cut``
+    (a unit, or ``<t>``) in the same document: what position ``cut - 1``'s decoder may see."""
+    tokens = np.append(batch["tokens"][0, :cut], LAYOUT.unit_offset if next_is_unit else LAYOUT.text_marker_id)
+    documents = np.append(batch["document_ids"][0, :cut], batch["document_ids"][0, cut - 1])
+    lengths = compute_patches(tokens, LAYOUT.is_unit(tokens), config, LAYOUT, document_ids=documents).patch_lengths
+    return {end for end in np.cumsum(lengths).tolist() if end <= cut}
+
+
+@settings(max_examples=100, deadline=None)
+@given(batch=batches(max_rows=1), config=configs(strategies=("static",)), data=st.data())
+def test_causal_boundaries_ignore_the_next_token(batch: dict, config: PatchingConfig, data) -> None:
+    """Under causal boundaries whether a patch ends at position c never depends on token c."""
+    config = PatchingConfig(patch_size=config.patch_size, max_patch_length=config.max_patch_length,
+                            fold_speech_marker=config.fold_speech_marker, patch_boundary="causal")
+    cut = data.draw(st.integers(1, batch["tokens"].shape[1]))
+    assert boundaries_up_to_flipped_token(batch, config, cut, True) == \
+        boundaries_up_to_flipped_token(batch, config, cut, False)
+
+
+def test_paper_boundaries_look_one_token_ahead() -> None:
+    """The look-ahead the causal option removes: B <s> u u | next; under paper boundaries the run
+    [u u] ends at position 4 only when token 4 is not a unit."""
+    batch = hand_sample("B S w2 E")
+    paper, causal = PatchingConfig(), PatchingConfig(patch_boundary="causal")
+    assert boundaries_up_to_flipped_token(batch, paper, 4, True) == {1, 2}
+    assert boundaries_up_to_flipped_token(batch, paper, 4, False) == {1, 2, 4}
+    assert boundaries_up_to_flipped_token(batch, causal, 4, True) == {1, 2}
+    assert boundaries_up_to_flipped_token(batch, causal, 4, False) == {1, 2}
