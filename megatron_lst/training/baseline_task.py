@@ -135,6 +135,10 @@ class BaselineTask:
         ).build()
         return train, valid
 
+    def speech_dataset_options(self) -> dict:
+        """Extra ``LSTDatasetConfig`` fields for speech-text corpora (the BPE baseline's unit BPE)."""
+        return {}
+
     def _interleaved_datasets(self, config, prefixes, weights, train_samples: int, valid_samples: int) -> tuple:
         """Speech-text blends: the same packed interleaved samples LST reads, one token per position.
 
@@ -150,6 +154,7 @@ class BaselineTask:
             interleave=interleave_config(config.data.data_mode, config.data.seed),
             patch_size=1,
             max_tokens=config.data.seq_length + 1,
+            **self.speech_dataset_options(),
         )
         train, valid, _ = build_lst_datasets(dataset_config, [train_samples, valid_samples, 0])
         # sequence parallelism splits the packed length across the TP ranks: pad it to a multiple
