@@ -1,4 +1,4 @@
-"""Pretrain LST or the interleaved baseline (``--model lst|baseline``) on megatron-core.
+"""Pretrain LST or an interleaved baseline (``--model lst|baseline|bpe-baseline``) on megatron-core.
 
 Single process:      python pretrain_lst.py --config examples/configs/debug.yaml --data-path ...
 Tensor/pipeline/DP:  torchrun --nproc-per-node 2 pretrain_lst.py --tensor-model-parallel-size 2 ...
@@ -20,6 +20,10 @@ def task_factory(config: Config):
         from megatron_lst.training.baseline_task import BaselineTask
 
         return BaselineTask(config)
+    if config.train.model == "bpe-baseline":
+        from megatron_lst.training.bpe_baseline_task import BPEBaselineTask
+
+        return BPEBaselineTask(config)
     from megatron_lst.training.lst_task import LSTTask
 
     return LSTTask(config)

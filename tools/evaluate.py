@@ -8,7 +8,8 @@ The benchmark is the jsonl of megatron_lst/evaluation/FORMAT.md. A direction is 
 the benchmark carries its fields (S->S needs "units" in prompts and endings, T->T needs "text");
 the others are listed as skipped with the reason. For every direction the table gives accuracy
 with a 95% Wilson interval under three scores: summed and mean log-prob of the ending, and mean NLL
-of the whole sequence. The model family, shape and tokenizer are read from the checkpoint.
+of the whole sequence. The model family, shape and tokenizer are read from the checkpoint; for a
+bpe-baseline checkpoint that includes its unit BPE, which encodes the speech prompts and endings.
 """
 
 from __future__ import annotations
@@ -39,7 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default: the run's --seq-length)")
     parser.add_argument("--tokenizer-model", default=None,
                         help="text tokenizer file, when it is no longer where the training run found it")
-    parser.add_argument("--model", choices=["auto", "baseline", "lst"], default="auto",
+    parser.add_argument("--unit-bpe", default=None,
+                        help="bpe-baseline: its unit BPE .model, when it is no longer where the training run found "
+                             "it (its SHA-256 must match the checkpoint's)")
+    parser.add_argument("--model", choices=["auto", "baseline", "bpe-baseline", "lst"], default="auto",
                         help="expected model family; 'auto' takes the checkpoint's")
     parser.add_argument("--output", default=None, help="also write accuracies and per-item scores to this json")
     return parser
@@ -54,11 +58,15 @@ def main(argv: list[str] | None = None) -> int:
 
     from megatron_lst.evaluation.model_scorer import CheckpointScorer, config_from_checkpoint
 
-    config = config_from_checkpoint(args.checkpoint, args.iteration, args.tokenizer_model)
+    config = config_from_checkpoint(args.checkpoint, args.iteration, args.tokenizer_model, args.unit_bpe)
     if args.model != "auto" and args.model != config.train.model:
         print(f"error: --model {args.model} but the checkpoint holds a {config.train.model} model", file=sys.stderr)
         return 2
-    scorer = CheckpointScorer.from_checkpoint(args.checkpoint, args.iteration, args.tokenizer_model)
+    try:  # a bpe-baseline's tokenizer encodes speech items with the run's unit BPE (never raw unit ids)
+        scorer = CheckpointScorer.from_checkpoint(args.checkpoint, args.iteration, args.tokenizer_model, args.unit_bpe)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     builder = SequenceBuilder(scorer.tokenizer, max_length=args.max_length or scorer.max_length)
     report = evaluate_items(items, builder, scorer, args.directions, args.batch_size)
     print(f"{args.benchmark}: {len(items)} items, checkpoint {args.checkpoint} ({config.train.model})")

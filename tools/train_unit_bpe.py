@@ -3,8 +3,10 @@
 
     python tools/train_unit_bpe.py --input speech.jsonl --output-prefix units_bpe --vocab-size 1000
 
-Reads the "units" of every aligned-speech jsonl line; pass the resulting .model to
-tools/preprocess_data.py --unit-bpe. Lines without a valid unit list are ignored.
+Reads the "units" of every aligned-speech jsonl line and writes PREFIX.model, PREFIX.vocab and
+PREFIX.json (the unit codebook size, which runs check their corpus against). Train the BPE
+SpeechLLM baseline with it: pretrain_lst.py --model bpe-baseline --unit-bpe PREFIX.model (raw-unit
+datasets, encoded on the fly). Lines without a valid unit list are ignored.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--input", required=True, help="aligned-speech jsonl")
     parser.add_argument("--output-prefix", required=True, help="writes PREFIX.model and PREFIX.vocab")
     parser.add_argument("--vocab-size", type=int, default=DEFAULT_UNIT_BPE_VOCAB, help="BPE pieces (default 1000)")
-    parser.add_argument("--num-units", type=int, default=501, help="speech unit codebook size (default 501)")
+    parser.add_argument("--num-units", type=int, default=501, help="speech unit codebook size, recorded in PREFIX.json (default 501)")
     args = parser.parse_args(argv)
     sequences = []
     with open(args.input, encoding="utf-8", errors="replace") as handle:
@@ -34,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
             except RecordError:
                 continue
     try:
-        model = train_unit_bpe(sequences, args.output_prefix, args.vocab_size)
+        model = train_unit_bpe(sequences, args.output_prefix, args.vocab_size, num_units=args.num_units)
     except (ValueError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -28,6 +28,7 @@ from megatron.core.datasets.indexed_dataset import IndexedDataset
 from megatron.core.datasets.megatron_dataset import MegatronDataset
 
 from megatron_lst.data import plan_cache
+from megatron_lst.data.bpe_documents import BPESpeechTextDocuments
 from megatron_lst.data.interleave import (
     InterleaveConfig,
     StreamBuilder,
@@ -45,6 +46,7 @@ from megatron_lst.data.speech_documents import (
     is_speech_text_dataset,
 )
 from megatron_lst.data.stream_shapes import stream_shapes
+from megatron_lst.data.unit_bpe import UnitBPE, file_sha256
 from megatron_lst.tokenizer import VocabLayout
 
 logger = logging.getLogger(__name__)
@@ -66,11 +68,15 @@ class LSTDatasetConfig(BlendedMegatronDatasetConfig):
     max_tokens: int = 0
     patch_size: int = 4
     plan_workers: int = 0
+    unit_bpe: str | None = None  # a unit BPE .model: speech segments are read as its pieces (bpe_documents.py)
 
     @property
     def stream_identifiers(self) -> dict:
         """What shapes a document's stream besides the corpus; part of the datasets' cache key."""
-        return {"interleave": dataclasses.asdict(self.interleave), "vocab": dataclasses.asdict(self.vocab)}
+        identifiers = {"interleave": dataclasses.asdict(self.interleave), "vocab": dataclasses.asdict(self.vocab)}
+        if self.unit_bpe:  # another BPE of the same size gives other streams: key on its content
+            identifiers["unit_bpe_sha256"] = file_sha256(self.unit_bpe)
+        return identifiers
 
     @property
     def packing(self) -> PackingConfig:
@@ -120,6 +126,8 @@ class PackedLSTDataset(MegatronDataset):
     @staticmethod
     def build_low_level_dataset(dataset_path: str, config: LSTDatasetConfig):
         if is_speech_text_dataset(dataset_path):
+            if config.unit_bpe:
+                return BPESpeechTextDocuments(dataset_path, UnitBPE(config.unit_bpe), mmap=config.mmap_bin_files)
             return SpeechTextDocuments(dataset_path, mmap=config.mmap_bin_files)
         return IndexedDataset(dataset_path, multimodal=False, mmap=config.mmap_bin_files)
 

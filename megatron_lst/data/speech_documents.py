@@ -77,11 +77,14 @@ class SpeechTextDocuments:
         first, last = int(self.document_starts[index]), int(self.document_starts[index + 1])
         if self.sequence_modes[first] != MODE_TRANSCRIPT:
             raise ValueError(f"{self.prefix}: document {index} does not start with a transcript")
-        lengths = self.sequence_lengths[first:last]
+        # the stored lengths, not ``self.sequence_lengths``: a subclass may present re-encoded ones
+        lengths = np.asarray(self.dataset.sequence_lengths[first:last], dtype=np.int64)
         flat, _ = self.dataset.get(first, 0, int(lengths.sum()))
         flat = flat.astype(np.int64)  # copy: the mmap view dies with the dataset
         transcript_length = int(lengths[0])
-        text_lengths, unit_lengths, silence = self.segment_lengths(index)
+        pairs = lengths[1:].reshape(-1, 2)
+        text_lengths, unit_lengths = pairs[:, 0], pairs[:, 1]
+        silence = self.sequence_modes[first + 1 : last : 2] == MODE_SILENCE_TEXT
         element_modes = np.repeat(self.sequence_modes[first:last], lengths)
         text_ids = flat[(element_modes == MODE_WORD_TEXT) | (element_modes == MODE_SILENCE_TEXT)]
         unit_ids = flat[element_modes == MODE_UNITS]

@@ -8,7 +8,8 @@ only the tokenizer path may be overridden when the checkpoint moved machines.
 
 Both model families reduce to one function, next-token logits of a right-padded batch:
 
-* baseline (megatron-core GPTModel): the model reads all L tokens; logits at t predict t + 1.
+* baseline and bpe-baseline (megatron-core GPTModel): the model reads all L tokens; logits at t
+  predict t + 1. The BPE baseline's tokenizer encodes speech items with the run's unit BPE.
 * LST: the model reads the first L - 1 tokens with the patch lengths of all L (the one-patch lag,
   docs/method.md §2), patched *static* with the run's patch size whatever the training strategy: the paper
   evaluates without an aligner (docs/method.md §3), and static needs nothing but the tokens.
@@ -39,6 +40,7 @@ from megatron_lst.tokenizer import JointTokenizer
 from megatron_lst.training.arguments import SECTIONS, Config, config_from_values
 from megatron_lst.training.checkpointing import iteration_dir, load_checkpoint, read_latest_iteration
 from megatron_lst.training.initialize import initialize_distributed
+from megatron_lst.unit_bpe_tokenizer import UnitBPETokenizer, check_saved_layout
 
 NextTokenLogits = Callable[[torch.Tensor], torch.Tensor]
 
@@ -60,8 +62,12 @@ def read_common_state(root: str | Path, iteration: Optional[int] = None) -> dict
 def check_vocabulary(common: dict, tokenizer: JointTokenizer) -> None:
     """Refuse a tokenizer whose id layout differs from the one the model was trained with."""
     if "vocab_layout" not in common:
+        if isinstance(tokenizer, UnitBPETokenizer):
+            raise ValueError("the checkpoint records no vocab_layout, so its unit BPE cannot be checked")
         return
     saved = ast.literal_eval(common["vocab_layout"])
+    # the unit BPE first: another BPE also changes num_units, and its error names the BPE
+    check_saved_layout(saved, tokenizer, "checkpoint")
     for name in ("text_vocab_size", "num_units", "spare_units"):
         if saved.get(name) != getattr(tokenizer.vocab, name):
             raise ValueError(f"the tokenizer gives {name} = {getattr(tokenizer.vocab, name)} but the model "
@@ -69,7 +75,7 @@ def check_vocabulary(common: dict, tokenizer: JointTokenizer) -> None:
 
 
 def config_from_checkpoint(root: str | Path, iteration: Optional[int] = None,
-                           tokenizer_model: Optional[str] = None) -> Config:
+                           tokenizer_model: Optional[str] = None, unit_bpe: Optional[str] = None) -> Config:
     """The training run's Config, re-laid for single-process evaluation (TP = PP = 1, fp32 on CPU)."""
     common = read_common_state(root, iteration)
     if "config" not in common:
@@ -90,6 +96,8 @@ def config_from_checkpoint(root: str | Path, iteration: Optional[int] = None,
         values["bf16"] = False
     if tokenizer_model is not None:
         values["tokenizer_model"] = tokenizer_model
+    if unit_bpe is not None:  # a moved BPE file; its content hash is still checked (check_vocabulary)
+        values["unit_bpe"] = unit_bpe
     return config_from_values(values)
 
 
@@ -121,6 +129,10 @@ def build_task(config: Config):
         from megatron_lst.training.baseline_task import BaselineTask
 
         return BaselineTask(config)
+    if config.train.model == "bpe-baseline":
+        from megatron_lst.training.bpe_baseline_task import BPEBaselineTask
+
+        return BPEBaselineTask(config)
     if config.train.model == "lst":
         from megatron_lst.training.lst_task import LSTTask
 
@@ -161,11 +173,12 @@ def next_token_logits(model: torch.nn.Module, config: Config, tokenizer: JointTo
     return baseline_logits(model)
 
 
-def load_model(root: str | Path, iteration: Optional[int] = None, tokenizer_model: Optional[str] = None
-               ) -> tuple[torch.nn.Module, Config, JointTokenizer, torch.device]:
+def load_model(root: str | Path, iteration: Optional[int] = None, tokenizer_model: Optional[str] = None,
+               unit_bpe: Optional[str] = None) -> tuple[torch.nn.Module, Config, JointTokenizer, torch.device]:
     """The trained model (eval mode, TP = PP = 1, on GPU when there is one), its run's config and
-    tokenizer; shared by scoring and generation (megatron_lst/inference/loading.py)."""
-    config = config_from_checkpoint(root, iteration, tokenizer_model)
+    tokenizer; shared by scoring and generation (megatron_lst/inference/loading.py). For the BPE
+    baseline the tokenizer holds the run's unit BPE, so speech items are scored as its pieces."""
+    config = config_from_checkpoint(root, iteration, tokenizer_model, unit_bpe)
     initialize_single_process(config.data.seed)
     task = build_task(config)
     check_vocabulary(read_common_state(root, iteration), task.tokenizer)
@@ -192,8 +205,8 @@ class CheckpointScorer:
 
     @classmethod
     def from_checkpoint(cls, root: str | Path, iteration: Optional[int] = None,
-                        tokenizer_model: Optional[str] = None) -> "CheckpointScorer":
-        model, config, tokenizer, device = load_model(root, iteration, tokenizer_model)
+                        tokenizer_model: Optional[str] = None, unit_bpe: Optional[str] = None) -> "CheckpointScorer":
+        model, config, tokenizer, device = load_model(root, iteration, tokenizer_model, unit_bpe)
         return cls(next_token_logits(model, config, tokenizer), model, tokenizer, device,
                    max_length=config.data.seq_length)
 

@@ -13,13 +13,22 @@ from typing import Optional
 
 import torch
 
-from megatron_lst.evaluation.model_scorer import load_model
+from megatron_lst.evaluation.model_scorer import config_from_checkpoint, load_model
 from megatron_lst.inference.baseline_stepper import BaselineStepper
 from megatron_lst.inference.generate import Generation, GenerationConfig, generate
 from megatron_lst.inference.lst_stepper import LSTStepper
 from megatron_lst.inference.uncached import UncachedBaselineStepper, UncachedLSTStepper
 from megatron_lst.tokenizer import JointTokenizer
 from megatron_lst.training.arguments import Config
+
+
+def refuse_bpe_baseline(model: str, root) -> None:
+    """Generation counts speech budgets (``--max-units``, ``--max-seconds``) and the stepper's speech
+    tokens in units; a BPE baseline emits pieces of several units each, so it would silently
+    overrun them. It is refused rather than generated with wrong budgets."""
+    if model == "bpe-baseline":
+        raise ValueError(f"{root}: generation does not support --model bpe-baseline checkpoints (its speech tokens "
+                         "are unit BPE pieces, and the unit budgets count raw units); score it with tools/evaluate.py")
 
 
 @dataclass
@@ -53,6 +62,7 @@ class CheckpointGenerator:
     @classmethod
     def from_checkpoint(cls, root: str | Path, iteration: Optional[int] = None,
                         tokenizer_model: Optional[str] = None, use_cache: bool = True) -> "CheckpointGenerator":
+        refuse_bpe_baseline(config_from_checkpoint(root, iteration, tokenizer_model).train.model, root)
         model, config, tokenizer, device = load_model(root, iteration, tokenizer_model)
         if config.patching.fold_speech_marker and config.train.model == "lst":
             raise ValueError("generation patches <s> as its own patch; this run folded it into the speech "

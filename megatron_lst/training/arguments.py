@@ -21,6 +21,10 @@ import yaml
 from megatron_lst.models.config import MODEL_FLAVOURS, ModelConfig, model_flavour
 
 
+MODELS = ("lst", "baseline", "bpe-baseline")
+GPT_MODELS = ("baseline", "bpe-baseline")  # megatron-core GPTModel over the joint stream (no patches)
+
+
 @dataclass
 class ParallelConfig:
     tensor_model_parallel_size: int = field(default=1, metadata={"help": "tensor-parallel ranks (TP)"})
@@ -67,6 +71,9 @@ class DataConfig:
     )
     tokenizer_model: Optional[str] = field(default=None, metadata={"help": "SentencePiece .model or .tiktoken file"})
     num_units: int = field(default=501, metadata={"help": "speech unit codebook size"})
+    unit_bpe: Optional[str] = field(default=None, metadata={
+        "help": "--model bpe-baseline: the unit BPE .model (tools/train_unit_bpe.py) that encodes every speech "
+                "segment of the raw-unit speech-text datasets into pieces"})
     split: str = field(default="98,2,0", metadata={"help": "train,valid,test split of each dataset"})
     seq_length: int = field(default=256, metadata={"help": "global positions per sample"})
     micro_batch_size: int = field(default=4, metadata={"help": "samples per micro-batch per data-parallel rank"})
@@ -100,7 +107,8 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    model: str = field(default="baseline", metadata={"help": "lst or baseline"})
+    model: str = field(default="baseline", metadata={
+        "help": "lst, baseline (GPT over raw units) or bpe-baseline (GPT over unit BPE pieces; needs --unit-bpe)"})
     train_iters: int = field(default=100, metadata={"help": "optimizer steps to train"})
     train_flops: Optional[float] = field(default=None, metadata={"help": "stop when this many FLOPs were spent"})
     train_tokens: Optional[float] = field(default=None, metadata={"help": "stop when this many raw tokens were seen"})
@@ -252,7 +260,7 @@ def _add_fields(group: argparse._ArgumentGroup, cls: type) -> None:
             group.add_argument(_flag(f.name), dest=f.name, type=kind, default=None, help=help_text)
 
 
-def build_parser(description: str = "Pretrain LST or the interleaved baseline on megatron-core.") -> argparse.ArgumentParser:
+def build_parser(description: str = "Pretrain LST or an interleaved baseline on megatron-core.") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--config", default=None, help="YAML file of flag values (sections or flat keys)")
     parser.add_argument("--model-flavour", default=None, choices=sorted(MODEL_FLAVOURS),
@@ -323,8 +331,12 @@ def parse_args(argv: Optional[list[str]] = None, extra_parser_hook=None) -> Conf
 def validate(config: Config, parser: Optional[argparse.ArgumentParser] = None) -> None:
     """Refuse settings that cannot work, with the reason."""
     problems = []
-    if config.train.model not in ("lst", "baseline"):
-        problems.append(f"--model must be lst or baseline, got {config.train.model!r}")
+    if config.train.model not in MODELS:
+        problems.append(f"--model must be one of {', '.join(MODELS)}, got {config.train.model!r}")
+    if config.train.model == "bpe-baseline" and not config.data.unit_bpe:
+        problems.append("--model bpe-baseline needs --unit-bpe MODEL (a unit BPE from tools/train_unit_bpe.py)")
+    if config.data.unit_bpe and config.train.model != "bpe-baseline":
+        problems.append(f"--unit-bpe is for --model bpe-baseline, not {config.train.model!r}")
     if config.train.nan_policy not in ("skip", "stop"):
         problems.append(f"--nan-policy must be skip or stop, got {config.train.nan_policy!r}")
     if config.train.local_attention_impl not in ("auto", "flex", "blocked"):

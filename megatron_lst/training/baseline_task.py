@@ -138,6 +138,10 @@ class BaselineTask:
         ).build()
         return train, valid
 
+    def speech_dataset_options(self) -> dict:
+        """Extra ``LSTDatasetConfig`` fields for speech-text corpora (the BPE baseline's unit BPE)."""
+        return {}
+
     def _interleaved_datasets(self, config, prefixes, weights, train_samples: int, valid_samples: int) -> tuple:
         """Speech-text blends: the same packed interleaved samples LST reads, one token per position.
 
@@ -154,6 +158,7 @@ class BaselineTask:
                                          config.data.opening_speech_uniform, config.data.text_document_marker),
             patch_size=1,
             max_tokens=config.data.seq_length + 1,
+            **self.speech_dataset_options(),
         )
         train, valid, _ = build_lst_datasets(dataset_config, [train_samples, valid_samples, 0],
                                              weight_by=config.data.blend_weights)

@@ -170,6 +170,16 @@ def load_checkpoint(
     return loaded
 
 
+def load_common_state(root: str | os.PathLike, iteration: Optional[int] = None) -> Optional[dict]:
+    """The common (non-sharded) state of the latest or given checkpoint, without loading weights,
+    so a run can check what the checkpoint was trained with first; None when there is none."""
+    if iteration is None:
+        iteration = read_latest_iteration(root)
+        if iteration is None:
+            return None
+    return dist_checkpointing.load_common_state_dict(str(iteration_dir(root, iteration)))
+
+
 def checkpoint_format_ok(path: str | os.PathLike) -> bool:
     """True when ``path`` is a finished dist_checkpointing folder."""
     return dist_checkpointing.check_is_distributed_checkpoint(str(path))

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from megatron_lst.models.flops import gpt_training_flops, lst_training_flops
-from megatron_lst.training.arguments import Config
+from megatron_lst.training.arguments import GPT_MODELS, Config
 
 # Paper's mix (docs/method.md §5): per 3.00 baseline positions 0.77 are speech units.
 SPEECH_TOKEN_FRACTION = 0.77 / 3.0
@@ -92,7 +92,13 @@ def vocab_size(config: Config) -> tuple[int, str]:
     if config.data.tokenizer_model and os.path.isfile(config.data.tokenizer_model):
         from megatron_lst.tokenizer import JointTokenizer
 
-        size = JointTokenizer.from_file(config.data.tokenizer_model, num_units=config.data.num_units).vocab_size
+        if config.train.model == "bpe-baseline" and config.data.unit_bpe and os.path.isfile(config.data.unit_bpe):
+            from megatron_lst.unit_bpe_tokenizer import UnitBPETokenizer  # speech slots: BPE pieces
+
+            size = UnitBPETokenizer.from_files(config.data.tokenizer_model, config.data.unit_bpe,
+                                               config.data.num_units).vocab_size
+        else:
+            size = JointTokenizer.from_file(config.data.tokenizer_model, num_units=config.data.num_units).vocab_size
         source = config.data.tokenizer_model
     else:
         size, source = ASSUMED_TEXT_VOCAB + JOINT_EXTRA_TOKENS, f"assumed ({ASSUMED_TEXT_VOCAB} text BPE + joint ids)"
@@ -126,7 +132,7 @@ def parameter_counts(config: Config, vocab: int) -> dict[str, int]:
     global_layers = shape.num_layers * layer_parameters(
         hidden, shape.ffn_size(), shape.num_attention_heads, shape.num_query_groups, shape.swiglu
     )
-    if config.train.model == "baseline":
+    if config.train.model in GPT_MODELS:
         counts = {"embedding": vocab * hidden, "global": global_layers + hidden, "output": vocab * hidden}
     else:
         enc, dec = shape.encoder_hidden_size, shape.decoder_hidden_size
@@ -156,7 +162,7 @@ def stage_parameters(config: Config, counts: dict[str, int]) -> int:
 
 def speech_compression(config: Config) -> float:
     """Raw tokens per global position under the paper's mix (1.0 for the baseline)."""
-    if config.train.model == "baseline":
+    if config.train.model in GPT_MODELS:
         return 1.0
     positions_per_token = (1 - SPEECH_TOKEN_FRACTION) + SPEECH_TOKEN_FRACTION / config.patching.patch_size
     return 1.0 / positions_per_token
@@ -165,7 +171,7 @@ def speech_compression(config: Config) -> float:
 def flops_per_step(config: Config, vocab: int) -> dict[str, float]:
     """Training FLOPs of one optimizer step, per module, for the global batch."""
     shape, data = config.model_config, config.data
-    if config.train.model == "baseline":
+    if config.train.model in GPT_MODELS:
         total = gpt_training_flops(
             num_tokens=data.global_batch_size * data.seq_length, seq_len=data.seq_length,
             num_layers=shape.num_layers, hidden_size=shape.hidden_size, ffn_hidden_size=shape.ffn_size(),

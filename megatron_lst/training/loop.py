@@ -25,7 +25,7 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron_lst.training import collectives
 from megatron_lst.training.arguments import Config
 from megatron_lst.training.batch_broadcast import tensor_parallel_data_iterator
-from megatron_lst.training.checkpointing import load_checkpoint, save_checkpoint
+from megatron_lst.training.checkpointing import load_checkpoint, load_common_state, save_checkpoint
 from megatron_lst.training.initialize import initialize_distributed, print_rank_0
 from megatron_lst.training.metrics import MetricsLogger
 from megatron_lst.training.sampler import build_data_iterator
@@ -248,6 +248,10 @@ class Trainer:
         if not ckpt.load:
             return
         no_optim = ckpt.no_load_optim or ckpt.finetune
+        if hasattr(self.task, "check_checkpoint"):  # e.g. the BPE baseline: same unit BPE, before any weight loads
+            common = load_common_state(ckpt.load)
+            if common is not None:
+                self.task.check_checkpoint(common, f"--load {ckpt.load}")
         loaded = load_checkpoint(
             ckpt.load,
             _unwrap(self.model),
