@@ -74,6 +74,7 @@ class BaselineTask:
 
     name = "baseline"
     collate = None  # the DataLoader's default stacking suits GPTDataset items
+    dataset_names: tuple[str, ...] = ()  # set by build_datasets for a blend: the realised token shares
 
     def __init__(self, config: Config, tokenizer: JointTokenizer | None = None,
                  pack_sequences: Optional[bool] = None):
@@ -81,7 +82,6 @@ class BaselineTask:
         self.tokenizer = tokenizer or load_tokenizer(config)
         self.use_te = resolve_use_te(config.train.transformer_impl)
         self.pack_sequences = self.use_te if pack_sequences is None else pack_sequences
-        self.dataset_names: list[str] = []  # set by build_datasets for a blend: the realised token shares
         if self.use_te and not self.pack_sequences:
             raise ValueError("the transformer-engine spec ignores the document mask: the baseline must pack "
                              "documents (pack_sequences=True) to keep them apart")
@@ -116,7 +116,7 @@ class BaselineTask:
 
     def build_datasets(self, config: Config, train_samples: int, valid_samples: int) -> tuple:
         prefixes, weights = parse_blend(config.data.data_path)
-        self.dataset_names = dataset_names(prefixes) if len(prefixes) > 1 else []
+        self.dataset_names = tuple(dataset_names(prefixes)) if len(prefixes) > 1 else ()
         if any(is_speech_text_dataset(prefix) for prefix in prefixes):
             return self._interleaved_datasets(config, prefixes, weights, train_samples, valid_samples)
         self.collate = None
@@ -173,8 +173,8 @@ class BaselineTask:
         batch = next(data_iterator)
         device = next(model.parameters()).device
         is_speech = batch.get("is_speech")
-        shares = dataset_token_shares(batch.get("dataset_id"), (batch["tokens"] != self.tokenizer.pad_id).sum(1),
-                                      self.dataset_names, device)
+        # rows' tokens as batch_tokens counts them (targets in the loss), so shares x tokens add up
+        shares = dataset_token_shares(batch.get("dataset_id"), batch["loss_mask"].sum(1), self.dataset_names, device)
         loss_func = partial(modality_token_loss, batch["loss_mask"].to(device),
                             None if is_speech is None else is_speech.to(device), extra=shares)
         if "cu_seqlens" in batch:  # packed documents (packed_to_gpt_batch with pack=True)

@@ -9,7 +9,7 @@ and data-parallel ranks and divide once (a per-token mean over the whole global 
 from __future__ import annotations
 
 from functools import partial
-from typing import Callable, Iterator, Protocol
+from typing import Callable, Iterator, Protocol, Sequence
 
 import torch
 
@@ -57,7 +57,7 @@ def masked_token_loss(loss_mask: torch.Tensor, per_token_loss: torch.Tensor, ext
     return loss_sum, num_tokens, reported
 
 
-def dataset_token_shares(dataset_ids: torch.Tensor | None, row_tokens: torch.Tensor, names: list[str],
+def dataset_token_shares(dataset_ids: torch.Tensor | None, row_tokens: torch.Tensor, names: Sequence[str],
                          device: torch.device) -> dict[str, torch.Tensor]:
     """Reported metrics ``{"share <name>": [tokens from that dataset, all tokens]}`` of a micro-batch.
 
