@@ -4,6 +4,6 @@
 # DATA_PATH, TOKENIZER, RUN_DIR, DRY_RUN=1) are train.sh's.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-for MODEL in ${MODELS:-baseline lst}; do
+for MODEL in ${MODELS:-baseline lst}; do  # MODELS="baseline lst bpe-baseline" (with UNIT_BPE) adds the BPE SpeechLLM
   "$HERE/train.sh" 7b "$MODEL" data "$@"
 done

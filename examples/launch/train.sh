@@ -3,7 +3,7 @@
 #
 #   examples/launch/train.sh SIZE MODEL CONTROL [extra pretrain_lst.py flags]
 #     SIZE     420m | 1b | 7b          (examples/configs/SIZE.yaml: the paper's optimiser and batch)
-#     MODEL    lst | baseline
+#     MODEL    lst | baseline | bpe-baseline (the BPE SpeechLLM; UNIT_BPE=its unit BPE .model)
 #     CONTROL  compute | flops | data
 #              compute: the paper's compute-controlled runs, the same iterations and global positions per
 #                       step for every model (--train-iters = the paper's steps); `iters` is an alias
@@ -14,7 +14,8 @@
 # Environment (defaults in brackets): NNODES [1], NODE_RANK [0], GPUS_PER_NODE [8],
 # MASTER_ADDR [127.0.0.1], MASTER_PORT [29500], RDZV=1 to use c10d rendezvous instead of a fixed
 # node rank (RDZV_ID names the job), DATA_PATH and TOKENIZER (the corpus), RUN_DIR [runs],
-# DRY_RUN=1 to print the plan (layout, FLOPs, memory) instead of training, PYTHON [python].
+# DRY_RUN=1 to print the plan (layout, FLOPs, memory) instead of training, PYTHON [python],
+# UNIT_BPE (bpe-baseline only).
 set -euo pipefail
 
 SIZE=${1:?usage: train.sh SIZE MODEL CONTROL [flags]}
@@ -45,7 +46,12 @@ case "$SIZE" in
         PARALLEL_FLAGS=(--sequence-parallel --use-distributed-optimizer --recompute-granularity selective) ;;
   *) echo "unknown SIZE '$SIZE' (420m, 1b or 7b)" >&2; exit 2 ;;
 esac
-case "$MODEL" in lst|baseline) ;; *) echo "unknown MODEL '$MODEL' (lst or baseline)" >&2; exit 2 ;; esac
+case "$MODEL" in
+  lst|baseline) MODEL_FLAGS=() ;;
+  bpe-baseline) [[ -n "${UNIT_BPE:-}" ]] || { echo "MODEL bpe-baseline needs UNIT_BPE=path/to/unit_bpe.model (tools/train_unit_bpe.py)" >&2; exit 2; }
+                MODEL_FLAGS=(--unit-bpe "$UNIT_BPE") ;;
+  *) echo "unknown MODEL '$MODEL' (lst, baseline or bpe-baseline)" >&2; exit 2 ;;
+esac
 
 # Budgeted runs (flops, data) cap iterations at twice the paper's and decay the LR over the paper's
 # steps; the budget, not the cap, ends them (LST: about 1.24 raw tokens per position at the paper's mix).
@@ -58,7 +64,7 @@ esac
 
 NAME="${SIZE}_${MODEL}_${CONTROL}"
 FLAGS=(
-  --config "$REPO/examples/configs/$SIZE.yaml" --model "$MODEL" --bf16
+  --config "$REPO/examples/configs/$SIZE.yaml" --model "$MODEL" "${MODEL_FLAGS[@]}" --bf16
   --tensor-model-parallel-size "$TP" --pipeline-model-parallel-size "$PP" "${PARALLEL_FLAGS[@]}"
   "${BUDGET_FLAGS[@]}"
   --save "$RUN_DIR/$NAME/checkpoints" --load "$RUN_DIR/$NAME/checkpoints"

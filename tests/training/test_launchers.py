@@ -109,3 +109,12 @@ def test_usage_errors_name_the_choices():
     assert result.returncode == 2 and "420m, 1b or 7b" in result.stderr
     result = launch("train.sh", "1b", "lst", "budget", DRY_RUN="1")
     assert result.returncode == 2 and "compute, flops or data" in result.stderr
+    result = launch("train.sh", "1b", "bpe-baseline", "compute", DRY_RUN="1")
+    assert result.returncode == 2 and "needs UNIT_BPE" in result.stderr
+
+
+def test_bpe_baseline_plans_the_same_iterations_as_the_pair():
+    result = launch("train.sh", "1b", "bpe-baseline", "compute", DRY_RUN="1", UNIT_BPE="runs/unit_bpe.model")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "dry run: --model bpe-baseline" in result.stdout
+    assert f"planned steps: {PAPER_STEPS['1b']} steps" in result.stdout
