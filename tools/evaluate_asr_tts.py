@@ -26,37 +26,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from megatron_lst.data.jsonl_records import (  # noqa: E402
-    RecordError,
-    load_json_object,
-    parse_speech_record,
-)
-from megatron_lst.data.segments import SegmentConfig, segment_utterance  # noqa: E402
+from megatron_lst.data.segments import heldout_segments as segments  # noqa: E402
 from megatron_lst.evaluation.asr_tts import (  # noqa: E402
     UNIT_RATE,
     generation_cost_of,
     unit_error_rate,
     word_error_rate,
 )
-
-
-def segments(path: str, words_per_segment: int, limit: int) -> list[dict]:
-    """Word groups of each utterance ({'text', 'units'}), cut exactly as ``tools/preprocess_data.py
-    --segment-words`` cuts fine-tuning data, so evaluation examples look like training examples."""
-    config = SegmentConfig.for_words(words_per_segment)
-    out = []
-    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            utterance = parse_speech_record(load_json_object(line), num_units=1 << 30, unit_rate=UNIT_RATE)
-        except RecordError as error:
-            raise SystemExit(f"{path}:{number}: {error}") from None
-        out += [{"text": segment.transcript, "units": segment.units.tolist()}
-                for segment in segment_utterance(utterance, config)]
-        if len(out) >= limit:
-            break
-    return out[:limit]
 
 
 def answer_nll(generator, prompts: list[list[int]], answers: list[list[int]]) -> float:
