@@ -58,12 +58,17 @@ def train_unit_bpe(
         raise ValueError("train_unit_bpe: no non-empty unit sequences were given")
     prefix = Path(model_prefix)
     prefix.parent.mkdir(parents=True, exist_ok=True)
+    # no utterance is dropped for its length: SentencePiece skips sentences over max_sentence_length
+    # bytes (4192 by default, about a minute of 25 Hz units), and units heard only in long
+    # utterances would get no piece, so the corpus they came from could not be encoded
+    longest = max(len(sentence.encode("utf-8")) for sentence in sentences)
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(sentences),
         model_prefix=str(prefix),
         vocab_size=vocab_size,
         model_type="bpe",
         character_coverage=1.0,
+        max_sentence_length=max(longest, 4192),
         add_dummy_prefix=False,
         split_by_whitespace=False,
         max_sentencepiece_length=16,
