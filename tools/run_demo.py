@@ -7,12 +7,15 @@ Stages (each cached or re-run as needed, progress printed throughout):
   1. corpus      tools/make_demo_corpus.py: gensim-wheel text, espeak-ng speech, log-mel k-means units
   2. tokenizer   a SentencePiece BPE trained on the training text
   3. preprocess  tools/preprocess_data.py: speech-text and text-only indexed datasets
-  4. train       pretrain_lst.py for the baseline, then LST, compute-controlled as in the paper: the
-                 same iterations and global positions per step (--control flops: LST instead stops on
-                 the FLOPs the baseline spent)
+  4. train       pretrain_lst.py for every compared run, compute-controlled as in the paper (the same
+                 iterations and global positions per step; --control flops: LST variants instead stop on
+                 the FLOPs the baseline spent): the baseline, the BPE baseline (a unit BPE trained here),
+                 LST with curriculum, static and aligned patching, and static LST with the strictly
+                 causal patch boundary (--quick leaves out aligned)
   5. evaluate    held-out StoryCloze-/HellaSwag-like benchmarks (synthesised speech), all four
-                 directions, with tools/evaluate.py
-  6. fine-tune   ASR and TTS from both pretrained models; held-out WER / unit error / steps per second
+                 directions, with tools/evaluate.py; the token that ends a speech span under the
+                 paper's and the causal patch rule, with tools/evaluate_switch_tokens.py
+  6. fine-tune   ASR and TTS from the baseline and LST (curriculum); held-out WER / unit error / steps per second
   7. report      demo_out/report.md with the numbers and PNG plots
 """
 
@@ -23,6 +26,7 @@ import json
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -103,16 +107,69 @@ def train(model: str, common: list[str], out: Path, extra: list[str], name: str 
     return log_json
 
 
-def flops_matched_schedule(baseline_metrics: list[dict], common: list[str], curriculum: list[str], out: Path) -> list[str]:
-    """LST's flags to stop on the FLOPs the baseline spent (``--control flops``): a 3-step probe
-    measures LST's FLOPs per step, and its schedule is fitted to the steps the budget lasts."""
+def flops_matched_schedule(baseline_metrics: list[dict], common: list[str], flags: list[str], out: Path,
+                           name: str) -> list[str]:
+    """An LST variant's flags to stop on the FLOPs the baseline spent (``--control flops``): a
+    3-step probe measures its FLOPs per step, and its schedule is fitted to the steps the budget lasts."""
     budget = summarise_run(baseline_metrics)["flops"]
-    stage("4/7 measure LST's FLOPs per step (a 3-step probe), to fit its schedule to the budget")
-    probe = summarise_run(read_metrics(train("lst", common, out, [*curriculum, "--train-iters", "3"], name="lst_probe")))
+    stage(f"4/7 measure {name}'s FLOPs per step (a 3-step probe), to fit its schedule to the budget {budget:.3e}")
+    probe = summarise_run(read_metrics(train("lst", common, out, [*flags, "--train-iters", "3"], name=f"{name}_probe")))
     lst_iters = max(int(budget // (probe["flops"] / 3)), 1)
-    stage(f"4/7 train LST, curriculum patching, same FLOPs budget ({budget:.3e}): about {lst_iters} iterations")
-    return [*curriculum, "--train-iters", str(lst_iters), "--train-flops", str(budget),
+    return [*flags, "--train-iters", str(lst_iters), "--train-flops", str(budget),
             "--lr-warmup-iters", str(max(lst_iters // 10, 1)), "--eval-interval", str(max(lst_iters // 4, 1))]
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One pretraining run of the demo: its run folder and report label, ``--model`` and flags."""
+
+    name: str
+    model: str
+    flags: tuple[str, ...]
+    description: str
+
+
+CURRICULUM = ("--patching", "curriculum", "--curriculum-tau1", "0.333", "--curriculum-tau2", "0.667")
+DEMO_UNIT_BPE_PIECES = 1000  # the paper's 1k unit BPE
+QUICK_UNIT_BPE_PIECES = 600  # --quick: 0.3 h of speech; a BPE needs more pieces than the 501 units
+FINETUNED_RUNS = ("baseline", "lst")  # ASR/TTS fine-tuning: the baseline and the paper's best LST
+SWITCH_TOKEN_RUNS = ("baseline", "lst", "lst-static", "lst-static-causal")
+QUICK_CUT = ("lst-aligned",)  # what --quick leaves out, to stay within its time budget
+
+
+def pretraining_variants(quick: bool, unit_bpe: Path) -> list[Variant]:
+    """The runs the report compares, all at the same iterations and positions per step: both
+    baselines and LST under each patching strategy, plus static LST with the strictly causal
+    patch boundary (the paper's rule looks one token ahead at a speech span's end)."""
+    variants = [
+        Variant("baseline", "baseline", (), "interleaved tokens, one per position"),
+        Variant("bpe-baseline", "bpe-baseline", ("--unit-bpe", str(unit_bpe)), "speech units as unit-BPE pieces"),
+        Variant("lst", "lst", CURRICULUM, "LST, curriculum patching aligned -> static, the paper's best"),
+        Variant("lst-static", "lst", ("--patching", "static"), "LST, static patches of 4 units"),
+        Variant("lst-aligned", "lst", ("--patching", "aligned"), "LST, one patch per word or silence"),
+        Variant("lst-static-causal", "lst", ("--patching", "static", "--patch-boundary", "causal"),
+                "LST, static, strictly causal patch boundary"),
+    ]
+    return [variant for variant in variants if not (quick and variant.name in QUICK_CUT)]
+
+
+def train_demo_unit_bpe(corpus: Path, out: Path, vocab_size: int) -> Path:
+    """The BPE baseline's unit BPE, trained on the training speech (tools/train_unit_bpe.py)."""
+    prefix = out / "tokenizer" / f"unit_bpe_{vocab_size}"
+    model = prefix.with_suffix(".model")
+    if not model.is_file():
+        run([sys.executable, "tools/train_unit_bpe.py", "--input", str(corpus / "speech_train.jsonl"),
+             "--output-prefix", str(prefix), "--vocab-size", str(vocab_size), "--num-units", "501"])
+    return model
+
+
+def evaluate_switch_tokens(name: str, out: Path, corpus: Path, max_segments: int) -> dict:
+    """tools/evaluate_switch_tokens.py on one run: the token that ends a speech span, under each patch rule."""
+    output = out / "runs" / name / "switch_tokens.json"
+    run([sys.executable, "tools/evaluate_switch_tokens.py", "--checkpoint", str(out / "runs" / name / "checkpoints"),
+         "--heldout", str(corpus / "speech_heldout.jsonl"), "--segment-words", str(SEGMENT_WORDS),
+         "--max-segments", str(max_segments), "--output", str(output)])
+    return json.loads(output.read_text())
 
 
 CONTROL_DESCRIPTIONS = {  # --control: (section title, comparison, how the pair is trained)
@@ -268,7 +325,8 @@ def patch_sample_statistics(speech_prefix: str, tokenizer: Path, out: Path, num_
 
 
 def write_report(out: Path, runs: dict[str, list[dict]], evaluations: dict, patch_stats: dict,
-                 finetuned: dict, settings: dict, elapsed: float) -> Path:
+                 finetuned: dict, settings: dict, elapsed: float, switches: dict | None = None,
+                 variants: list[Variant] | None = None) -> Path:
     from megatron_lst.demo import report as rep
 
     rep.plot_loss_vs_flops(runs, out / "loss_vs_flops.png")
@@ -278,16 +336,20 @@ def write_report(out: Path, runs: dict[str, list[dict]], evaluations: dict, patc
     for kind in sorted({r["benchmark"] for r in rows}):
         rep.plot_accuracy(rows, kind, "mean", out / f"accuracy_{kind}.png")
     summaries = {name: rep.summarise_run(r) for name, r in runs.items()}
+    control = CONTROL_DESCRIPTIONS[settings["control"]]
     lines = ["# megatron-lst demo report", "",
              f"Corpus built, models trained and evaluated in {elapsed / 60:.1f} minutes on this machine "
              f"(2 CPU cores). Settings: `{json.dumps(settings)}`.", "",
-             f"## Training ({CONTROL_DESCRIPTIONS[settings['control']][0]})", "",
-             CONTROL_DESCRIPTIONS[settings["control"]][2], "",
-             *rep.training_table(runs), "", "![loss vs FLOPs](loss_vs_flops.png)", ""]
+             f"## Training ({control[0]})", "", control[2], ""]
+    if variants:
+        lines += ["Runs: " + "; ".join(f"`{v.name}`: {v.description}" for v in variants) + "."
+                  + (f" Cut from this quick run to fit its time budget: {', '.join(QUICK_CUT)}." if settings.get("quick")
+                     else ""), ""]
+    lines += [*rep.training_table(runs), "", "![loss vs FLOPs](loss_vs_flops.png)", ""]
     if "lst" in summaries and summaries["lst"]["valid_loss"] is not None and summaries["baseline"]["valid_loss"] is not None:
         base, lst = summaries["baseline"], summaries["lst"]
         winner = "LST" if lst["valid_loss"] < base["valid_loss"] else "the baseline"
-        lines += [f"At {CONTROL_DESCRIPTIONS[settings['control']][1]} {winner} reaches the lower validation loss "
+        lines += [f"At {control[1]} {winner} reaches the lower validation loss "
                   f"({lst['valid_loss']:.4f} LST vs {base['valid_loss']:.4f} baseline, nats per token); "
                   f"LST saw {lst['raw_tokens'] or 0:.0f} raw tokens vs {base['raw_tokens'] or 0:.0f}.", ""]
     lines += ["## Patching of the interleaved demo data", "",
@@ -297,20 +359,45 @@ def write_report(out: Path, runs: dict[str, list[dict]], evaluations: dict, patc
     lines += ["", "![patch lengths](patch_lengths.png)", "", "![tokens per position](tokens_per_position.png)", "",
               "## Evaluation", ""]
     if rows:
-        lines += ["Held-out story completion (documents never trained on), accuracy with 95% Wilson intervals; "
-                  "scores: `sum` and `mean` log-prob of the ending, `seq_nll` mean NLL of the whole sequence. "
-                  "At this scale both models are expected near chance (1/2 StoryCloze-like, 1/4 HellaSwag-like).", "",
-                  *rep.evaluation_table(rows), ""]
+        lines += ["Held-out benchmarks (documents never trained on), accuracy by the `mean` log-prob of the ending "
+                  "with 95% Wilson intervals, every run side by side; the full table below also has the `sum` and "
+                  "`seq_nll` scores. StoryCloze-like and HellaSwag-like items are expected near chance at this "
+                  "scale (1/2 and 1/4).", "",
+                  *rep.accuracy_matrix(rows, "mean", list(runs)), "",
+                  "<details><summary>every score</summary>", "", *rep.evaluation_table(rows), "", "</details>", ""]
         lines += [f"![{kind}](accuracy_{kind}.png)" for kind in sorted({r["benchmark"] for r in rows})]
         skipped = {f"{m}/{k}": v.get("skipped") for m, ks in evaluations.items() for k, v in ks.items() if v.get("skipped")}
         if skipped:
             lines += ["", "Skipped directions: " + json.dumps(skipped)]
     else:
         lines += ["No evaluation was run."]
+    if switches:
+        lines += ["", *switch_section(switches, rows)]
     lines += ["", *finetune_section(finetuned)]
     report = out / "report.md"
     report.write_text("\n".join(lines) + "\n")
     return report
+
+
+def switch_section(switches: dict, rows: list[dict]) -> list[str]:
+    """Markdown for the patch-boundary comparison: the token that ends a speech span, scored with
+    the paper's and the causal rule's patches, and the S->T / T->S accuracies of both static runs."""
+    from megatron_lst.demo import report as rep
+
+    lines = ["## Patch boundaries: the paper's rule vs strictly causal", "",
+             "Under the paper's static rule a speech span's short last patch closes where the span ends, so the "
+             "prediction of the token after the span (`<t>` before text, EOS at the end) already sees that the span "
+             "ended; generation cannot. `--patch-boundary causal` lets that token join the open patch instead. Each "
+             "row scores the switch token of held-out speech segments with both rules' patches: for a paper-trained "
+             "run the paper column is what teacher-forced validation measures, the causal column what generation "
+             "gets; a causal-trained run reads the same patches either way. Lower is better.", "",
+             *rep.switch_token_table(switches), ""]
+    static_runs = [name for name in ("lst-static", "lst-static-causal") if name in switches]
+    cross = [r for r in rows if r["model"] in static_runs and r["direction"] in ("S->T", "T->S") and r["score"] == "mean"]
+    if cross:
+        lines += ["S->T and T->S accuracy (`mean` score) of the two static runs:", "",
+                  *rep.accuracy_matrix(cross, "mean", static_runs), ""]
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -346,23 +433,26 @@ def main(argv: list[str] | None = None) -> int:
               "--log-interval", str(max(iters // 20, 1)), "--eval-interval", str(max(iters // 4, 1)),
               "--eval-iters", "4", "--split", "90,10,0"]
     (out / "runs").mkdir(exist_ok=True)
-    stage("4/7 train the baseline")
-    runs = {"baseline": read_metrics(train("baseline", common, out, []))}
-    curriculum = ["--patching", "curriculum", "--curriculum-tau1", "0.333", "--curriculum-tau2", "0.667"]
-    if args.control == "flops":
-        lst_extra = flops_matched_schedule(runs["baseline"], common, curriculum, out)
-    else:
-        stage(f"4/7 train LST, curriculum patching, the same {iters} iterations and positions per step")
-        lst_extra = curriculum
-    runs["lst"] = read_metrics(train("lst", common, out, lst_extra))
-    stage("5/7 evaluate on held-out story completion")
+    unit_bpe = train_demo_unit_bpe(corpus, out, vocab_size=QUICK_UNIT_BPE_PIECES if args.quick else DEMO_UNIT_BPE_PIECES)
+    variants = pretraining_variants(args.quick, unit_bpe)
+    runs: dict[str, list[dict]] = {}
+    for number, variant in enumerate(variants, start=1):
+        extra = list(variant.flags)
+        if args.control == "flops" and variant.model == "lst":
+            extra = flops_matched_schedule(runs["baseline"], common, extra, out, variant.name)
+        stage(f"4/7 pretrain {number}/{len(variants)}: {variant.name} ({variant.description}), {iters} iterations"
+              + (" or the baseline's FLOPs" if args.control == "flops" and variant.model == "lst" else ""))
+        runs[variant.name] = read_metrics(train(variant.model, common, out, extra, name=variant.name))
+    stage("5/7 evaluate on held-out story completion and the speech-span switch tokens")
     benchmarks = build_benchmarks(corpus, out, max_items=12 if args.quick else 40)
-    evaluations = {model: evaluate(model, out, benchmarks, max_length=4 * seq_length) for model in runs}
+    evaluations = {name: evaluate(name, out, benchmarks, max_length=4 * seq_length) for name in runs}
+    switches = {name: evaluate_switch_tokens(name, out, corpus, max_segments=16 if args.quick else 64)
+                for name in runs if name in SWITCH_TOKEN_RUNS}
     stage("6/7 fine-tune ASR and TTS from both pretrained models")
     segments = preprocess_segments(corpus, tokenizer, out)
     finetune_iters = args.finetune_iters or (6 if args.quick else 300)
     finetuned = {}
-    for model in runs:
+    for model in FINETUNED_RUNS:
         for task in ("asr", "tts"):
             asr = finetuned[(model, "asr")]["checkpoint"] if task == "tts" else None
             finetuned[(model, task)] = finetune_and_evaluate(
@@ -371,8 +461,9 @@ def main(argv: list[str] | None = None) -> int:
     stage("7/7 report")
     patch_stats = patch_sample_statistics(speech, tokenizer, out, num_samples=20 if args.quick else 100)
     settings = {"quick": args.quick, "control": args.control, "iterations": iters, "seq_length": seq_length,
-                "finetune_iterations": finetune_iters}
-    report = write_report(out, runs, evaluations, patch_stats, finetuned, settings, time.time() - started)
+                "finetune_iterations": finetune_iters, "unit_bpe_pieces": QUICK_UNIT_BPE_PIECES if args.quick else DEMO_UNIT_BPE_PIECES}
+    report = write_report(out, runs, evaluations, patch_stats, finetuned, settings, time.time() - started,
+                          switches=switches, variants=variants)
     print(report.read_text())
     print(f"report: {report}")
     return 0

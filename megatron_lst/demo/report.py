@@ -189,3 +189,36 @@ def evaluation_table(rows: list[dict]) -> list[str]:
         lines.append(f"| {r['benchmark']} | {r['direction']} | {r['model']} | {r['score']} | {r['accuracy']:.3f} | "
                      f"[{r['ci95_low']:.3f}, {r['ci95_high']:.3f}] | {r['total']} |")
     return lines
+
+
+def accuracy_matrix(rows: list[dict], score: str, models: list[str]) -> list[str]:
+    """One line per model, one column per (benchmark, direction): accuracy by ``score`` with its
+    95% interval, so the variants read side by side (the full table lists every score)."""
+    columns = sorted({(r["benchmark"], r["direction"]) for r in rows if r["score"] == score})
+    found = {(r["model"], r["benchmark"], r["direction"]): r for r in rows if r["score"] == score}
+    lines = ["| model | " + " | ".join(f"{benchmark} {direction}" for benchmark, direction in columns) + " |",
+             "|---|" + "---|" * len(columns)]
+    for model in models:
+        cells = []
+        for benchmark, direction in columns:
+            r = found.get((model, benchmark, direction))
+            cells.append(f"{r['accuracy']:.2f} [{r['ci95_low']:.2f}, {r['ci95_high']:.2f}]" if r else "-")
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def switch_token_table(results: dict[str, dict]) -> list[str]:
+    """``{run: tools/evaluate_switch_tokens.py json}`` -> the NLL of the token ending a speech span,
+    scored with each patch rule's patches (all segments, and those whose last patch is partial)."""
+    lines = ["| model | trained with | switch token | NLL, paper patches | NLL, causal patches | "
+             "NLL where the last patch is partial (paper / causal) |", "|---|---|---|---|---|---|"]
+    for run, result in results.items():
+        for switch in ("<t> after speech", "EOS after speech"):
+            by_rule = result.get(switch, {})
+            paper, causal = by_rule.get("paper") or by_rule.get("none"), by_rule.get("causal") or by_rule.get("none")
+            if paper is None:
+                continue
+            lines.append(f"| {run} | {result.get('trained_patch_boundary') or 'no patches'} | {switch} | "
+                         f"{paper['nll']:.4f} | {causal['nll']:.4f} | "
+                         f"{paper['nll_partial_last_patch']:.4f} / {causal['nll_partial_last_patch']:.4f} |")
+    return lines

@@ -25,3 +25,26 @@ def test_training_table_lists_the_shares_in_percent():
     assert table[2] == ("| lst | 2 | 3.000e+09 | 900 | 5.5000 | 5.7000 | 6.1000 | 5.2000 | "
                         "speech_doc 33.1%, text_doc 66.9% |")
     assert table[3].endswith("| - |")  # no blend, no shares
+
+
+def test_accuracy_matrix_puts_variants_side_by_side():
+    from megatron_lst.demo.report import accuracy_matrix
+
+    rows = [{"model": m, "benchmark": "lexical", "direction": "S->S", "score": s, "accuracy": a,
+             "ci95_low": a - 0.1, "ci95_high": a + 0.1}
+            for m, a in (("baseline", 0.6), ("lst", 0.7)) for s in ("sum", "mean")]
+    table = accuracy_matrix(rows, "sum", ["lst", "baseline", "lst-aligned"])
+    assert table[0] == "| model | lexical S->S |"
+    assert table[2:] == ["| lst | 0.70 [0.60, 0.80] |", "| baseline | 0.60 [0.50, 0.70] |", "| lst-aligned | - |"]
+
+
+def test_switch_token_table_reads_both_rules_and_baselines():
+    from megatron_lst.demo.report import switch_token_table
+
+    scores = {"nll": 1.0, "nll_partial_last_patch": 2.0}
+    table = switch_token_table({
+        "lst-static": {"trained_patch_boundary": "paper",
+                       "<t> after speech": {"paper": scores, "causal": {"nll": 1.5, "nll_partial_last_patch": 3.0}}},
+        "baseline": {"trained_patch_boundary": None, "EOS after speech": {"none": scores}}})
+    assert table[2] == "| lst-static | paper | <t> after speech | 1.0000 | 1.5000 | 2.0000 / 3.0000 |"
+    assert table[3] == "| baseline | no patches | EOS after speech | 1.0000 | 1.0000 | 2.0000 / 2.0000 |"
