@@ -9,6 +9,10 @@ only judges sentence fluency does not.
 * StoryCloze-like: 1 true ending + 1 distractor (chance 50%).
 * HellaSwag-like:  1 true ending + 3 distractors from three different documents (chance 25%).
 
+Two more kinds are built by their own modules and reached through the same command line:
+``topic_storycloze`` (an off-topic, length-matched distractor, ``topic_storycloze.py``) and
+``lexical`` (a spoken word vs a non-word, empty prompt, ``lexical.py``).
+
 Everything is drawn from one ``numpy`` generator seeded by ``seed`` over documents sorted by id, so
 the same file and seed give the same benchmark whatever the order of the input lines.
 """
@@ -114,25 +118,60 @@ def build_benchmark(documents: list[HeldoutDocument], spec: BenchmarkSpec, seed:
     return items
 
 
+NEW_KINDS = ("topic_storycloze", "lexical")  # built by their own modules (topic_storycloze.py, lexical.py)
+
+
+def build_kind(args) -> list[Item]:
+    """The items of ``args.kind`` from the parsed command line."""
+    documents = read_heldout_documents(args.heldout)
+    if args.kind == "topic_storycloze":
+        from megatron_lst.evaluation.topic_storycloze import build_topic_storycloze
+
+        return build_topic_storycloze(documents, args.seed, args.max_items, args.windows_per_document)
+    if args.kind == "lexical":
+        from megatron_lst.evaluation.lexical import build_lexical, read_word_counts
+
+        if not args.train_text:
+            raise ValueError("--kind lexical needs --train-text (the corpus's text_train.jsonl, speech_train.jsonl)")
+        counts = read_word_counts(args.train_text)
+        print(f"read {sum(counts.values())} training words ({len(counts)} distinct) from {len(args.train_text)} files")
+        return build_lexical(documents, counts, args.seed, args.max_items, args.min_letters, args.min_count,
+                             args.edit_kinds, args.edit_letters)
+    spec = BenchmarkSpec(args.kind, BENCHMARKS[args.kind].num_endings, args.windows_per_document)
+    return build_benchmark(documents, spec, args.seed, args.max_items)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     """``python -m megatron_lst.evaluation.benchmarks --heldout DIR/heldout_documents.jsonl ...``"""
     import argparse
 
     from megatron_lst.evaluation.items import write_items
 
-    parser = argparse.ArgumentParser(description="Build a text-only story-completion benchmark from held-out "
+    parser = argparse.ArgumentParser(description="Build a text-only benchmark from held-out "
                                                  "documents (add speech with tools/synthesize_benchmark.py).")
     parser.add_argument("--heldout", required=True, help="heldout_documents.jsonl of the demo corpus")
-    parser.add_argument("--kind", choices=sorted(BENCHMARKS), default="storycloze",
-                        help="storycloze: true 5th sentence vs 1 other; hellaswag: vs 3 others")
+    parser.add_argument("--kind", choices=sorted(BENCHMARKS) + list(NEW_KINDS), default="storycloze",
+                        help="storycloze: true 5th sentence vs 1 other; hellaswag: vs 3 others; "
+                             "topic_storycloze: vs 1 off-topic sentence of similar length; "
+                             "lexical: a real word vs a non-word a few letters away, empty prompt")
     parser.add_argument("--output", required=True, help="benchmark jsonl to write")
     parser.add_argument("--seed", type=int, default=0, help="same seed and input, same benchmark")
     parser.add_argument("--max-items", type=int, default=None, help="keep at most this many items")
     parser.add_argument("--windows-per-document", type=int, default=1,
                         help="non-overlapping 5-sentence windows taken from one document")
+    parser.add_argument("--train-text", nargs="+", default=None,
+                        help="lexical: training jsonl files with a 'text' field; words are chosen frequent "
+                             "there and non-words must not occur there")
+    parser.add_argument("--min-letters", type=int, default=7, help="lexical: shortest word")
+    parser.add_argument("--min-count", type=int, default=5, help="lexical: fewest training occurrences of a word")
+    parser.add_argument("--edit-kinds", default="vc", choices=["v", "c", "vc"],
+                        help="lexical: letters a non-word may change: vowels, similar consonants, or both")
+    parser.add_argument("--edit-letters", type=int, default=3, help="lexical: letters changed per non-word")
     args = parser.parse_args(argv)
-    spec = BenchmarkSpec(args.kind, BENCHMARKS[args.kind].num_endings, args.windows_per_document)
-    items = build_benchmark(read_heldout_documents(args.heldout), spec, args.seed, args.max_items)
+    try:
+        items = build_kind(args)
+    except (ValueError, FileNotFoundError) as error:
+        parser.exit(2, f"error: {error}\n")
     write_items(args.output, items)
     print(f"wrote {len(items)} {args.kind} items to {args.output}")
     return 0

@@ -44,8 +44,12 @@ class PartSynthesizer:
         return self._cache[text]
 
     def part(self, part: Part) -> Part:
+        """``part`` with its units. An empty text (the prompt of a lexical item, FORMAT.md) is no
+        speech: it gets zero units rather than whatever espeak makes of nothing."""
         if part.text is None:
             raise ValueError("a part without text cannot be synthesised")
+        if not part.text.strip():
+            return replace(part, units=())
         return replace(part, units=self.units(part.text))
 
 
