@@ -11,12 +11,12 @@ with a 95% Wilson interval under three scores: summed and mean log-prob of the e
 of the whole sequence. The model family, shape and tokenizer are read from the checkpoint; for a
 bpe-baseline checkpoint that includes its unit BPE, which encodes the speech prompts and endings.
 
---patching (LST only; baselines are not patched and ignore it): static patches speech in runs of the
-run's patch size; aligned makes one patch per word / silence from the benchmark's word times
-("segments", written by tools/synthesize_benchmark.py) with the run's silence mode, patch boundary
-and patch-length cap; auto (default) takes aligned when the model was trained with aligned, mixed or
-curriculum patching and every speech part has word times, static otherwise. The table and the
-json say which was used and why.
+--patching (LST only; baselines are not patched and ignore it): static (default, what this tool always
+did) patches speech in runs of the run's patch size; aligned makes one patch per word / silence from
+the benchmark's word times ("segments", written by tools/synthesize_benchmark.py) with the run's
+silence mode, patch boundary and patch-length cap; auto takes aligned when the model was trained
+with aligned, mixed or curriculum patching and every speech part has word times, static otherwise.
+The table and the json say which was used and why.
 """
 
 from __future__ import annotations
@@ -53,8 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "it (its SHA-256 must match the checkpoint's)")
     parser.add_argument("--model", choices=["auto", "baseline", "bpe-baseline", "lst"], default="auto",
                         help="expected model family; 'auto' takes the checkpoint's")
-    parser.add_argument("--patching", choices=REQUESTS, default="auto",
-                        help="LST only: static (runs of the patch size), aligned (one patch per word / silence "
+    parser.add_argument("--patching", choices=REQUESTS, default="static",
+                        help="LST only: static (default: runs of the patch size), aligned (one patch per word / silence "
                              "from the benchmark's word times) or auto (aligned for aligned / mixed / curriculum "
                              "runs when every speech part has word times, else static); baselines ignore it")
     parser.add_argument("--output", default=None, help="also write accuracies and per-item scores to this json")

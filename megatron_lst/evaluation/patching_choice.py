@@ -65,7 +65,7 @@ def choose_patching(requested: str, model: str, trained_with: Optional[str], ite
         return PatchingChoice(NOT_PATCHED, requested, f"{model} models read every token; nothing is patched", note)
     total, missing, first = speech_parts_without_word_times(items)
     if requested == "static":
-        return PatchingChoice("static", requested, f"static patches of the run's patch size (asked); "
+        return PatchingChoice("static", requested, f"static patches of the run's patch size (--patching static); "
                                                    f"the model was trained with {trained_with} patching")
     if requested == "aligned":
         if missing:
@@ -76,7 +76,7 @@ def choose_patching(requested: str, model: str, trained_with: Optional[str], ite
         if trained_with not in ALIGNED_TRAINING:
             note = f"the model was trained with {trained_with} patching, so aligned patches are new to it"
         return PatchingChoice("aligned", requested, "one patch per word / silence from the benchmark's word "
-                                                    "times (asked)", note)
+                                                    "times (--patching aligned)", note)
     if trained_with not in ALIGNED_TRAINING:
         return PatchingChoice("static", requested, f"auto: the model was trained with {trained_with} patching")
     if total == 0:

@@ -62,23 +62,25 @@ def test_auto_scores_a_curriculum_model_aligned_only_with_word_times(curriculum_
                items[1]]
     write_items(tmp_path / "untimed.jsonl", untimed)
 
-    auto = evaluate(curriculum_checkpoint, tmp_path / "timed.jsonl", tmp_path / "auto.json")
+    auto = evaluate(curriculum_checkpoint, tmp_path / "timed.jsonl", tmp_path / "auto.json", "--patching", "auto")
     assert auto.returncode == 0, auto.stderr[-3000:]
     assert "patching: aligned (auto: trained with curriculum patching" in auto.stdout
     saved = json.loads((tmp_path / "auto.json").read_text())
     assert saved["patching"]["used"] == "aligned" and saved["patching"]["requested"] == "auto"
     assert {entry["patching"] for entry in saved["results"].values()} == {"aligned"}
 
-    static = evaluate(curriculum_checkpoint, tmp_path / "timed.jsonl", tmp_path / "static.json", "--patching", "static")
+    static = evaluate(curriculum_checkpoint, tmp_path / "timed.jsonl", tmp_path / "static.json")  # the default
     assert static.returncode == 0, static.stderr[-3000:]
     static_saved = json.loads((tmp_path / "static.json").read_text())
+    assert static_saved["patching"]["requested"] == "static"
     assert static_saved["results"]["S->S"]["patching"] == "static"
     # other patches, other numbers: the option reaches the model
     aligned_sums = saved["results"]["S->S"]["items"][0]["scores"]["sum"]
     static_sums = static_saved["results"]["S->S"]["items"][0]["scores"]["sum"]
     assert max(abs(a - s) for a, s in zip(aligned_sums, static_sums)) > 1e-4
 
-    fallback = evaluate(curriculum_checkpoint, tmp_path / "untimed.jsonl", tmp_path / "fallback.json")
+    fallback = evaluate(curriculum_checkpoint, tmp_path / "untimed.jsonl", tmp_path / "fallback.json", "--patching",
+                        "auto")
     assert fallback.returncode == 0, fallback.stderr[-3000:]
     assert "patching: static (auto: 1 of 6 speech parts have no word times (e.g. item i0: endings[1]))" in fallback.stdout
 
