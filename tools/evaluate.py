@@ -10,6 +10,13 @@ the others are listed as skipped with the reason. For every direction the table 
 with a 95% Wilson interval under three scores: summed and mean log-prob of the ending, and mean NLL
 of the whole sequence. The model family, shape and tokenizer are read from the checkpoint; for a
 bpe-baseline checkpoint that includes its unit BPE, which encodes the speech prompts and endings.
+
+--patching (LST only; baselines are not patched and ignore it): static (default, what this tool always
+did) patches speech in runs of the run's patch size; aligned makes one patch per word / silence from
+the benchmark's word times ("segments", written by tools/synthesize_benchmark.py) with the run's
+silence mode, patch boundary and patch-length cap; auto takes aligned when the model was trained
+with aligned, mixed or curriculum patching and every speech part has word times, static otherwise.
+The table and the json say which was used and why.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from megatron_lst.evaluation.items import read_items  # noqa: E402
+from megatron_lst.evaluation.patching_choice import REQUESTS, choose_patching  # noqa: E402
 from megatron_lst.evaluation.scoring import DIRECTIONS, SequenceBuilder  # noqa: E402
 from megatron_lst.evaluation.story_completion import evaluate_items, format_report  # noqa: E402
 
@@ -45,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "it (its SHA-256 must match the checkpoint's)")
     parser.add_argument("--model", choices=["auto", "baseline", "bpe-baseline", "lst"], default="auto",
                         help="expected model family; 'auto' takes the checkpoint's")
+    parser.add_argument("--patching", choices=REQUESTS, default="static",
+                        help="LST only: static (default: runs of the patch size), aligned (one patch per word / silence "
+                             "from the benchmark's word times) or auto (aligned for aligned / mixed / curriculum "
+                             "runs when every speech part has word times, else static); baselines ignore it")
     parser.add_argument("--output", default=None, help="also write accuracies and per-item scores to this json")
     return parser
 
@@ -54,7 +66,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.batch_size < 1:
         print("error: --batch-size must be >= 1", file=sys.stderr)
         return 2
-    items = read_items(args.benchmark)
+    try:  # a malformed item (e.g. word times that do not cover its units) is named with its line and field
+        items = read_items(args.benchmark)
+    except (OSError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
 
     from megatron_lst.evaluation.model_scorer import CheckpointScorer, config_from_checkpoint
 
@@ -62,13 +78,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.model != "auto" and args.model != config.train.model:
         print(f"error: --model {args.model} but the checkpoint holds a {config.train.model} model", file=sys.stderr)
         return 2
+    try:
+        choice = choose_patching(args.patching, config.train.model, config.patching.patching, items)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if choice.note:
+        print(f"note: {choice.note}", file=sys.stderr)
+    aligned = choice.patching == "aligned"
     try:  # a bpe-baseline's tokenizer encodes speech items with the run's unit BPE (never raw unit ids)
-        scorer = CheckpointScorer.from_checkpoint(args.checkpoint, args.iteration, args.tokenizer_model, args.unit_bpe)
+        scorer = CheckpointScorer.from_checkpoint(args.checkpoint, args.iteration, args.tokenizer_model, args.unit_bpe,
+                                                  patching="aligned" if aligned else "static")
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    builder = SequenceBuilder(scorer.tokenizer, max_length=args.max_length or scorer.max_length)
+    builder = SequenceBuilder(scorer.tokenizer, max_length=args.max_length or scorer.max_length, word_times=aligned)
     report = evaluate_items(items, builder, scorer, args.directions, args.batch_size)
+    report.patching = choice
     print(f"{args.benchmark}: {len(items)} items, checkpoint {args.checkpoint} ({config.train.model})")
     print(format_report(report))
     if args.output:

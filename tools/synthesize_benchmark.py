@@ -5,7 +5,10 @@
         --extractor demo_corpus/unit_extractor.npz  (one line)
 
 Writes the same items with "units" on every prompt and ending (evaluation/FORMAT.md), so
-tools/evaluate.py can then run S->S, S->T and T->S as well as T->T. Use the unit extractor saved by
+tools/evaluate.py can then run S->S, S->T and T->S as well as T->T. Each part also gets its word
+times, "segments": [[start, end, "word"|"sil"], ...] in unit frames, tiling its units, from
+espeak-ng's own word events, so aligned LST models can be scored with aligned patches
+(tools/evaluate.py --patching). Use the unit extractor saved by
 the demo corpus the model was trained on; other units would be a different codebook. Items espeak
 cannot speak are left out and counted.
 """
@@ -28,7 +31,7 @@ from megatron_lst.evaluation.speech import PartSynthesizer, Voice, synthesize_it
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", required=True, help="benchmark jsonl with text on every part")
-    parser.add_argument("--output", required=True, help="benchmark jsonl to write, with units added")
+    parser.add_argument("--output", required=True, help="benchmark jsonl to write, with units and word times added")
     parser.add_argument("--extractor", required=True, help="unit_extractor.npz of the demo corpus")
     parser.add_argument("--voice", default="en-us", help="espeak-ng voice (default en-us)")
     parser.add_argument("--rate", type=int, default=175, help="speaking rate in words per minute (default 175)")

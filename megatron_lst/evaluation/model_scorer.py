@@ -11,8 +11,12 @@ Both model families reduce to one function, next-token logits of a right-padded 
 * baseline and bpe-baseline (megatron-core GPTModel): the model reads all L tokens; logits at t
   predict t + 1. The BPE baseline's tokenizer encodes speech items with the run's unit BPE.
 * LST: the model reads the first L - 1 tokens with the patch lengths of all L (the one-patch lag,
-  docs/method.md §2), patched *static* with the run's patch size whatever the training strategy: the paper
-  evaluates without an aligner (docs/method.md §3), and static needs nothing but the tokens.
+  docs/method.md §2). By default patched *static* with the run's patch size whatever the training
+  strategy: static needs nothing but the tokens, and a curriculum run ends on static patches
+  (docs/method.md §3). ``patching="aligned"`` patches every row aligned instead, from per-token
+  segment metadata built from the benchmark's word times (scoring.SequenceBuilder), with the
+  run's silence mode, ``--patch-boundary`` and ``--max-patch-length``: the same kernel call and
+  settings as a training row that the curriculum or mixed draw patched aligned.
 
 Padding goes after each sequence and attention is causal, so it cannot change a sequence's
 log-probs; for LST the pad tokens are text-like, each its own patch after the real ones.
@@ -34,7 +38,7 @@ import torch
 from megatron.core import dist_checkpointing
 
 from megatron_lst.models.config import ModelConfig
-from megatron_lst.patching import compute_patches
+from megatron_lst.patching import PatchingConfig, compute_patches
 from megatron_lst.patching.padding import merge_padding_patches
 from megatron_lst.tokenizer import JointTokenizer
 from megatron_lst.training.arguments import SECTIONS, Config, config_from_values
@@ -42,7 +46,9 @@ from megatron_lst.training.checkpointing import iteration_dir, load_checkpoint, 
 from megatron_lst.training.initialize import initialize_distributed
 from megatron_lst.unit_bpe_tokenizer import UnitBPETokenizer, check_saved_layout
 
-NextTokenLogits = Callable[[torch.Tensor], torch.Tensor]
+# (tokens [B, L], segment_ids [B, L] or None, is_silence [B, L] or None) -> logits [B, L - 1, V]
+NextTokenLogits = Callable[..., torch.Tensor]
+SCORING_PATCHINGS = ("static", "aligned")
 
 
 def checkpoint_iteration_dir(root: str | Path, iteration: Optional[int] = None) -> Path:
@@ -141,35 +147,68 @@ def build_task(config: Config):
 
 
 def baseline_logits(model: torch.nn.Module) -> NextTokenLogits:
-    def logits(tokens: torch.Tensor) -> torch.Tensor:
+    """Baselines are not patched: any segment metadata is ignored."""
+
+    def logits(tokens: torch.Tensor, segment_ids: Optional[torch.Tensor] = None,
+               is_silence: Optional[torch.Tensor] = None) -> torch.Tensor:
         positions = torch.arange(tokens.shape[1], device=tokens.device).unsqueeze(0).expand_as(tokens)
         return model(tokens, positions, None)[:, :-1]
 
     return logits
 
 
-def lst_logits(model: torch.nn.Module, config: Config, tokenizer: JointTokenizer) -> NextTokenLogits:
-    """Static patching of the whole sequence; the model reads all but the last token. Rows are
-    right-padded with PAD (``CheckpointScorer``); a row's padding is one patch, as in training."""
-    static = config.patching.to_patching_config(config.train.train_iters, config.data.seed)
-    static = replace(static, strategy="static")
+def scoring_patching_config(config: Config, patching: str = "static") -> PatchingConfig:
+    """The run's PatchingConfig (patch size, silence mode, cap, marker folding, patch boundary) with
+    the strategy fixed to ``static`` or ``aligned``: at evaluation no row is drawn at random."""
+    if patching not in SCORING_PATCHINGS:
+        raise ValueError(f"scoring patches 'static' or 'aligned', not {patching!r}")
+    run = config.patching.to_patching_config(config.train.train_iters, config.data.seed)
+    return replace(run, strategy=patching)
 
-    def logits(tokens: torch.Tensor) -> torch.Tensor:
-        is_speech = torch.as_tensor(tokenizer.vocab.is_unit(tokens.cpu().numpy()), device=tokens.device)
-        # padding is no document (-1), so a causal run's open speech patch never takes a PAD
-        document_ids = torch.where(tokens != tokenizer.pad_id, 0, -1).int()
-        patch_lengths = compute_patches(tokens, is_speech, static, tokenizer.vocab,
-                                        document_ids=document_ids).patch_lengths.long()
-        num_tokens = (tokens != tokenizer.pad_id).sum(dim=1)
-        patch_lengths = merge_padding_patches(patch_lengths, num_tokens)
+
+def scoring_patch_lengths(tokens: torch.Tensor, patching: PatchingConfig, tokenizer: JointTokenizer,
+                          segment_ids: Optional[torch.Tensor] = None,
+                          is_silence: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Patch lengths [B, P] of right-padded rows [B, L], as the training collate computes them (one
+    kernel call, then each row's padding merged into one patch). Aligned patching needs the rows'
+    ``segment_ids`` / ``is_silence`` (PAD and text: -1 / False)."""
+    if patching.strategy == "aligned" and segment_ids is None:
+        raise ValueError("aligned patching needs segment ids: score with SequenceBuilder(word_times=True)")
+    if patching.strategy == "static":
+        segment_ids = is_silence = None  # static reads none, and then the kernel validates none
+    is_speech = torch.as_tensor(tokenizer.vocab.is_unit(tokens.cpu().numpy()), device=tokens.device)
+    # padding is no document (-1), so a causal run's open speech patch never takes a PAD
+    document_ids = torch.where(tokens != tokenizer.pad_id, 0, -1).int()
+    patch_lengths = compute_patches(tokens, is_speech, patching, tokenizer.vocab, segment_ids=segment_ids,
+                                    is_silence=is_silence, document_ids=document_ids).patch_lengths.long()
+    num_tokens = (tokens != tokenizer.pad_id).sum(dim=1)
+    return merge_padding_patches(patch_lengths, num_tokens)
+
+
+def patched_lst_logits(model: torch.nn.Module, patching: PatchingConfig, tokenizer: JointTokenizer) -> NextTokenLogits:
+    """Next-token logits of an LST model under ``patching``; the model reads all but the last token
+    with the patch lengths of the whole row (the one-patch lag)."""
+
+    def logits(tokens: torch.Tensor, segment_ids: Optional[torch.Tensor] = None,
+               is_silence: Optional[torch.Tensor] = None) -> torch.Tensor:
+        patch_lengths = scoring_patch_lengths(tokens, patching, tokenizer, segment_ids, is_silence)
         return model(tokens[:, :-1].contiguous(), patch_lengths.to(tokens.device))
 
     return logits
 
 
-def next_token_logits(model: torch.nn.Module, config: Config, tokenizer: JointTokenizer) -> NextTokenLogits:
+def lst_logits(model: torch.nn.Module, config: Config, tokenizer: JointTokenizer,
+               patching: str = "static") -> NextTokenLogits:
+    """The run's patching settings with the strategy ``static`` (default) or ``aligned``. Rows are
+    right-padded with PAD (``CheckpointScorer``); a row's padding is one patch, as in training."""
+    return patched_lst_logits(model, scoring_patching_config(config, patching), tokenizer)
+
+
+def next_token_logits(model: torch.nn.Module, config: Config, tokenizer: JointTokenizer,
+                      patching: str = "static") -> NextTokenLogits:
+    """``patching`` applies to LST only; baselines are not patched and ignore it."""
     if config.train.model == "lst":
-        return lst_logits(model, config, tokenizer)
+        return lst_logits(model, config, tokenizer, patching)
     return baseline_logits(model)
 
 
@@ -205,19 +244,40 @@ class CheckpointScorer:
 
     @classmethod
     def from_checkpoint(cls, root: str | Path, iteration: Optional[int] = None,
-                        tokenizer_model: Optional[str] = None, unit_bpe: Optional[str] = None) -> "CheckpointScorer":
+                        tokenizer_model: Optional[str] = None, unit_bpe: Optional[str] = None,
+                        patching: str = "static") -> "CheckpointScorer":
+        """``patching`` (static / aligned) applies to LST checkpoints; baselines ignore it."""
         model, config, tokenizer, device = load_model(root, iteration, tokenizer_model, unit_bpe)
-        return cls(next_token_logits(model, config, tokenizer), model, tokenizer, device,
+        return cls(next_token_logits(model, config, tokenizer, patching), model, tokenizer, device,
                    max_length=config.data.seq_length)
 
     @torch.no_grad()
-    def token_logprobs(self, sequences: list[np.ndarray]) -> list[np.ndarray]:
+    def token_logprobs(self, sequences: list[np.ndarray],
+                       alignments: Optional[list[Optional[tuple[np.ndarray, np.ndarray]]]] = None
+                       ) -> list[np.ndarray]:
+        """``alignments``: per sequence its (segment_ids, is_silence), for aligned LST scoring."""
         lengths = [len(sequence) for sequence in sequences]
         tokens = torch.full((len(sequences), max(lengths)), self.tokenizer.pad_id, dtype=torch.long)
         for row, sequence in enumerate(sequences):
             tokens[row, :len(sequence)] = torch.as_tensor(sequence, dtype=torch.long)
+        segment_ids = is_silence = None
+        if alignments is not None:
+            if len(alignments) != len(sequences) or any(a is None for a in alignments):
+                raise ValueError("alignments must give (segment_ids, is_silence) for every sequence")
+            segment_ids = torch.full(tokens.shape, -1, dtype=torch.int32)
+            is_silence = torch.zeros(tokens.shape, dtype=torch.bool)
+            for row, (row_segments, row_silence) in enumerate(alignments):
+                if len(row_segments) != lengths[row] or len(row_silence) != lengths[row]:
+                    raise ValueError(f"sequence {row}: {lengths[row]} tokens but alignment of "
+                                     f"{len(row_segments)} / {len(row_silence)}")
+                segment_ids[row, :lengths[row]] = torch.as_tensor(np.asarray(row_segments), dtype=torch.int32)
+                is_silence[row, :lengths[row]] = torch.as_tensor(np.asarray(row_silence), dtype=torch.bool)
         tokens = tokens.to(self.device)
-        logits = self.logits_of(tokens)[..., :self.tokenizer.vocab_size].float()
+        if segment_ids is None:
+            logits = self.logits_of(tokens)
+        else:
+            logits = self.logits_of(tokens, segment_ids.to(self.device), is_silence.to(self.device))
+        logits = logits[..., :self.tokenizer.vocab_size].float()
         logprobs = torch.log_softmax(logits, dim=-1).gather(-1, tokens[:, 1:, None]).squeeze(-1)
         return [logprobs[row, :length - 1].cpu().numpy().astype(np.float64)
                 for row, length in enumerate(lengths)]

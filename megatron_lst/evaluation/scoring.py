@@ -68,53 +68,116 @@ class EndingTooLong(ValueError):
 
 class TokenScorer(Protocol):
     def token_logprobs(self, sequences: list[np.ndarray]) -> list[np.ndarray]:
-        """For each sequence of joint ids, log p(token t | tokens < t) for t = 1 .. len - 1."""
+        """For each sequence of joint ids, log p(token t | tokens < t) for t = 1 .. len - 1.
+
+        A scorer that patches aligned also takes ``alignments=[(segment_ids, is_silence), ...]``,
+        one pair of per-token arrays per sequence (:class:`ScoringSequence`); it is passed only
+        when the builder made them (``SequenceBuilder(word_times=True)``)."""
 
 
 @dataclass(frozen=True)
 class ScoringSequence:
-    """One candidate as the model sees it: ``tokens[ending_start:]`` are the ending's tokens."""
+    """One candidate as the model sees it: ``tokens[ending_start:]`` are the ending's tokens.
+
+    With word times, ``segment_ids`` / ``is_silence`` are its per-token metadata in the patching
+    kernel's schema (patching/strategies.py): every unit carries the id of its word or silence
+    segment, unique in the sequence; text tokens, markers and BOS carry -1 (single-token patches).
+    """
 
     tokens: np.ndarray
     ending_start: int
+    segment_ids: Optional[np.ndarray] = None
+    is_silence: Optional[np.ndarray] = None
+
+    @property
+    def alignment(self) -> Optional[tuple[np.ndarray, np.ndarray]]:
+        return None if self.segment_ids is None else (self.segment_ids, self.is_silence)
+
+
+@dataclass(frozen=True)
+class PartTokens:
+    """A part's joint ids, with per-token segment metadata when the builder keeps word times."""
+
+    tokens: np.ndarray
+    segment_ids: Optional[np.ndarray] = None
+    is_silence: Optional[np.ndarray] = None
 
 
 class SequenceBuilder:
-    """Turns parts of an item into joint-vocabulary ids and lays out the scoring sequence."""
+    """Turns parts of an item into joint-vocabulary ids and lays out the scoring sequence.
 
-    def __init__(self, tokenizer: JointTokenizer, max_length: Optional[int] = None):
+    ``word_times=True`` (aligned scoring) also lays out each sequence's segment metadata from its
+    speech parts' ``segments``, the way the interleaver lays out a training stream's
+    (data/interleave.py ``StreamBuilder``), so the training patching code applies unchanged.
+    """
+
+    def __init__(self, tokenizer: JointTokenizer, max_length: Optional[int] = None, word_times: bool = False):
         self.tokenizer = tokenizer
         self.max_length = max_length
+        self.word_times = word_times
 
     def part_tokens(self, part: Part, modality: str) -> np.ndarray:
         if modality == TEXT:
             return np.asarray(self.tokenizer.encode_text(part.text), dtype=np.int64)
         return self.tokenizer.encode_units(part.units).astype(np.int64)
 
+    def encode_part(self, part: Part, modality: str, name: str = "part") -> PartTokens:
+        """The part's tokens and, with word times, its segment ids (speech: the part's segments
+        numbered from 0; text: -1) and silence flags."""
+        tokens = self.part_tokens(part, modality)
+        if not self.word_times:
+            return PartTokens(tokens)
+        if modality == TEXT:
+            return PartTokens(tokens, np.full(len(tokens), -1, np.int32), np.zeros(len(tokens), bool))
+        if not part.has_word_times:
+            raise ValueError(f"{name} has units but no word times ('segments'), which aligned scoring needs")
+        segment_ids, is_silence = part.segment_metadata()
+        if len(segment_ids) != len(tokens):  # a tokenizer that does not map one unit to one token (unit BPE)
+            raise ValueError(f"{name}: {len(part.units)} units became {len(tokens)} tokens, so its word times "
+                             "do not apply; aligned scoring needs one token per unit")
+        return PartTokens(tokens, segment_ids, is_silence)
+
     def marker(self, modality: str) -> int:
         return self.tokenizer.text_marker_id if modality == TEXT else self.tokenizer.speech_marker_id
 
-    def build(self, prompt: np.ndarray, ending: np.ndarray, direction: Direction) -> ScoringSequence:
+    def build(self, prompt: np.ndarray | PartTokens, ending: np.ndarray | PartTokens,
+              direction: Direction) -> ScoringSequence:
         """Lay out one sequence; a too-long prompt loses its oldest tokens (BOS and marker stay),
-        because the end of the story is what the ending must follow."""
-        if len(ending) == 0:
+        because the end of the story is what the ending must follow. A cut through a word keeps
+        its remaining units as a shorter segment."""
+        prompt = prompt if isinstance(prompt, PartTokens) else PartTokens(np.asarray(prompt))
+        ending = ending if isinstance(ending, PartTokens) else PartTokens(np.asarray(ending))
+        if len(ending.tokens) == 0:
             raise ValueError("an ending has no tokens")
         head = [self.tokenizer.bos_id, self.marker(direction.prompt)]
         switch = [self.marker(direction.ending)] if direction.ending != direction.prompt else []
+        keep = len(prompt.tokens)
         if self.max_length is not None:
-            room = self.max_length - len(head) - len(switch) - len(ending)
+            room = self.max_length - len(head) - len(switch) - len(ending.tokens)
             if room < 1:
-                raise EndingTooLong(f"an ending of {len(ending)} tokens does not fit in {self.max_length} "
+                raise EndingTooLong(f"an ending of {len(ending.tokens)} tokens does not fit in {self.max_length} "
                                     f"tokens with BOS and markers")
-            prompt = prompt[-room:]
-        tokens = np.concatenate([np.asarray(head, np.int64), prompt,
-                                 np.asarray(switch, np.int64), ending])
-        return ScoringSequence(tokens, len(tokens) - len(ending))
+            keep = min(keep, room)
+        start = len(prompt.tokens) - keep
+        tokens = np.concatenate([np.asarray(head, np.int64), prompt.tokens[start:],
+                                 np.asarray(switch, np.int64), ending.tokens])
+        ending_start = len(tokens) - len(ending.tokens)
+        if prompt.segment_ids is None or ending.segment_ids is None:
+            return ScoringSequence(tokens, ending_start)
+        # the ending's segments follow the prompt's: ids stay unique and non-decreasing along the row
+        offset = int(prompt.segment_ids.max(initial=-1)) + 1
+        ending_ids = np.where(ending.segment_ids >= 0, ending.segment_ids + offset, -1)
+        none = np.full(len(head), -1, np.int32), np.full(len(switch), -1, np.int32)
+        segment_ids = np.concatenate([none[0], prompt.segment_ids[start:], none[1], ending_ids]).astype(np.int32)
+        is_silence = np.concatenate([np.zeros(len(head), bool), prompt.is_silence[start:],
+                                     np.zeros(len(switch), bool), ending.is_silence]).astype(bool)
+        return ScoringSequence(tokens, ending_start, segment_ids, is_silence)
 
     def item_sequences(self, item: Item, direction: Direction) -> list[ScoringSequence]:
-        prompt = self.part_tokens(item.prompt, direction.prompt)
-        return [self.build(prompt, self.part_tokens(ending, direction.ending), direction)
-                for ending in item.endings]
+        prompt = self.encode_part(item.prompt, direction.prompt, f"item {item.id}: prompt")
+        return [self.build(prompt, self.encode_part(ending, direction.ending, f"item {item.id}: endings[{index}]"),
+                           direction)
+                for index, ending in enumerate(item.endings)]
 
 
 def ending_scores(sequence: ScoringSequence, logprobs: np.ndarray) -> dict[str, float]:
@@ -190,7 +253,11 @@ def score_direction(items: Sequence[Item], direction: Direction, builder: Sequen
     flat = [sequence for sequences in per_item_sequences for sequence in sequences]
     logprobs: list[np.ndarray] = []
     for batch in _batches(flat, batch_size):
-        logprobs.extend(scorer.token_logprobs([sequence.tokens for sequence in batch]))
+        tokens = [sequence.tokens for sequence in batch]
+        if builder.word_times:
+            logprobs.extend(scorer.token_logprobs(tokens, alignments=[sequence.alignment for sequence in batch]))
+        else:
+            logprobs.extend(scorer.token_logprobs(tokens))
     flat_scores = [ending_scores(sequence, lp) for sequence, lp in zip(flat, logprobs, strict=True)]
 
     correct = dict.fromkeys(SCORES, 0)

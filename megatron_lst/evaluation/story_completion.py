@@ -7,9 +7,10 @@ works on a text-only file (T->T only) and on a synthesised one (all four directi
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Optional, Sequence
 
 from megatron_lst.evaluation.items import Item
+from megatron_lst.evaluation.patching_choice import PatchingChoice
 from megatron_lst.evaluation.scoring import (DIRECTIONS, SCORES, DirectionResult, EndingTooLong,
                                              SequenceBuilder, TokenScorer, score_direction, skip_reason)
 
@@ -18,10 +19,16 @@ from megatron_lst.evaluation.scoring import (DIRECTIONS, SCORES, DirectionResult
 class BenchmarkReport:
     results: list[DirectionResult] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
+    # how the model was patched (tools/evaluate.py --patching); every direction of one report shares it
+    patching: Optional[PatchingChoice] = None
 
     def to_dict(self) -> dict:
-        return {"results": {r.direction.label: r.to_dict() for r in self.results},
-                "skipped": self.skipped}
+        results = {r.direction.label: r.to_dict() for r in self.results}
+        if self.patching is None:
+            return {"results": results, "skipped": self.skipped}
+        for entry in results.values():
+            entry["patching"] = self.patching.patching
+        return {"patching": self.patching.to_dict(), "results": results, "skipped": self.skipped}
 
 
 def evaluate_items(items: Sequence[Item], builder: SequenceBuilder, scorer: TokenScorer,
@@ -47,10 +54,13 @@ def evaluate_items(items: Sequence[Item], builder: SequenceBuilder, scorer: Toke
 
 def format_report(report: BenchmarkReport) -> str:
     """A plain-text table: accuracy in % with its 95% Wilson interval, one row per direction."""
-    headers = ["direction", "items"] + [f"{name} acc% [95% CI]" for name in SCORES]
+    patched = report.patching is not None
+    headers = ["direction", "items"] + (["patching"] if patched else []) + [f"{name} acc% [95% CI]" for name in SCORES]
     rows = []
     for result in report.results:
         cells = [result.direction.label, str(next(iter(result.accuracy.values())).total)]
+        if patched:
+            cells.append(report.patching.patching)
         for name in SCORES:
             accuracy = result.accuracy[name]
             low, high = accuracy.interval
@@ -59,6 +69,8 @@ def format_report(report: BenchmarkReport) -> str:
     widths = [max(len(row[i]) for row in [headers, *rows]) for i in range(len(headers))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)) for row in [headers, *rows]]
     lines.extend(f"{label} skipped: {reason}" for label, reason in report.skipped.items())
+    if patched:
+        lines.append(f"patching: {report.patching.patching} ({report.patching.reason})")
     lines.append("scores: sum/mean = ending log-prob summed/averaged (higher wins); "
                  "seq_nll = mean NLL of the whole sequence (lower wins)")
     return "\n".join(lines)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from megatron_lst.demo.espeak import espeak_available, get_espeak
+from megatron_lst.demo.normalise import normalise_text, words_of
 from megatron_lst.demo.units import FrontEndConfig, LogMelUnitExtractor, log_mel_features
 from megatron_lst.evaluation.items import Item, Part, read_items, write_items
 from megatron_lst.evaluation.speech import PartSynthesizer
@@ -61,3 +62,33 @@ def test_cli_fills_units_on_every_part(extractor_path, tmp_path):
     # the same sentence gets the same units wherever it appears (one synthesis, cached)
     assert items[0].prompt.units == items[1].prompt.units
     assert np.asarray(items[0].endings[0].units).max() < SMALL.num_units
+
+
+def assert_word_times_tile_units(part: Part) -> None:
+    """A synthesised part's segments cover its units exactly, one word segment per spoken word."""
+    assert part.segments, "the part has no word times"
+    cursor = 0
+    for start, end, kind in part.segments:
+        assert start == cursor and end > start and kind in ("word", "sil")
+        cursor = end
+    assert cursor == len(part.units)
+    words = [segment for segment in part.segments if segment.kind == "word"]
+    assert len(words) == len(words_of(normalise_text(part.text)))
+    # never two silences in a row: a silence is a gap between words (or before / after them)
+    kinds = [segment.kind for segment in part.segments]
+    assert all(not (a == b == "sil") for a, b in zip(kinds, kinds[1:]))
+
+
+def test_synthesised_parts_carry_word_times_that_cover_their_units(extractor_path, tmp_path):
+    write_items(tmp_path / "text.jsonl", [story_item(0), story_item(1)])
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "tools" / "synthesize_benchmark.py"), "--input", str(tmp_path / "text.jsonl"),
+         "--output", str(tmp_path / "speech.jsonl"), "--extractor", str(extractor_path)],
+        env=child_env(), capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    for item in read_items(tmp_path / "speech.jsonl"):  # read_items also validates the segments
+        for _, part in item.named_parts():
+            assert_word_times_tile_units(part)
+    # "He threw it a ball.": five words
+    spoken = PartSynthesizer(LogMelUnitExtractor.load(extractor_path)).part(Part(text="He threw it a ball."))
+    assert [s.kind for s in spoken.segments].count("word") == 5
