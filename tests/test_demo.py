@@ -20,8 +20,9 @@ def test_quick_demo_builds_trains_and_reports(tmp_path):
     report = (tmp_path / "report.md").read_text()
     for section in ("## Training (compute-controlled: equal iterations)", "| baseline | 30 |", "| lst | 30 |",
                     "| bpe-baseline | 30 |", "| lst-static | 30 |", "| lst-static-causal | 30 |",
-                    "Cut from this quick run to fit its time budget: lst-aligned", "## Patching of the interleaved",
-                    "## Evaluation", "| storycloze | S->S |", "| hellaswag | T->T |",
+                    "Cut from this quick run to fit its time budget: lst-aligned, hellaswag, topic_storycloze",
+                    "## Patching of the interleaved", "## Evaluation", "| storycloze | S->S |", "| lexical | S->S |",
+                    "| lst (aligned scoring) |",
                     "## Patch boundaries: the paper's rule vs strictly causal",
                     "| lst-static | paper | <t> after speech |", "| lst-static-causal | causal | EOS after speech |",
                     "## Fine-tuning: ASR and TTS",
@@ -32,6 +33,6 @@ def test_quick_demo_builds_trains_and_reports(tmp_path):
     shares = re.findall(r"speech_speech_document (\d+\.\d)%, text_text_document (\d+\.\d)%", report)
     assert len(shares) == 5, report
     assert all(abs(float(speech) - 33.0) <= 2.0 for speech, _ in shares), shares
-    for plot in ("loss_vs_flops", "patch_lengths", "tokens_per_position", "accuracy_storycloze", "accuracy_hellaswag"):
+    for plot in ("loss_vs_flops", "patch_lengths", "tokens_per_position", "accuracy_storycloze", "accuracy_lexical"):
         assert f"({plot}.png)" in report and (tmp_path / f"{plot}.png").stat().st_size > 1000
     assert Path(tmp_path / "runs" / "baseline" / "checkpoints" / "latest_checkpointed_iteration.txt").is_file()

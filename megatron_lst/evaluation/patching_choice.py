@@ -39,11 +39,12 @@ class PatchingChoice:
 
 
 def speech_parts_without_word_times(items: Sequence[Item]) -> tuple[int, int, Optional[str]]:
-    """(speech parts, those without ``segments``, the first of those as "item ID: FIELD")."""
+    """(speech parts, those without ``segments``, the first of those as "item ID: FIELD"). A part
+    with no units (the empty prompt of a lexical item) has nothing to patch and needs none."""
     total, missing, first = 0, 0, None
     for item in items:
         for name, part in item.named_parts():
-            if part.units is None:
+            if not part.units:
                 continue
             total += 1
             if not part.has_word_times:

@@ -127,7 +127,7 @@ class SequenceBuilder:
         tokens = self.part_tokens(part, modality)
         if not self.word_times:
             return PartTokens(tokens)
-        if modality == TEXT:
+        if modality == TEXT or len(tokens) == 0:  # text, or an empty speech prompt: nothing to align
             return PartTokens(tokens, np.full(len(tokens), -1, np.int32), np.zeros(len(tokens), bool))
         if not part.has_word_times:
             raise ValueError(f"{name} has units but no word times ('segments'), which aligned scoring needs")

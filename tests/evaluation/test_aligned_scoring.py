@@ -239,3 +239,15 @@ def test_auto_picks_aligned_only_when_model_and_benchmark_allow():
     assert choose_patching("auto", "bpe-baseline", None, items).note is None
     with pytest.raises(ValueError, match=r"1 of 6 have none, e.g. item two: endings\[1\]"):
         choose_patching("aligned", "lst", "curriculum", partial)
+
+
+def test_an_empty_speech_prompt_needs_no_word_times():
+    """A lexical item's prompt is speech of zero units: nothing to patch, so aligned scoring takes it."""
+    lexical = replace(hand_item(), prompt=Part(text="", units=()))
+    choice = choose_patching("aligned", "lst", "curriculum", [lexical])
+    assert choice.patching == "aligned"
+    sequence = SequenceBuilder(toy_tokenizer(), word_times=True).item_sequences(lexical, DIRECTIONS["ss"])[0]
+    ending = hand_item().endings[0]
+    # BOS <s>, then the ending's units with their own segments (numbered from 0)
+    assert sequence.segment_ids.tolist()[:2] == [-1, -1]
+    assert sequence.segment_ids.tolist()[2:] == ending.segment_metadata()[0].tolist()
