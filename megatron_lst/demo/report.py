@@ -218,7 +218,8 @@ def switch_token_table(results: dict[str, dict]) -> list[str]:
             paper, causal = by_rule.get("paper") or by_rule.get("none"), by_rule.get("causal") or by_rule.get("none")
             if paper is None:
                 continue
+            partial = ("-" if result.get("trained_patch_boundary") is None  # no patches, nothing partial
+                       else f"{paper['nll_partial_last_patch']:.4f} / {causal['nll_partial_last_patch']:.4f}")
             lines.append(f"| {run} | {result.get('trained_patch_boundary') or 'no patches'} | {switch} | "
-                         f"{paper['nll']:.4f} | {causal['nll']:.4f} | "
-                         f"{paper['nll_partial_last_patch']:.4f} / {causal['nll_partial_last_patch']:.4f} |")
+                         f"{paper['nll']:.4f} | {causal['nll']:.4f} | {partial} |")
     return lines

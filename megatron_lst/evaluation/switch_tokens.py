@@ -82,7 +82,8 @@ def evaluate_switch_tokens(checkpoint: str, segments: Sequence[dict], batch_size
             for rule in PATCH_BOUNDARIES}
     else:
         rules = {"none": next_token_logits(model, config, tokenizer)}
-    results = {"model": config.train.model, "trained_patch_boundary": getattr(config.patching, "patch_boundary", None)}
+    trained = getattr(config.patching, "patch_boundary", "paper") if config.train.model == "lst" else None
+    results = {"model": config.train.model, "trained_patch_boundary": trained}
     for switch, items in sequences.items():
         results[switch] = {rule: switch_token_nll(CheckpointScorer(logits, model, tokenizer, device), items, batch_size)
                            for rule, logits in rules.items()}

@@ -47,4 +47,4 @@ def test_switch_token_table_reads_both_rules_and_baselines():
                        "<t> after speech": {"paper": scores, "causal": {"nll": 1.5, "nll_partial_last_patch": 3.0}}},
         "baseline": {"trained_patch_boundary": None, "EOS after speech": {"none": scores}}})
     assert table[2] == "| lst-static | paper | <t> after speech | 1.0000 | 1.5000 | 2.0000 / 3.0000 |"
-    assert table[3] == "| baseline | no patches | EOS after speech | 1.0000 | 1.0000 | 2.0000 / 2.0000 |"
+    assert table[3] == "| baseline | no patches | EOS after speech | 1.0000 | 1.0000 | - |"

@@ -46,13 +46,19 @@ def test_each_part_is_spoken_on_its_own(extractor_path):
     assert abs(len(spoken.units) - len(expected)) <= 2
 
 
-def test_cli_fills_units_on_every_part(extractor_path, tmp_path):
+def synthesize_two_stories(extractor_path, tmp_path) -> subprocess.CompletedProcess:
+    """tools/synthesize_benchmark.py on two story items; the output is tmp_path / speech.jsonl."""
     write_items(tmp_path / "text.jsonl", [story_item(0), story_item(1)])
     result = subprocess.run(
         [sys.executable, str(REPO_ROOT / "tools" / "synthesize_benchmark.py"), "--input", str(tmp_path / "text.jsonl"),
          "--output", str(tmp_path / "speech.jsonl"), "--extractor", str(extractor_path)],
         env=child_env(), capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
     assert result.returncode == 0, result.stderr[-2000:]
+    return result
+
+
+def test_cli_fills_units_on_every_part(extractor_path, tmp_path):
+    result = synthesize_two_stories(extractor_path, tmp_path)
     assert "wrote 2 items" in result.stdout
     items = read_items(tmp_path / "speech.jsonl")
     assert [item.label for item in items] == [0, 1]
@@ -80,12 +86,7 @@ def assert_word_times_tile_units(part: Part) -> None:
 
 
 def test_synthesised_parts_carry_word_times_that_cover_their_units(extractor_path, tmp_path):
-    write_items(tmp_path / "text.jsonl", [story_item(0), story_item(1)])
-    result = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "tools" / "synthesize_benchmark.py"), "--input", str(tmp_path / "text.jsonl"),
-         "--output", str(tmp_path / "speech.jsonl"), "--extractor", str(extractor_path)],
-        env=child_env(), capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
-    assert result.returncode == 0, result.stderr[-2000:]
+    synthesize_two_stories(extractor_path, tmp_path)
     for item in read_items(tmp_path / "speech.jsonl"):  # read_items also validates the segments
         for _, part in item.named_parts():
             assert_word_times_tile_units(part)
