@@ -232,29 +232,35 @@ def peak_after_step(trainer, make_batch: Callable[[int], dict], micro_batch_size
     return float(torch.cuda.max_memory_allocated())
 
 
+def peak_or_none(trainer, make_batch: Callable[[int], dict], micro_batch_size: int,
+                 warm_up: bool = False) -> Optional[float]:
+    """``peak_after_step`` at ``micro_batch_size``, or None (the trainer's memory released) when it
+    runs out of memory; ``warm_up`` first takes one step at one sample (optimizer state, workspaces)."""
+    try:
+        if warm_up:
+            trainer.feed(make_batch(1), 1)
+            trainer.train_step()
+        return peak_after_step(trainer, make_batch, micro_batch_size)
+    except RuntimeError as error:
+        if not is_out_of_memory(error):
+            raise
+        release(trainer)
+        return None
+
+
 def fit_micro_batch(trainer, make_batch: Callable[[int], dict], limit: int, fraction: float) -> int:
     """The largest micro-batch (<= limit) whose step stays under ``fraction`` of the GPU's memory.
 
     Step 1 at one sample allocates the optimizer's state; steps at one and two samples then give the
     memory per sample. Returns 0 when one sample does not fit.
     """
-    try:
-        trainer.feed(make_batch(1), 1)
-        trainer.train_step()  # optimizer state and workspaces
-        one = peak_after_step(trainer, make_batch, 1)
-    except RuntimeError as error:
-        if not is_out_of_memory(error):
-            raise
-        release(trainer)
+    one = peak_or_none(trainer, make_batch, 1, warm_up=True)
+    if one is None:
         return 0
     if limit < 2:
         return 1
-    try:
-        two = peak_after_step(trainer, make_batch, 2)
-    except RuntimeError as error:
-        if not is_out_of_memory(error):
-            raise
-        release(trainer)
+    two = peak_or_none(trainer, make_batch, 2)
+    if two is None:
         return 1
     budget = fraction * torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
     per_sample = max(two - one, 1.0)
