@@ -16,7 +16,7 @@ from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegat
 from megatron.core.datasets.utils import get_blend_from_list
 
 from megatron_lst.data.datasets import LSTDatasetConfig, PackedLSTDataset
-from megatron_lst.data.token_shares import mean_tokens_per_sample, sample_weights_for_token_shares
+from megatron_lst.data.token_shares import sample_weights_for_token_shares
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def token_share_sample_weights(config: LSTDatasetConfig) -> list[float]:
     """The sample weights that make ``config.blend``'s weights the datasets' shares of tokens."""
     prefixes, weights = config.blend
     probe = _build(config, [len(prefixes), 0, 0])[0]  # at least one sample of each: every first epoch planned
-    tokens = [mean_tokens_per_sample(dataset) for dataset in probe.datasets]
+    tokens = [dataset.mean_tokens_per_sample() for dataset in probe.datasets]
     return sample_weights_for_token_shares(weights, tokens)
 
 

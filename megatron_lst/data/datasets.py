@@ -220,6 +220,12 @@ class PackedLSTDataset(MegatronDataset):
         """Samples per built epoch."""
         return np.diff(np.asarray(self._plans.epoch_sample_offsets))
 
+    def mean_tokens_per_sample(self, epoch: int = 0) -> float:
+        """Mean token count of epoch ``epoch``'s samples, from the plan (no sample is read)."""
+        first, last = (int(v) for v in np.asarray(self._plans.epoch_sample_offsets)[epoch:epoch + 2])
+        counts = np.asarray(self._plans.sample_num_tokens[first:last], dtype=np.float64)
+        return float(counts.mean()) if len(counts) else 0.0
+
     def _check_index(self, idx: int) -> int:
         idx = int(idx)
         if not 0 <= idx < min(self._length, self._plans.num_samples):

@@ -13,8 +13,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
-
 
 def sample_weights_for_token_shares(token_shares: Sequence[float], tokens_per_sample: Sequence[float]) -> list[float]:
     """Sample weights under which dataset i supplies ``token_shares[i]`` of the tokens (normalised).
@@ -32,13 +30,6 @@ def sample_weights_for_token_shares(token_shares: Sequence[float], tokens_per_sa
     raw = [share / tokens for share, tokens in zip(token_shares, tokens_per_sample)]
     total = sum(raw)
     return [value / total for value in raw]
-
-
-def mean_tokens_per_sample(dataset) -> float:
-    """Mean tokens per sample over the first epoch of a ``PackedLSTDataset``'s plan (no sample read)."""
-    first_epoch = int(dataset.epoch_sizes[0])
-    counts = np.asarray(dataset._plans.sample_num_tokens[:first_epoch], dtype=np.float64)
-    return float(counts.mean()) if len(counts) else 0.0
 
 
 def dataset_names(prefixes: Sequence[str]) -> list[str]:

@@ -387,11 +387,9 @@ def check_curriculum_reaches_static(config: Config) -> list[str]:
     """
     from megatron_lst.training.dry_run import planned_steps
 
-    patching = run_patching_config(config)
-    if patching.strategy != "curriculum":
-        return []
-    plan = planned_steps(config)
-    if patching.tau2 <= plan.steps:
+    plan = planned_steps(config)  # once: with a FLOPs budget it reads the tokenizer for the vocabulary
+    patching = config.patching.to_patching_config(plan.steps, config.data.seed)
+    if patching.strategy != "curriculum" or patching.tau2 <= plan.steps:
         return []
     message = (f"the curriculum reaches static patching at step {patching.tau2:.0f} (--curriculum-tau2 "
                f"{config.patching.curriculum_tau2:g}) but the run is planned to end after {plan.describe()}")

@@ -147,6 +147,7 @@ class LSTTask:
     """Next-token prediction with the Latent Speech-Text Transformer."""
 
     name = "lst"
+    dataset_names: tuple[str, ...] = ()  # set by build_datasets for a blend: the realised token shares
 
     def __init__(self, config: Config, tokenizer: Optional[JointTokenizer] = None):
         self.config = config
@@ -167,7 +168,6 @@ class LSTTask:
         self.collate = None
         self.sampling = SamplingOptions()  # set by build_datasets: keys and bucketing for the sampler
         self.reports_modalities = False  # text and speech losses, for speech-text corpora
-        self.dataset_names: list[str] = []  # set by build_datasets for a blend: the realised token shares
 
     # ------------------------------------------------------------------ model and data
     def build_model(self, config: Config, pre_process: bool, post_process: bool) -> torch.nn.Module:
@@ -194,7 +194,7 @@ class LSTTask:
         which variable sequence lengths absorb.
         """
         prefixes, weights = parse_blend(config.data.data_path)
-        self.dataset_names = dataset_names(prefixes) if len(prefixes) > 1 else []
+        self.dataset_names = tuple(dataset_names(prefixes)) if len(prefixes) > 1 else ()
         if not any(is_speech_text_dataset(prefix) for prefix in prefixes):
             train, valid = BaselineTask(config, self.tokenizer).build_datasets(config, train_samples, valid_samples)
             self.collate = gpt_samples_to_lst_batch

@@ -70,11 +70,12 @@ def dataset_token_shares(dataset_ids: torch.Tensor | None, row_tokens: torch.Ten
         return {}
     if dataset_ids is None:
         raise KeyError("a blended batch carries no 'dataset_id': the collate must keep megatron's BlendedDataset field")
+    # counted where the batch lives (the CPU, or the GPU after a tensor-parallel broadcast), moved once
     tokens = row_tokens.reshape(-1).double()
-    per_dataset = torch.zeros(len(names), dtype=torch.float64).index_add_(0, dataset_ids.reshape(-1).long(), tokens)
-    total = tokens.sum()
-    return {f"{SHARE_PREFIX}{name}": torch.stack([per_dataset[index], total]).float().to(device)
-            for index, name in enumerate(names)}
+    per_dataset = torch.zeros(len(names), dtype=torch.float64, device=tokens.device)
+    per_dataset.index_add_(0, dataset_ids.reshape(-1).to(tokens.device).long(), tokens)
+    pairs = torch.stack([per_dataset, tokens.sum().expand(len(names))], dim=1).float().to(device)
+    return {f"{SHARE_PREFIX}{name}": pairs[index] for index, name in enumerate(names)}
 
 
 def forward_with_loss(model_call: Callable[[], torch.Tensor], loss_mask: torch.Tensor) -> tuple:
