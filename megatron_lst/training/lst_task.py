@@ -99,25 +99,35 @@ def open_documents_with_bos(sample: dict, bos_id: int) -> dict:
 
 
 def batch_patch_lengths(batch: dict, patching: PatchingConfig, vocab: VocabLayout, step: int = 0,
-                        sample_ids: Optional[np.ndarray] = None) -> torch.Tensor:
-    """``patch_lengths`` [B, P] of a collated batch of N+1-token rows.
+                        sample_ids: Optional[np.ndarray] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(``patch_lengths`` [B, P], ``aligned`` [B]) of a collated batch of N+1-token rows.
 
-    ``sample_ids`` (global sample indices) and ``step`` key the mixed/curriculum draw. A row's
+    ``sample_ids`` (global sample indices) and ``step`` key the mixed/curriculum draw; ``aligned``
+    says which rows it patched aligned (the curriculum's progress, logged per step). A row's
     right-padding becomes a single patch (patching/padding.py), so the global model runs on the
     longest row's real patches plus one, not on one position per PAD token.
     """
     tokens, is_speech = batch["tokens"].long(), batch["is_speech"].bool()
     if not is_speech.any():  # text only: every token its own patch (the kernel agrees)
-        patch_lengths = torch.ones_like(tokens)
+        patch_lengths, aligned = torch.ones_like(tokens), torch.zeros(tokens.shape[0], dtype=torch.bool)
     else:
-        patch_lengths = compute_patches(
+        patches = compute_patches(
             tokens, is_speech, patching, vocab,
             segment_ids=batch.get("segment_ids"), is_silence=batch.get("is_silence"),
             document_ids=batch.get("document_ids"), step=step, sample_ids=sample_ids,
-        ).patch_lengths.long()
+        )
+        patch_lengths, aligned = patches.patch_lengths.long(), patches.aligned.bool()
     if "num_tokens" in batch:
         patch_lengths = merge_padding_patches(patch_lengths, batch["num_tokens"])
-    return patch_lengths
+    return patch_lengths, aligned
+
+
+def aligned_speech_rows(aligned: torch.Tensor, is_speech: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """[rows patched aligned, rows with speech] of a micro-batch: summed over the step, the share of
+    speech rows the mixed or curriculum draw patched aligned (a text-only row has nothing to patch)."""
+    has_speech = is_speech.bool().any(dim=1)
+    counts = torch.stack([(aligned.bool() & has_speech).sum(), has_speech.sum()])
+    return counts.to(device=device, dtype=torch.float32)
 
 
 def collate_lst_samples(samples: list[dict], bos_id: int, pad_id: int, patching: PatchingConfig,
@@ -129,7 +139,8 @@ def collate_lst_samples(samples: list[dict], bos_id: int, pad_id: int, patching:
     """
     samples, sample_ids, step = pop_sample_keys(samples)
     batch = collate_packed([open_documents_with_bos(sample, bos_id) for sample in samples], pad_id=pad_id)
-    batch["patch_lengths"] = batch_patch_lengths(batch, patching, vocab, step=step or 0, sample_ids=sample_ids)
+    batch["patch_lengths"], batch["aligned"] = batch_patch_lengths(batch, patching, vocab, step=step or 0,
+                                                                   sample_ids=sample_ids)
     if sample_ids is not None:  # which sample each row is: ties a row to its draw (tests, debugging)
         batch["sample_index"] = torch.from_numpy(sample_ids)
     return batch
@@ -242,6 +253,8 @@ class LSTTask:
         # decided per run, not per micro-batch: every rank must report the same metric names
         is_speech_target = batch["is_speech"][:, 1:].to(device) if self.reports_modalities else None
         shares = dataset_token_shares(batch.get("dataset_id"), (targets != pad_id).sum(1), self.dataset_names, device)
+        if self.config.patching.patching != "static" and "aligned" in batch:
+            shares["aligned rows"] = aligned_speech_rows(batch["aligned"], batch["is_speech"], device)
         return output, partial(modality_token_loss, loss_mask.to(device), is_speech_target, extra=shares)
 
     def batch_tokens(self, batch: dict) -> int:
