@@ -32,6 +32,7 @@ namespace {
 
 enum Strategy : int { kStatic = 0, kAligned = 1, kMixed = 2, kCurriculum = 3 };
 enum SilenceMode : int { kSilenceSeparate = 0, kSilenceMerged = 1 };
+enum FoldMode : int { kFoldNever = 0, kFoldStatic = 1, kFoldAlways = 2 };
 
 // The ids of the joint vocabulary the kernel needs (megatron_lst/tokenizer.py VocabLayout).
 struct Vocab {
@@ -46,7 +47,7 @@ struct Options {
   int64_t patch_size;
   int silence_mode;
   int64_t max_patch_length;  // 0: no cap
-  bool fold_speech_marker;
+  int fold_speech_marker;  // kFoldNever, kFoldStatic (rows patched static only) or kFoldAlways
   bool causal;  // boundaries never depend on the token after the patch
   double tau1;
   double tau2;
@@ -79,6 +80,8 @@ void validate_options(const Options& options) {
     throw std::invalid_argument("patching: patch_size must be >= 1, got " + std::to_string(options.patch_size));
   if (options.silence_mode != kSilenceSeparate && options.silence_mode != kSilenceMerged)
     throw std::invalid_argument("patching: unknown silence mode code " + std::to_string(options.silence_mode));
+  if (options.fold_speech_marker < kFoldNever || options.fold_speech_marker > kFoldAlways)
+    throw std::invalid_argument("patching: unknown marker fold code " + std::to_string(options.fold_speech_marker));
   if (options.max_patch_length < 0)
     throw std::invalid_argument("patching: max_patch_length must be >= 0 (0 = no cap)");
   if (options.tau1 > options.tau2)
@@ -238,7 +241,8 @@ void patch_row(const Row& row, const Vocab& vocab, const Options& options, bool 
       }
     }
     if (!row.is_speech[i]) {
-      bool is_marker = options.fold_speech_marker && row.tokens[i] == vocab.speech_marker_id;
+      bool folds = options.fold_speech_marker == kFoldAlways || (options.fold_speech_marker == kFoldStatic && !aligned);
+      bool is_marker = folds && row.tokens[i] == vocab.speech_marker_id;
       bool fold = is_marker && i + 1 < row.length && row.is_speech[i + 1] &&
                   row.document_ids[i + 1] == row.document_ids[i];
       if (fold)
@@ -276,7 +280,7 @@ py::array_t<T, py::array::c_style | py::array::forcecast> as_batch(const py::arr
 }
 
 Options make_options(int strategy, int64_t patch_size, int silence_mode, int64_t max_patch_length,
-                     bool fold_speech_marker, double tau1, double tau2, double mixed_aligned_probability,
+                     int fold_speech_marker, double tau1, double tau2, double mixed_aligned_probability,
                      uint64_t seed, int64_t step, bool causal = false) {
   Options options{strategy, patch_size, silence_mode, max_patch_length, fold_speech_marker, causal,
                   tau1, tau2, mixed_aligned_probability, seed, step};
@@ -287,7 +291,7 @@ Options make_options(int strategy, int64_t patch_size, int silence_mode, int64_t
 py::tuple patch_batch(py::array tokens_in, py::array is_speech_in, py::array segment_ids_in, py::array is_silence_in,
                       py::array document_ids_in, py::array sample_ids_in, bool has_segments, int64_t bos_id,
                       int64_t speech_marker_id, int64_t unit_offset, int64_t vocab_size, int strategy,
-                      int64_t patch_size, int silence_mode, int64_t max_patch_length, bool fold_speech_marker,
+                      int64_t patch_size, int silence_mode, int64_t max_patch_length, int fold_speech_marker,
                       double tau1, double tau2, double mixed_aligned_probability, uint64_t seed, int64_t step,
                       int64_t max_num_patches, bool causal) {
   Options options = make_options(strategy, patch_size, silence_mode, max_patch_length, fold_speech_marker, tau1,

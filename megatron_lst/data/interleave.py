@@ -38,16 +38,15 @@ SPEECH = 1
 class InterleaveConfig:
     """How documents become token streams; every field is part of the packing plans' cache key.
 
-    opening_speech_uniform: the reference code's "otherwise" branch. A speech span normally
+    opening_speech_uniform: the reference code's "otherwise" branch (default on). A speech span
         follows a text span and takes ``speech_text_ratio`` times its words; a document that opens
-        in speech has no text span before it, and here (by default) that opening span is the
-        remainder of a length-biased first cycle (``choose_spans``). With this option it is drawn
-        uniformly from ``min_opening_speech_words``..``max_opening_speech_words`` (reference: 2-15)
-        instead. Off by default so existing runs keep their spans.
+        in speech has no text span before it, so that opening span is drawn uniformly from
+        ``min_opening_speech_words``..``max_opening_speech_words`` (reference: 2-15). Off, it is
+        the remainder of a length-biased first cycle (``choose_spans``), which keeps every word's
+        chance of being speech at ``ratio / (1 + ratio)`` whatever the document length.
     text_document_marker: put ``<t>`` after BOS in text-corpus documents (``BOS <t> text EOS``),
-        as the reference code marks every text run; default off (``BOS text EOS``), this
-        project's original stream, which megatron's GPTDataset path for text-only blends also
-        gives.
+        as the reference code marks every text run (default on); off gives ``BOS text EOS``, the
+        stream megatron's GPTDataset path of text-only runs reads.
     """
 
     mode: str = INTERLEAVED
@@ -56,10 +55,10 @@ class InterleaveConfig:
     max_text_words: int = 30
     min_last_block_words: int = 3
     seed: int = 1234
-    opening_speech_uniform: bool = False
+    opening_speech_uniform: bool = True
     min_opening_speech_words: int = 2
     max_opening_speech_words: int = 15
-    text_document_marker: bool = False
+    text_document_marker: bool = True
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:

@@ -46,9 +46,11 @@ def patch_start_mask(is_speech: np.ndarray, patch_size: int) -> np.ndarray:
 def count_global_positions(sample: Mapping[str, np.ndarray], patch_size: int) -> int:
     """Global positions of a sample under static patching: ceil(run/p) per speech run, 1 per other token.
 
-    This is the static strategy of ``megatron_lst.patching`` (marker not folded) counted without
-    building the patches, so it also works on document pieces that do not start with BOS;
-    ``tests/data/test_packed_datasets.py`` checks it against the C++ kernel.
+    This is the static strategy of ``megatron_lst.patching`` with the marker not folded and the
+    paper's boundaries, counted without building the patches, so it also works on document pieces
+    that do not start with BOS; ``tests/data/test_packed_datasets.py`` checks it against the C++
+    kernel. Folding ``<s>`` (the default for static rows) and causal boundaries only merge such
+    patches, so the count is the budget every static run fits in.
     """
     return int(patch_start_mask(sample["is_speech"], patch_size).sum())
 

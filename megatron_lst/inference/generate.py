@@ -98,11 +98,14 @@ def _stop_reason(token: int, modality: str, vocab: VocabLayout, config: Generati
 
 @torch.no_grad()
 def generate(stepper, prompts: Sequence[Sequence[int]], vocab: VocabLayout, patch_size: int,
-             config: GenerationConfig = GenerationConfig(), patch_boundary: str = "paper") -> Generation:
+             config: GenerationConfig = GenerationConfig(), patch_boundary: str = "paper",
+             fold_marker: bool = False, max_patch_length: Optional[int] = None) -> Generation:
     """Continue every prompt (each opening with BOS) with ``stepper`` (cached or uncached).
 
-    ``patch_boundary`` is the run's ``--patch-boundary``: under ``causal`` the token that ends a
-    short speech run joins its patch, as the model was trained."""
+    ``patch_boundary``, ``fold_marker`` and ``max_patch_length`` are the run's static patching
+    (``--patch-boundary``, ``--fold-speech-marker``, ``--max-patch-length``), so generation cuts
+    patches as the model was trained: under ``causal`` the token that ends a short speech run
+    joins its patch; a folded ``<s>`` joins its span's first patch."""
     if patch_boundary not in ("paper", "causal"):
         raise ValueError(f"patch_boundary must be paper or causal, got {patch_boundary!r}")
     if not prompts or any(len(prompt) == 0 or prompt[0] != vocab.bos_id for prompt in prompts):
@@ -112,7 +115,8 @@ def generate(stepper, prompts: Sequence[Sequence[int]], vocab: VocabLayout, patc
     modalities = [config.modality or prompt_modality(prompt, vocab) for prompt in prompts]
     generator = torch.Generator(device=device).manual_seed(config.seed)
     stepper.reset(batch)
-    tracker = StaticPatchTracker(batch, patch_size, vocab, device, causal=patch_boundary == "causal")
+    tracker = StaticPatchTracker(batch, patch_size, vocab, device, causal=patch_boundary == "causal",
+                                 fold_marker=fold_marker, max_patch_length=max_patch_length)
     unit_budget = config.unit_budget()
     generated: list[list[int]] = [[] for _ in range(batch)]
     reasons = [""] * batch

@@ -13,7 +13,7 @@ from typing import Optional
 
 import torch
 
-from megatron_lst.evaluation.model_scorer import config_from_checkpoint, load_model
+from megatron_lst.evaluation.model_scorer import config_from_checkpoint, load_model, scoring_patching_config
 from megatron_lst.inference.baseline_stepper import BaselineStepper
 from megatron_lst.inference.generate import Generation, GenerationConfig, generate
 from megatron_lst.inference.lst_stepper import LSTStepper
@@ -56,15 +56,16 @@ class CheckpointGenerator:
         return BaselineStepper(self.model) if self.use_cache else UncachedBaselineStepper(self.model)
 
     def generate(self, prompts: list[list[int]], config: GenerationConfig) -> Generation:
-        boundary = self.config.patching.patch_boundary if self.is_lst else "paper"
-        return generate(self.stepper(), prompts, self.tokenizer.vocab, self.patch_size, config, boundary)
+        if not self.is_lst:
+            return generate(self.stepper(), prompts, self.tokenizer.vocab, self.patch_size, config)
+        patching = scoring_patching_config(self.config, "static")
+        return generate(self.stepper(), prompts, self.tokenizer.vocab, self.patch_size, config,
+                        patching.patch_boundary, fold_marker=patching.folds_marker(aligned=False),
+                        max_patch_length=patching.max_patch_length)
 
     @classmethod
     def from_checkpoint(cls, root: str | Path, iteration: Optional[int] = None,
                         tokenizer_model: Optional[str] = None, use_cache: bool = True) -> "CheckpointGenerator":
         refuse_bpe_baseline(config_from_checkpoint(root, iteration, tokenizer_model).train.model, root)
         model, config, tokenizer, device = load_model(root, iteration, tokenizer_model)
-        if config.patching.fold_speech_marker and config.train.model == "lst":
-            raise ValueError("generation patches <s> as its own patch; this run folded it into the speech "
-                             "(--fold-speech-marker), which the incremental patch tracker does not model")
         return cls(model, config, tokenizer, device, use_cache)

@@ -18,22 +18,36 @@ exactly: the non-speech token that ends a short run joins it as its last token a
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from megatron_lst.tokenizer import VocabLayout
 
 
 class StaticPatchTracker:
-    """Per-row open speech run length; ``update`` takes the next token of every row."""
+    """Per-row state of the open patch; ``update`` takes the next token of every row.
+
+    ``fold_marker`` (the run's ``--fold-speech-marker`` for static rows) lets ``<s>`` open a patch
+    that waits for its span's units instead of being a patch of its own; whether a unit follows is
+    only known at the next token, so a lone ``<s>`` closes late exactly like a short run.
+    ``max_patch_length`` splits every patch into pieces of at most that many tokens from its start,
+    as the training kernel caps them.
+    """
 
     def __init__(self, batch_size: int, patch_size: int, vocab: VocabLayout, device: torch.device | str = "cpu",
-                 causal: bool = False):
+                 causal: bool = False, fold_marker: bool = False, max_patch_length: Optional[int] = None):
         if patch_size < 1:
             raise ValueError(f"patch_size must be >= 1, got {patch_size}")
+        if max_patch_length is not None and max_patch_length < 1:
+            raise ValueError(f"max_patch_length must be >= 1 or None, got {max_patch_length}")
         self.patch_size = patch_size
         self.causal = causal
+        self.fold_marker = fold_marker
+        self.max_patch_length = max_patch_length
         self.vocab = vocab
-        self.open_units = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.open_units = torch.zeros(batch_size, dtype=torch.long, device=device)  # units of the open static run
+        self.open_tokens = torch.zeros(batch_size, dtype=torch.long, device=device)  # tokens of the open patch
 
     def is_unit(self, tokens: torch.Tensor) -> torch.Tensor:
         return (tokens >= self.vocab.unit_offset) & (tokens < self.vocab.vocab_size)
@@ -41,12 +55,21 @@ class StaticPatchTracker:
     def update(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """tokens [B] -> (close_before [B], completes [B]) booleans."""
         is_unit = self.is_unit(tokens)
-        close_before = (self.open_units > 0) & ~is_unit
-        if self.causal:  # the token joins the open run as its last token instead
-            close_before = torch.zeros_like(close_before)
-        self.open_units = torch.where(is_unit, self.open_units + 1, torch.zeros_like(self.open_units))
-        completes = ~is_unit | (self.open_units == self.patch_size)
-        self.open_units = torch.where(completes, torch.zeros_like(self.open_units), self.open_units)
+        no = torch.zeros_like(is_unit)
+        ends_open = (self.open_tokens > 0) & ~is_unit  # a non-unit token ends the open patch
+        # paper rule: that patch closes before the token; causal rule: the token joins it as its last
+        close_before, joins = (no, ends_open) if self.causal else (ends_open, no)
+        opens_marker = (tokens == self.vocab.speech_marker_id) & ~joins if self.fold_marker else no
+        zero = torch.zeros_like(self.open_units)
+        self.open_units = torch.where(is_unit, self.open_units + 1, zero)
+        grows = is_unit | joins
+        self.open_tokens = torch.where(grows, self.open_tokens + 1, torch.where(opens_marker, 1, zero))
+        run_full = is_unit & (self.open_units == self.patch_size)
+        completes = (~is_unit & ~opens_marker) | run_full
+        if self.max_patch_length is not None:
+            completes |= self.open_tokens == self.max_patch_length
+        self.open_units = torch.where(run_full | ~is_unit, zero, self.open_units)
+        self.open_tokens = torch.where(completes, zero, self.open_tokens)
         return close_before, completes
 
 

@@ -12,6 +12,7 @@ from typing import Optional
 STRATEGIES = ("static", "aligned", "mixed", "curriculum")
 SILENCE_MODES = ("sil_sep", "sil_merged")
 PATCH_BOUNDARIES = ("paper", "causal")
+FOLD_MODES = ("never", "static", "always")
 
 
 @dataclass(frozen=True)
@@ -28,12 +29,12 @@ class PatchingConfig:
         when the span opens with silence; a span of silence only is one patch).
     max_patch_length: cap on any patch; longer ones are split into pieces of this size with a
         shorter remainder last. ``None`` means no cap.
-    fold_speech_marker: fold the ``<s>`` marker into the first patch of the speech span that
-        follows it (the marker does not count towards ``patch_size``). Default ``False``: the
-        marker stands alone as a length-1 patch in every strategy, as docs/method.md §2 states ("every
-        marker a patch of length 1"), and so that static and aligned rows in a mixed or curriculum
-        batch differ only in their speech boundaries. The reference code folds in static mode and
-        not in aligned mode; set ``True`` for static runs that want to match it.
+    fold_speech_marker: when the ``<s>`` marker joins the first patch of the speech span that
+        follows it (the marker does not count towards ``patch_size``): ``static`` (default, the
+        reference code's behaviour) in rows patched static and not in rows patched aligned, so a
+        mixed or curriculum batch folds exactly where its static rows do; ``always``; ``never``
+        (the marker is a patch of length 1 everywhere). ``True``/``False`` from configs written
+        before the choice existed read as ``always``/``never``.
     patch_boundary: ``paper`` (default, the paper's and reference code's rule) closes a static
         span's shorter last patch where the span ends, which is decided by the *next* token not
         being a unit, so the prediction of that token already sees the closed patch (a
@@ -54,7 +55,7 @@ class PatchingConfig:
     patch_size: int = 4
     silence_mode: str = "sil_sep"
     max_patch_length: Optional[int] = None
-    fold_speech_marker: bool = False
+    fold_speech_marker: str = "static"
     patch_boundary: str = "paper"
     tau1: float = 0.0
     tau2: float = 0.0
@@ -66,6 +67,12 @@ class PatchingConfig:
             raise ValueError(f"PatchingConfig.strategy must be one of {STRATEGIES}, got {self.strategy!r}")
         if self.silence_mode not in SILENCE_MODES:
             raise ValueError(f"PatchingConfig.silence_mode must be one of {SILENCE_MODES}, got {self.silence_mode!r}")
+        if isinstance(self.fold_speech_marker, bool):  # run configs saved when folding was a switch
+            object.__setattr__(self, "fold_speech_marker", "always" if self.fold_speech_marker else "never")
+        if self.fold_speech_marker not in FOLD_MODES:
+            raise ValueError(
+                f"PatchingConfig.fold_speech_marker must be one of {FOLD_MODES}, got {self.fold_speech_marker!r}"
+            )
         if self.patch_boundary not in PATCH_BOUNDARIES:
             raise ValueError(
                 f"PatchingConfig.patch_boundary must be one of {PATCH_BOUNDARIES}, got {self.patch_boundary!r}"
@@ -87,6 +94,15 @@ class PatchingConfig:
     def strategy_code(self) -> int:
         """The strategy's number in the C++ kernel."""
         return STRATEGIES.index(self.strategy)
+
+    @property
+    def fold_code(self) -> int:
+        """The marker fold mode's number in the C++ kernel."""
+        return FOLD_MODES.index(self.fold_speech_marker)
+
+    def folds_marker(self, aligned: bool) -> bool:
+        """Whether ``<s>`` joins the next speech patch in a row patched aligned (or static)."""
+        return self.fold_speech_marker == "always" or (self.fold_speech_marker == "static" and not aligned)
 
     @property
     def silence_code(self) -> int:

@@ -185,7 +185,7 @@ def reference_patch_lengths(
             if joins:
                 k += 1
                 continue
-        is_marker = config.fold_speech_marker and tokens[position] == layout.speech_marker_id
+        is_marker = config.folds_marker(aligned) and tokens[position] == layout.speech_marker_id
         next_opens_span = k + 1 < len(raw) and raw[k + 1][2] and raw[k + 1][0] == position + 1
         if is_marker and next_opens_span and document_ids[position] == document_ids[position + 1]:
             length, is_open = 1 + raw[k + 1][1], raw[k + 1][3]

@@ -155,7 +155,7 @@ def compute_patches(
         int(config.patch_size),
         config.silence_code,
         int(config.max_patch_length or 0),
-        bool(config.fold_speech_marker),
+        config.fold_code,
         float(config.tau1),
         float(config.tau2),
         float(config.mixed_aligned_probability),

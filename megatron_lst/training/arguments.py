@@ -93,15 +93,16 @@ class DataConfig:
                           "loss on the units)"},
     )
     opening_speech_uniform: bool = field(
-        default=False,
+        default=True,
         metadata={"help": "interleaving: a document that opens in speech draws that span as 2-15 words, the "
-                          "reference code's rule (default: the rest of a length-biased first text+speech cycle)"},
+                          "reference code's rule (--no-opening-speech-uniform: the rest of a length-biased first "
+                          "text+speech cycle)"},
     )
     text_document_marker: bool = field(
-        default=False,
-        metadata={"help": "text-corpus documents read BOS <t> text EOS, as in the reference code "
-                          "(default: BOS text EOS); blends packed by this project only, not megatron's "
-                          "GPTDataset path of text-only runs"},
+        default=True,
+        metadata={"help": "text-corpus documents in a speech-text blend read BOS <t> text EOS, as the reference "
+                          "code marks every text run (--no-text-document-marker: BOS text EOS); text-only runs "
+                          "read megatron's GPTDataset streams unchanged"},
     )
 
 
@@ -176,8 +177,11 @@ class PatchingArgs:
         default=0.0,
         metadata={"help": "curriculum: all static from here (linear in between); same units as tau1"},
     )
-    fold_speech_marker: bool = field(
-        default=False, metadata={"help": "fold <s> into the first patch of its speech span (default: own patch)"}
+    fold_speech_marker: str = field(
+        default="static",
+        metadata={"help": "when <s> joins the first patch of its speech span: static (rows patched static, the "
+                          "reference code's rule), always, never (<s> is a patch of its own)",
+                  "choices": ("never", "static", "always")},
     )
     patch_boundary: str = field(
         default="paper",
@@ -257,7 +261,8 @@ def _add_fields(group: argparse._ArgumentGroup, cls: type) -> None:
         elif kind is list:
             group.add_argument(_flag(f.name), dest=f.name, nargs="+", default=None, help=help_text)
         else:
-            group.add_argument(_flag(f.name), dest=f.name, type=kind, default=None, help=help_text)
+            group.add_argument(_flag(f.name), dest=f.name, type=kind, default=None, help=help_text,
+                               choices=f.metadata.get("choices"))
 
 
 def build_parser(description: str = "Pretrain LST or an interleaved baseline on megatron-core.") -> argparse.ArgumentParser:

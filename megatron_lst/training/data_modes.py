@@ -20,8 +20,8 @@ from megatron_lst.tokenizer import VocabLayout
 DATA_MODES = MODES
 
 
-def interleave_config(data_mode: str, seed: int, opening_speech_uniform: bool = False,
-                      text_document_marker: bool = False) -> InterleaveConfig:
+def interleave_config(data_mode: str, seed: int, opening_speech_uniform: bool = True,
+                      text_document_marker: bool = True) -> InterleaveConfig:
     """The run's interleaving: ``--data-mode``, the data seed and the reference-code options."""
     return InterleaveConfig(mode=data_mode, seed=seed, opening_speech_uniform=opening_speech_uniform,
                             text_document_marker=text_document_marker)

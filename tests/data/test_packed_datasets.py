@@ -128,6 +128,14 @@ def test_packing_counts_agree_with_the_patching_kernel(corpora, sentencepiece_mo
         train, _, _ = build_lst_datasets(make_config(tokenizer, blend, patch_size=patch_size), [30, 0, 0])
         for index in range(30):
             sample = train[index]
-            patches = compute_patches(sample["tokens"], sample["is_speech"], PatchingConfig(patch_size=patch_size),
-                                      tokenizer.vocab, document_ids=sample["document_ids"])
-            assert int(patches.num_patches) == count_global_positions(sample, patch_size) == sample["num_positions"]
+            unfolded, folded = (
+                int(compute_patches(sample["tokens"], sample["is_speech"],
+                                    PatchingConfig(patch_size=patch_size, fold_speech_marker=fold),
+                                    tokenizer.vocab, document_ids=sample["document_ids"]).num_patches)
+                for fold in ("never", "static"))
+            assert unfolded == count_global_positions(sample, patch_size) == sample["num_positions"]
+            # folding <s> into its span's first patch only merges patches: the budget is an upper bound
+            markers_before_units = int(((sample["tokens"][:-1] == tokenizer.vocab.speech_marker_id)
+                                        & sample["is_speech"][1:]
+                                        & (sample["document_ids"][:-1] == sample["document_ids"][1:])).sum())
+            assert folded == unfolded - markers_before_units

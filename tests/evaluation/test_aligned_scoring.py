@@ -155,9 +155,10 @@ def test_aligned_patch_lengths_worked_by_hand():
     # the run's cap splits long patches
     assert patch_rows("ss", replace(aligned, silence_mode="sil_merged", max_patch_length=2))[0] == [1, 1, 2, 1, 2, 1, 2]
     # a folded <s> joins the first patch of its span
-    assert patch_rows("ss", replace(aligned, fold_speech_marker=True))[0] == [1, 3, 1, 2, 1, 2]
-    # static, for contrast: 8 units in runs of 4
-    assert patch_rows("ss", PatchingConfig(strategy="static", patch_size=4))[0] == [1, 1, 4, 4]
+    assert patch_rows("ss", replace(aligned, fold_speech_marker="always"))[0] == [1, 3, 1, 2, 1, 2]
+    # static, for contrast: 8 units in runs of 4, <s> folded into the first (the default) or not
+    assert patch_rows("ss", PatchingConfig(strategy="static", patch_size=4))[0] == [1, 5, 4]
+    assert patch_rows("ss", PatchingConfig(strategy="static", patch_size=4, fold_speech_marker="never"))[0] == [1, 1, 4, 4]
 
 
 def test_bigram_scores_do_not_depend_on_patching_plumbing():

@@ -105,23 +105,29 @@ def tracked_logits(stepper, tokens: torch.Tensor, tracker: StaticPatchTracker) -
     return torch.stack(steps, dim=1)
 
 
-@pytest.mark.parametrize("patch_size", [3, 4])
-def test_causal_generation_reproduces_the_training_forward(model_parallel, patch_size):
+@pytest.mark.parametrize("patch_size, fold, cap", [(3, "never", None), (4, "never", None), (4, "static", None),
+                                                   (3, "static", 2)])
+def test_causal_generation_reproduces_the_training_forward(model_parallel, patch_size, fold, cap):
     """Under causal boundaries the generation-time tracker (no look-ahead) gives exactly the
-    training forward's logits over kernel-patched rows, cached and uncached; under the paper's
-    boundaries it cannot, since training closes a short run before seeing the token that ends it."""
+    training forward's logits over kernel-patched rows, cached and uncached, with the marker folded
+    or not and patches capped or not; under the paper's boundaries it cannot, since training
+    closes a short run before seeing the token that ends it."""
     model = build_lst(local_window_size=7)
     tokens = batch_of_streams(patch_size, batch=3, length=40)
     inputs = tokens[:, :-1].contiguous()
     is_speech = torch.as_tensor(LAYOUT.is_unit(tokens.numpy()))
     full = {}
     for boundary in ("paper", "causal"):
-        config = PatchingConfig(patch_size=patch_size, patch_boundary=boundary)
+        config = PatchingConfig(patch_size=patch_size, patch_boundary=boundary, fold_speech_marker=fold,
+                                max_patch_length=cap)
         with torch.no_grad():
             full[boundary] = model(inputs, compute_patches(tokens, is_speech, config, LAYOUT).patch_lengths.long())
     for stepper in (LSTStepper(model), UncachedLSTStepper(model)):
-        tracker = StaticPatchTracker(inputs.shape[0], patch_size, LAYOUT, causal=True)
+        tracker = StaticPatchTracker(inputs.shape[0], patch_size, LAYOUT, causal=True,
+                                     fold_marker=config.folds_marker(aligned=False), max_patch_length=cap)
         torch.testing.assert_close(tracked_logits(stepper, inputs, tracker), full["causal"],
                                    atol=TOLERANCE, rtol=TOLERANCE)
-    paper_tracked = tracked_logits(LSTStepper(model), inputs, StaticPatchTracker(inputs.shape[0], patch_size, LAYOUT))
+    paper_tracker = StaticPatchTracker(inputs.shape[0], patch_size, LAYOUT,
+                                       fold_marker=config.folds_marker(aligned=False), max_patch_length=cap)
+    paper_tracked = tracked_logits(LSTStepper(model), inputs, paper_tracker)
     assert not torch.allclose(paper_tracked, full["paper"], atol=TOLERANCE, rtol=TOLERANCE)

@@ -162,7 +162,7 @@ def test_bf16_parameters_run_end_to_end(model_parallel):
 
 
 def test_patch_size_one_gives_one_global_position_per_token(model_parallel):
-    batch, patch_lengths = patched_batch(1, PatchingConfig(strategy="static", patch_size=1))
+    batch, patch_lengths = patched_batch(1, PatchingConfig(strategy="static", patch_size=1, fold_speech_marker="never"))
     assert patch_lengths.shape[1] == batch["tokens"].shape[1] and (patch_lengths == 1).all()
     model = build_model()
     with torch.no_grad():
@@ -180,8 +180,9 @@ def test_static_four_on_speech_only_shortens_the_global_sequence_and_its_flops()
     units = LAYOUT.unit_offset + np.arange(256) % LAYOUT.num_units
     tokens = np.concatenate([[LAYOUT.bos_id, LAYOUT.speech_marker_id], units])[None]
     is_speech = tokens >= LAYOUT.unit_offset
-    by_four = compute_patches(tokens, is_speech, PatchingConfig(strategy="static", patch_size=4), LAYOUT)
-    by_one = compute_patches(tokens, is_speech, PatchingConfig(strategy="static", patch_size=1), LAYOUT)
+    unfolded = {"fold_speech_marker": "never"}
+    by_four = compute_patches(tokens, is_speech, PatchingConfig(strategy="static", patch_size=4, **unfolded), LAYOUT)
+    by_one = compute_patches(tokens, is_speech, PatchingConfig(strategy="static", patch_size=1, **unfolded), LAYOUT)
     patches_four, patches_one = int(by_four.num_patches[0]), int(by_one.num_patches[0])
     assert patches_one == tokens.shape[1] and patches_four == 2 + 256 // 4
     shape = model_flavour("debug")
@@ -217,10 +218,10 @@ def test_patching_flags_become_a_patching_config_with_curriculum_in_steps():
 
     config = parse_args(["--model", "lst", "--train-iters", "200", "--patching", "curriculum",
                          "--curriculum-tau1", "0.25", "--curriculum-tau2", "150", "--patch-size", "6",
-                         "--silence-mode", "sil_merged", "--max-patch-length", "8", "--fold-speech-marker"])
+                         "--silence-mode", "sil_merged", "--max-patch-length", "8", "--fold-speech-marker", "always"])
     patching = config.patching.to_patching_config(config.train.train_iters, config.data.seed)
     assert (patching.strategy, patching.patch_size, patching.silence_mode) == ("curriculum", 6, "sil_merged")
-    assert (patching.tau1, patching.tau2, patching.max_patch_length, patching.fold_speech_marker) == (50, 150, 8, True)
+    assert (patching.tau1, patching.tau2, patching.max_patch_length, patching.fold_speech_marker) == (50, 150, 8, "always")
 
 
 def test_zero_local_layers_is_a_flag_error_pointing_to_the_baseline(capsys):

@@ -6,6 +6,7 @@ import numpy as np
 from hypothesis import strategies as st
 
 from megatron_lst.patching import PatchingConfig
+from megatron_lst.patching.config import FOLD_MODES
 from megatron_lst.tokenizer import VocabLayout
 
 LAYOUT = VocabLayout(text_vocab_size=40, num_units=12, spare_units=1)
@@ -73,7 +74,7 @@ def configs(draw, strategies=("static", "aligned", "mixed", "curriculum")) -> Pa
         patch_size=draw(st.integers(1, 6)),
         silence_mode=draw(st.sampled_from(("sil_sep", "sil_merged"))),
         max_patch_length=draw(st.one_of(st.none(), st.integers(1, 10))),
-        fold_speech_marker=draw(st.booleans()),
+        fold_speech_marker=draw(st.sampled_from(FOLD_MODES)),
         patch_boundary=draw(st.sampled_from(("paper", "causal"))),
         tau1=tau1,
         tau2=tau1 + draw(st.integers(0, 20)),

@@ -70,7 +70,7 @@ def test_patching_properties(batch: dict, config: PatchingConfig, step: int) -> 
             assert (documents == documents[0]).all(), "a patch crosses a document boundary"
             if length == 1:
                 continue
-            folded = config.fold_speech_marker and tokens[0] == LAYOUT.speech_marker_id
+            folded = config.folds_marker(bool(result.aligned[b])) and tokens[0] == LAYOUT.speech_marker_id
             body = speech[1:] if folded else speech
             # causal boundaries: the non-speech token that ends an open static patch is its last token
             closed_by_next = config.patch_boundary == "causal" and not body[-1]
@@ -105,18 +105,18 @@ SPEC = "B T t t S w3 s2 w6 T t E P P"
 @pytest.mark.parametrize(
     "config, expected",
     [
-        (PatchingConfig(), [1, 1, 1, 1, 1, 4, 4, 3, 1, 1, 1, 1, 1]),
-        (PatchingConfig(fold_speech_marker=True), [1, 1, 1, 1, 5, 4, 3, 1, 1, 1, 1, 1]),
-        (PatchingConfig(patch_size=5, max_patch_length=3), [1, 1, 1, 1, 1, 3, 2, 3, 2, 1, 1, 1, 1, 1, 1]),
+        (PatchingConfig(fold_speech_marker="never"), [1, 1, 1, 1, 1, 4, 4, 3, 1, 1, 1, 1, 1]),
+        (PatchingConfig(fold_speech_marker="always"), [1, 1, 1, 1, 5, 4, 3, 1, 1, 1, 1, 1]),
+        (PatchingConfig(fold_speech_marker="never", patch_size=5, max_patch_length=3), [1, 1, 1, 1, 1, 3, 2, 3, 2, 1, 1, 1, 1, 1, 1]),
         (PatchingConfig(strategy="aligned"), [1, 1, 1, 1, 1, 3, 2, 6, 1, 1, 1, 1, 1]),
         (PatchingConfig(strategy="aligned", silence_mode="sil_merged"), [1, 1, 1, 1, 1, 5, 6, 1, 1, 1, 1, 1]),
-        (PatchingConfig(strategy="aligned", fold_speech_marker=True), [1, 1, 1, 1, 4, 2, 6, 1, 1, 1, 1, 1]),
+        (PatchingConfig(strategy="aligned", fold_speech_marker="always"), [1, 1, 1, 1, 4, 2, 6, 1, 1, 1, 1, 1]),
         (PatchingConfig(strategy="aligned", max_patch_length=4), [1, 1, 1, 1, 1, 3, 2, 4, 2, 1, 1, 1, 1, 1]),
         # causal: the short last run (3 units) takes the <t> that ends the span
-        (PatchingConfig(patch_boundary="causal"), [1, 1, 1, 1, 1, 4, 4, 4, 1, 1, 1, 1]),
-        (PatchingConfig(patch_boundary="causal", fold_speech_marker=True), [1, 1, 1, 1, 5, 4, 4, 1, 1, 1, 1]),
+        (PatchingConfig(fold_speech_marker="never", patch_boundary="causal"), [1, 1, 1, 1, 1, 4, 4, 4, 1, 1, 1, 1]),
+        (PatchingConfig(patch_boundary="causal", fold_speech_marker="always"), [1, 1, 1, 1, 5, 4, 4, 1, 1, 1, 1]),
         # 11 units at p=5: 5, 5, 1+<t> = 2, then the cap of 3 splits each 5 into 3 + 2
-        (PatchingConfig(patch_size=5, max_patch_length=3, patch_boundary="causal"),
+        (PatchingConfig(fold_speech_marker="never", patch_size=5, max_patch_length=3, patch_boundary="causal"),
          [1, 1, 1, 1, 1, 3, 2, 3, 2, 2, 1, 1, 1, 1]),
         (PatchingConfig(strategy="aligned", patch_boundary="causal"), [1, 1, 1, 1, 1, 3, 2, 6, 1, 1, 1, 1, 1]),
     ],
@@ -127,6 +127,26 @@ def test_hand_computed_patches(config: PatchingConfig, expected: list) -> None:
     assert kernel.patch_lengths[0].tolist() == expected
     assert reference[0][0].tolist() == expected
     assert kernel.patch_starts[0].tolist() == np.concatenate([[0], np.cumsum(expected)[:-1]]).tolist()
+
+
+@pytest.mark.parametrize(
+    "aligned_probability, expected",
+    [(0.0, [1, 1, 1, 1, 5, 4, 3, 1, 1, 1, 1, 1]), (1.0, [1, 1, 1, 1, 1, 3, 2, 6, 1, 1, 1, 1, 1])],
+)
+def test_default_folds_the_marker_in_static_rows_only(aligned_probability: float, expected: list) -> None:
+    """The reference code's rule, per row of a mixed batch: <s> joins a static row's first speech
+    patch and stays a patch of its own in an aligned row."""
+    config = PatchingConfig(strategy="mixed", mixed_aligned_probability=aligned_probability)
+    kernel, reference = run_both(hand_sample(SPEC), config)
+    assert kernel.patch_lengths[0].tolist() == expected
+    assert reference[0][0].tolist() == expected
+
+
+def test_fold_mode_reads_old_switches_and_refuses_unknown_modes() -> None:
+    assert PatchingConfig(fold_speech_marker=True).fold_speech_marker == "always"
+    assert PatchingConfig(fold_speech_marker=False).fold_speech_marker == "never"
+    with pytest.raises(ValueError, match="fold_speech_marker"):
+        PatchingConfig(fold_speech_marker="sometimes")
 
 
 @pytest.mark.parametrize(
@@ -146,7 +166,7 @@ def test_silence_and_documents(spec: str, silence_mode: str, expected: list) -> 
 
 def test_static_document_boundary_and_marker_not_folded_across_documents() -> None:
     batch = hand_sample("B S w3 | w3 S | w2")
-    kernel, _ = run_both(batch, PatchingConfig(patch_size=4, fold_speech_marker=True))
+    kernel, _ = run_both(batch, PatchingConfig(patch_size=4, fold_speech_marker="always"))
     assert kernel.patch_lengths[0].tolist() == [1, 4, 3, 1, 2]
 
 
@@ -175,14 +195,14 @@ def test_static_needs_no_segments_but_aligned_does() -> None:
     "spec, config, expected",
     [
         # a span that fills its last patch leaves nothing open: <t> stays a patch of its own
-        ("B S w4 w4 T t E", PatchingConfig(patch_boundary="causal"), [1, 1, 4, 4, 1, 1, 1]),
-        ("B S w3 E P P", PatchingConfig(patch_boundary="causal"), [1, 1, 4, 1, 1]),  # EOS ends the run
+        ("B S w4 w4 T t E", PatchingConfig(fold_speech_marker="never", patch_boundary="causal"), [1, 1, 4, 4, 1, 1, 1]),
+        ("B S w3 E P P", PatchingConfig(fold_speech_marker="never", patch_boundary="causal"), [1, 1, 4, 1, 1]),  # EOS ends the run
         # a folded <s> with no unit after it waits for the token that decides it
-        ("B S T t E", PatchingConfig(fold_speech_marker=True, patch_boundary="causal"), [1, 2, 1, 1]),
-        ("B S T t E", PatchingConfig(fold_speech_marker=True), [1, 1, 1, 1, 1]),
+        ("B S T t E", PatchingConfig(fold_speech_marker="always", patch_boundary="causal"), [1, 2, 1, 1]),
+        ("B S T t E", PatchingConfig(fold_speech_marker="always"), [1, 1, 1, 1, 1]),
         # an open run never takes a token of the next document, nor one past the row's end
-        ("B S w3 | w3 S | w2", PatchingConfig(fold_speech_marker=True, patch_boundary="causal"), [1, 4, 4, 2]),
-        ("B S w3 | w3 S | w2", PatchingConfig(fold_speech_marker=True), [1, 4, 3, 1, 2]),
+        ("B S w3 | w3 S | w2", PatchingConfig(fold_speech_marker="always", patch_boundary="causal"), [1, 4, 4, 2]),
+        ("B S w3 | w3 S | w2", PatchingConfig(fold_speech_marker="always"), [1, 4, 3, 1, 2]),
     ],
 )
 def test_causal_boundaries_by_hand(spec: str, config: PatchingConfig, expected: list) -> None:
@@ -215,7 +235,8 @@ def test_paper_boundaries_look_one_token_ahead() -> None:
     """The look-ahead the causal option removes: B <s> u u | next; under paper boundaries the run
     [u u] ends at position 4 only when token 4 is not a unit."""
     batch = hand_sample("B S w2 E")
-    paper, causal = PatchingConfig(), PatchingConfig(patch_boundary="causal")
+    paper = PatchingConfig(fold_speech_marker="never")
+    causal = PatchingConfig(fold_speech_marker="never", patch_boundary="causal")
     assert boundaries_up_to_flipped_token(batch, paper, 4, True) == {1, 2}
     assert boundaries_up_to_flipped_token(batch, paper, 4, False) == {1, 2, 4}
     assert boundaries_up_to_flipped_token(batch, causal, 4, True) == {1, 2}
