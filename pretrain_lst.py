@@ -11,7 +11,12 @@ from __future__ import annotations
 
 import sys
 
-from megatron_lst.training.arguments import Config, parse_args
+from megatron_lst.training import orphans
+
+if __name__ == "__mp_main__":  # a helper process multiprocessing spawned (dist_checkpointing's writer queue)
+    orphans.adopt_spawned_child()  # first, before the heavy imports: it must not outlive the trainer
+
+from megatron_lst.training.arguments import Config, parse_args  # noqa: E402
 
 
 def task_factory(config: Config):
@@ -30,6 +35,7 @@ def task_factory(config: Config):
 
 
 def main(argv: list[str] | None = None) -> int:
+    orphans.install()  # no checkpoint writer or DataLoader worker outlives this process, even after kill -9
     config = parse_args(argv)
     if config.train.dry_run:
         from megatron_lst.training.dry_run import run_dry_run

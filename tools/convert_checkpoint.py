@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from megatron_lst.models.config import ModelConfig  # noqa: E402
 from megatron_lst.training.arguments import SECTIONS, Config, config_from_values  # noqa: E402
+from megatron_lst.utils.atomic import atomic_folder  # noqa: E402
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -97,11 +98,24 @@ def load_tensor_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) ->
 def write_consolidated(model: torch.nn.Module, config: Config, output: Path, progress: dict, source: str) -> Path:
     from safetensors.torch import save_file
 
-    output.mkdir(parents=True, exist_ok=True)
-    save_file(tensor_state(model), str(output / WEIGHTS_FILE), metadata={"format": "pt", "source": source})
-    meta = {"config": config.to_dict(), "progress": progress, "source": source, "format_version": 1}
-    (output / CONFIG_FILE).write_text(json.dumps(meta, indent=1, default=str))
+    with atomic_folder(output) as folder:  # both files appear together, replacing an earlier export whole
+        save_file(tensor_state(model), str(folder / WEIGHTS_FILE), metadata={"format": "pt", "source": source})
+        meta = {"config": config.to_dict(), "progress": progress, "source": source, "format_version": 1}
+        (folder / CONFIG_FILE).write_text(json.dumps(meta, indent=1, default=str))
     return output / WEIGHTS_FILE
+
+
+def check_export_folder(output: str | os.PathLike) -> None:
+    """Refuse an --output that holds anything but an earlier export: the export replaces the folder whole."""
+    output = Path(output)
+    if not output.exists():
+        return
+    if not output.is_dir():
+        raise ValueError(f"--output {output} exists and is not a folder")
+    others = sorted(entry.name for entry in output.iterdir() if entry.name not in (WEIGHTS_FILE, CONFIG_FILE))
+    if others:
+        raise ValueError(f"--output {output} holds other files ({', '.join(others[:3])}): the export replaces the "
+                         "folder whole, so give a new or an earlier export's folder")
 
 
 def megatron_to_safetensors(load: str, output: str, iteration: Optional[int], tokenizer_model: Optional[str]) -> Path:
@@ -175,6 +189,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     from megatron_lst.training.initialize import destroy_distributed
 
+    if args.command != "from-safetensors":
+        try:
+            check_export_folder(args.output)
+        except ValueError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
     try:
         if args.command == "to-safetensors":
             written = megatron_to_safetensors(args.load, args.output, args.iteration, args.tokenizer_model)

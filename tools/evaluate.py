@@ -32,6 +32,7 @@ from megatron_lst.evaluation.items import read_items  # noqa: E402
 from megatron_lst.evaluation.patching_choice import REQUESTS, choose_patching  # noqa: E402
 from megatron_lst.evaluation.scoring import DIRECTIONS, SequenceBuilder  # noqa: E402
 from megatron_lst.evaluation.story_completion import evaluate_items, format_report  # noqa: E402
+from megatron_lst.utils.atomic import write_text_atomic  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.benchmark}: {len(items)} items, checkpoint {args.checkpoint} ({config.train.model})")
     print(format_report(report))
     if args.output:
-        Path(args.output).write_text(json.dumps(
+        write_text_atomic(args.output, json.dumps(
             {"checkpoint": str(args.checkpoint), "benchmark": str(args.benchmark), **report.to_dict()}, indent=1))
     return 0
 

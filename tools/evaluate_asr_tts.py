@@ -33,6 +33,7 @@ from megatron_lst.evaluation.asr_tts import (  # noqa: E402
     unit_error_rate,
     word_error_rate,
 )
+from megatron_lst.utils.atomic import write_text_atomic  # noqa: E402
 
 
 def answer_nll(generator, prompts: list[list[int]], answers: list[list[int]]) -> float:
@@ -108,7 +109,7 @@ def main(argv=None) -> None:
             result["round_trip_wer"] = word_error_rate(texts, transcripts)
     print(json.dumps(result))
     if args.output:
-        Path(args.output).write_text(json.dumps(result, indent=1) + "\n")
+        write_text_atomic(args.output, json.dumps(result, indent=1) + "\n")
 
 
 if __name__ == "__main__":

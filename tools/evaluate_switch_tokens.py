@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from megatron_lst.data.segments import heldout_segments  # noqa: E402
 from megatron_lst.evaluation.switch_tokens import evaluate_switch_tokens  # noqa: E402
+from megatron_lst.utils.atomic import write_text_atomic  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,8 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     text = json.dumps(result, indent=2)
     print(text)
     if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(text + "\n")
+        write_text_atomic(args.output, text + "\n")
     return 0
 
 

@@ -25,6 +25,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from megatron_lst.demo.hubert_units import FRAME_REDUCTIONS  # noqa: E402
+from megatron_lst.utils.atomic import atomic_file  # noqa: E402
 
 
 def read_wav(path: Path) -> tuple[np.ndarray, int]:
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         print("no wav files found", file=sys.stderr)
         return 1
     total_units = 0
-    with open(args.output, "w", encoding="utf-8") as out:
+    with atomic_file(args.output) as out:  # appears whole, or leaves an earlier output as it was
         for path in tqdm(files, unit="file", desc="units"):
             waveform, sample_rate = read_wav(path)
             units = extractor.transform(waveform, sample_rate)

@@ -8,7 +8,7 @@
     # speech units -> text
     python tools/generate.py asr --checkpoint ckpt_asr --input speech.jsonl --output text.jsonl
 
-Every output record keeps the input's ``id`` (or its line number) and adds ``text`` or ``units``
+Every output record keeps the input's ``id`` (or its record number) and adds ``text`` or ``units``
 (0-based unit indices at 25 Hz), ``stop_reason``, and the cost of the generation:
 ``global_steps`` (global-model positions it took: ceil(units / p) for LST speech, one per
 unit for the baseline) and ``seconds``. The demo vocoder is a Griffin-Lim inversion of the demo's
@@ -26,6 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from megatron_lst.inference.generate import SPEECH, TEXT, GenerationConfig  # noqa: E402
+from megatron_lst.inference.prompt_records import WAV_SUFFIX, PromptFileError, read_prompt_records  # noqa: E402
 from megatron_lst.inference.sampling import SamplingConfig  # noqa: E402
 from megatron_lst.inference.tasks import (  # noqa: E402
     asr_prompt,
@@ -35,6 +36,7 @@ from megatron_lst.inference.tasks import (  # noqa: E402
     text_prompt,
     tts_prompt,
 )
+from megatron_lst.utils.atomic import atomic_file  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -62,7 +64,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--vocoder", default=None,
                         help="units -> audio: demo:UNIT_EXTRACTOR.npz (demo Griffin-Lim vocoder) or "
                              "package.module:factory; wavs go to --wav-dir")
-    parser.add_argument("--wav-dir", default=None, help="where to write one wav per speech output")
+    parser.add_argument("--wav-dir", default=None,
+                        help="where to write one wav per speech output, named ID.wav after the input's id (which "
+                             "must then be a plain file name, unique in the file; default: wavs)")
     return parser.parse_args(argv)
 
 
@@ -77,25 +81,30 @@ def prompt_for(task: str, record: dict, tokenizer) -> tuple[list[int], str]:
     return text_prompt(tokenizer, record["text"]), TEXT
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> int:
     args = parse_args(argv)
+    # the whole input is checked before the checkpoint loads or any output is opened
+    try:
+        records = read_prompt_records(args.input, args.task, names_wavs=bool(args.vocoder))
+    except PromptFileError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     from megatron_lst.inference.loading import CheckpointGenerator
 
     generator = CheckpointGenerator.from_checkpoint(args.checkpoint, args.iteration, args.tokenizer_model,
                                                     use_cache=not args.no_cache)
     tokenizer = generator.tokenizer
     vocoder = None
+    wav_dir = Path(args.wav_dir or "wavs")
     if args.vocoder:
         from megatron_lst.inference.vocoder import load_vocoder, write_wav
 
         vocoder = load_vocoder(args.vocoder)
-        Path(args.wav_dir or "wavs").mkdir(parents=True, exist_ok=True)
-    records = [json.loads(line) for line in Path(args.input).read_text().splitlines() if line.strip()]
     sampling = SamplingConfig(args.temperature, args.top_k, args.top_p)
-    with open(args.output, "w") as output:
+    with atomic_file(args.output) as output:  # the output appears whole when every prompt is done
         for start in range(0, len(records), args.batch_size):
             batch = records[start:start + args.batch_size]
-            prompts, modalities = zip(*(prompt_for(args.task, record, tokenizer) for record in batch))
+            prompts, modalities = zip(*(prompt_for(args.task, prompt.record, tokenizer) for prompt in batch))
             outputs = {}
             for modality in sorted(set(modalities)):
                 rows = [i for i, m in enumerate(modalities) if m == modality]
@@ -108,15 +117,15 @@ def main(argv=None) -> None:
                 per_row_seconds = result.seconds / len(rows)
                 for row, tokens, reason, steps in zip(rows, result.tokens, result.stop_reasons,
                                                       result.generated_global_positions):
-                    record = batch[row]
-                    out = {"id": record.get("id", start + row), "stop_reason": reason, "global_steps": steps,
+                    out = {"id": batch[row].id, "stop_reason": reason, "global_steps": steps,
                            "seconds": round(per_row_seconds, 4)}
                     if modality == SPEECH:
                         units = generated_units(tokenizer, tokens)
                         out["units"] = units.tolist()
                         if vocoder is not None:
                             audio, rate = vocoder(units)
-                            wav = Path(args.wav_dir or "wavs") / f"{out['id']}.wav"
+                            # the id was checked to be a plain file name: the wav stays in wav_dir
+                            wav = wav_dir / f"{out['id']}{WAV_SUFFIX}"
                             write_wav(wav, audio, rate)
                             out["wav"] = str(wav)
                     else:
@@ -124,7 +133,8 @@ def main(argv=None) -> None:
                     outputs[row] = out
             output.writelines(json.dumps(outputs[row]) + "\n" for row in sorted(outputs))
     print(f"{len(records)} generations -> {args.output}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -19,6 +19,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from megatron_lst.utils.atomic import temporary_sibling, write_text_atomic
+
 UNIT_ALPHABET_START = 0x4E00
 DEFAULT_UNIT_BPE_VOCAB = 1000
 
@@ -58,30 +60,38 @@ def train_unit_bpe(
         raise ValueError("train_unit_bpe: no non-empty unit sequences were given")
     prefix = Path(model_prefix)
     prefix.parent.mkdir(parents=True, exist_ok=True)
+    # trained under a temporary prefix and renamed when complete: a failed run leaves an earlier model as it was
+    temporary = temporary_sibling(prefix)
     # no utterance is dropped for its length: SentencePiece skips sentences over max_sentence_length
     # bytes (4192 by default, about a minute of 25 Hz units), and units heard only in long
     # utterances would get no piece, so the corpus they came from could not be encoded
     longest = max(len(sentence.encode("utf-8")) for sentence in sentences)
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(sentences),
-        model_prefix=str(prefix),
-        vocab_size=vocab_size,
-        model_type="bpe",
-        character_coverage=1.0,
-        max_sentence_length=max(longest, 4192),
-        add_dummy_prefix=False,
-        split_by_whitespace=False,
-        max_sentencepiece_length=16,
-        bos_id=-1,
-        eos_id=-1,
-        pad_id=-1,
-        unk_id=0,
-        num_threads=1,
-        hard_vocab_limit=False,
-        minloglevel=2,
-    )
-    model = prefix.with_suffix(".model")
-    sidecar_path(model).write_text(json.dumps({"num_units": num_units, "sentences": len(sentences)}) + "\n")
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(sentences),
+            model_prefix=str(temporary),
+            vocab_size=vocab_size,
+            model_type="bpe",
+            character_coverage=1.0,
+            max_sentence_length=max(longest, 4192),
+            add_dummy_prefix=False,
+            split_by_whitespace=False,
+            max_sentencepiece_length=16,
+            bos_id=-1,
+            eos_id=-1,
+            pad_id=-1,
+            unk_id=0,
+            num_threads=1,
+            hard_vocab_limit=False,
+            minloglevel=2,
+        )
+        model = Path(f"{prefix}.model")
+        for suffix in (".model", ".vocab"):
+            os.replace(f"{temporary}{suffix}", f"{prefix}{suffix}")
+    finally:
+        for suffix in (".model", ".vocab"):
+            Path(f"{temporary}{suffix}").unlink(missing_ok=True)
+    write_text_atomic(sidecar_path(model), json.dumps({"num_units": num_units, "sentences": len(sentences)}) + "\n")
     return model
 
 

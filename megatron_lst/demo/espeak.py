@@ -140,13 +140,22 @@ class Espeak:
             index += 1
         return 0
 
+    def check_voice(self, voice: str) -> None:
+        """Raise ValueError naming ``voice`` when espeak-ng has no such voice, so that a tool can refuse
+        it before it opens any output (the voice is otherwise only found missing at the first item)."""
+        with self._lock:
+            self._set_voice(voice)
+
+    def _set_voice(self, voice: str) -> None:
+        if "\0" in voice or self._lib.espeak_SetVoiceByName(voice.encode()) != 0:
+            raise ValueError(f"espeak-ng has no voice {voice!r} (try one of {DEFAULT_VOICES})")
+
     def synthesize(self, text: str, voice: str = "en-us", rate: int = 175,
                    pitch: int = 50) -> Synthesis:
         """Speak normalised ``text`` (see :mod:`normalise`) with a voice, a rate in words per
         minute and a pitch (0-100); return the waveform and one timing per word of ``text``."""
         with self._lock:
-            if self._lib.espeak_SetVoiceByName(voice.encode()) != 0:
-                raise ValueError(f"espeak-ng has no voice {voice!r} (try one of {DEFAULT_VOICES})")
+            self._set_voice(voice)
             self._lib.espeak_SetParameter(_RATE, rate, 0)
             self._lib.espeak_SetParameter(_PITCH, pitch, 0)
             self._samples, self._events = [], []

@@ -17,6 +17,8 @@ from typing import Iterable, NamedTuple, Optional
 
 import numpy as np
 
+from megatron_lst.utils.atomic import atomic_file
+
 TEXT = "text"
 SPEECH = "units"
 WORD = "word"
@@ -185,8 +187,7 @@ def read_items(path: str | Path) -> list[Item]:
 
 
 def write_items(path: str | Path, items: Iterable[Item]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as handle:
+    """Write ``items`` as jsonl atomically: a failure on the way leaves an existing file untouched."""
+    with atomic_file(path) as handle:
         for item in items:
             handle.write(json.dumps(item.to_dict()) + "\n")

@@ -20,6 +20,7 @@ from typing import Protocol
 import numpy as np
 
 from megatron_lst.demo.units import HOP, N_FFT, SAMPLE_RATE, STACK, WINDOW, LogMelUnitExtractor, mel_filterbank
+from megatron_lst.utils.atomic import atomic_file
 
 
 class UnitVocoder(Protocol):
@@ -96,9 +97,9 @@ def load_vocoder(spec: str) -> UnitVocoder:
 
 
 def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int) -> None:
-    """16-bit mono PCM."""
+    """16-bit mono PCM, written atomically (the folder is created; a failed write leaves no partial wav)."""
     pcm = (np.clip(audio, -1.0, 1.0) * 32767).astype("<i2")
-    with wave.open(str(path), "wb") as handle:
+    with atomic_file(path, "wb") as stream, wave.open(stream, "wb") as handle:
         handle.setnchannels(1)
         handle.setsampwidth(2)
         handle.setframerate(sample_rate)

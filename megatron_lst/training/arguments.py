@@ -126,7 +126,7 @@ class TrainConfig:
         default=None, metadata={"help": "testing aid: make the loss NaN at this iteration"}
     )
     skip_train: bool = field(default=False, metadata={"help": "only evaluate (after --load), do not train"})
-    exit_interval: Optional[int] = field(default=None, metadata={"help": "exit (saving first) after this iteration"})
+    exit_interval: Optional[int] = field(default=None, metadata={"help": "exit after this iteration (saving first when --save is set)"})
     engine: str = field(
         default="megatron", metadata={"help": "megatron (TP/PP/DP on megatron-core) or deepspeed (ZeRO data parallel)"}
     )

@@ -341,7 +341,7 @@ class DeepSpeedTrainer:
             if cfg.train.exit_interval and state.iteration % cfg.train.exit_interval == 0:
                 reason = reason or f"reached --exit-interval {cfg.train.exit_interval}"
             if handler.should_stop():
-                reason = f"received {handler.signal_name}: saving and exiting"
+                reason = handler.stop_reason(cfg.checkpoint.save)
             if (cfg.checkpoint.save_interval and state.iteration % cfg.checkpoint.save_interval == 0) or reason:
                 self.save()
         print_rank_0(f"training stopped at iteration {state.iteration}: {reason}")

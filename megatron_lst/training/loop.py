@@ -401,7 +401,7 @@ class Trainer:
             if cfg.train.exit_interval and state.iteration % cfg.train.exit_interval == 0:
                 reason = reason or f"reached --exit-interval {cfg.train.exit_interval}"
             if handler.should_stop():
-                reason = f"received {handler.signal_name}: saving and exiting"
+                reason = handler.stop_reason(cfg.checkpoint.save)
             interval_save = cfg.checkpoint.save_interval and state.iteration % cfg.checkpoint.save_interval == 0
             if interval_save or reason is not None:
                 self.save()

@@ -1,4 +1,5 @@
-"""SIGTERM / SIGUSR1 (SLURM preemption, ``scancel``, ``timeout``): save, then exit 0.
+"""SIGTERM / SIGUSR1 (SLURM preemption, ``scancel``, ``timeout``): save (when the run has
+``--save``), then exit 0.
 
 The handler only records the signal; the loop checks it after each step, and every rank
 agrees through an all-reduce so that all ranks save the same iteration together. The flag is
@@ -47,6 +48,13 @@ class PreemptionHandler:
     @property
     def signal_name(self) -> str:
         return signal.Signals(self.received).name if self.received else "no signal"
+
+    def stop_reason(self, save_dir: Optional[str]) -> str:
+        """Why the run stopped and what became of its state, in words that are true when they are
+        printed (after the final save): a run without ``--save`` stops without saving, and says so."""
+        if save_dir:
+            return f"received {self.signal_name}: saved a checkpoint to {save_dir} and exited"
+        return f"received {self.signal_name}: exited without saving (no --save directory was given)"
 
     def should_stop(self) -> bool:
         """True on every rank when any rank got a signal (every rank must call it at the same step)."""

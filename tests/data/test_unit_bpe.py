@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from megatron_lst.data.unit_bpe import UnitBPE, train_unit_bpe
 
@@ -15,3 +16,24 @@ def test_units_heard_only_in_a_long_utterance_get_pieces(tmp_path):
     model = train_unit_bpe([*short, long], tmp_path / "units", vocab_size=120, num_units=50)
     encoded = UnitBPE(model).encode_many([long])[0]  # refused if units 40-49 had no piece
     assert 0 < len(encoded) <= len(long)
+
+
+def test_training_replaces_the_files_whole_and_leaves_no_temporary(tmp_path, monkeypatch):
+    import sentencepiece as spm
+
+    rng = np.random.default_rng(1)
+    sequences = [rng.integers(0, 20, 40).tolist() for _ in range(30)]
+    model = train_unit_bpe(sequences, tmp_path / "units.v1", vocab_size=40, num_units=20)
+    assert model == tmp_path / "units.v1.model"  # a dot in the prefix is kept
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["units.v1.json", "units.v1.model", "units.v1.vocab"]
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    def interrupted(**kwargs):
+        with open(kwargs["model_prefix"] + ".model", "wb") as handle:
+            handle.write(b"half a model")
+        raise RuntimeError("interrupted")
+
+    monkeypatch.setattr(spm.SentencePieceTrainer, "train", interrupted)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        train_unit_bpe(sequences, tmp_path / "units.v1", vocab_size=40, num_units=20)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before

@@ -93,3 +93,21 @@ def test_synthesised_parts_carry_word_times_that_cover_their_units(extractor_pat
     # "He threw it a ball.": five words
     spoken = PartSynthesizer(LogMelUnitExtractor.load(extractor_path)).part(Part(text="He threw it a ball."))
     assert [s.kind for s in spoken.segments].count("word") == 5
+
+
+@pytest.mark.parametrize("bad", [["--voice", "no-such-voice"], ["--rate", "5"], ["--pitch", "101"],
+                                 ["--extractor", "missing.npz"]])
+def test_bad_arguments_exit_2_and_leave_the_earlier_output_byte_identical(extractor_path, tmp_path, bad):
+    write_items(tmp_path / "text.jsonl", [story_item(0)])
+    output = tmp_path / "speech.jsonl"
+    earlier = b'{"an earlier run": true}\n\x00tail'
+    output.write_bytes(earlier)
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "tools" / "synthesize_benchmark.py"), "--input", str(tmp_path / "text.jsonl"),
+         "--output", str(output), "--extractor", str(extractor_path), *bad],
+        env=child_env(), capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and bad[1] in lines[0], result.stderr
+    assert output.read_bytes() == earlier
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["speech.jsonl", "text.jsonl"]

@@ -6,10 +6,13 @@ import ctypes
 import ctypes.util
 import os
 import signal
+import subprocess
+import time
 
 import pytest
 
 from megatron_lst.training.signals import PreemptionHandler
+from tests.conftest import child_env, pretrain_command
 
 SIG_IGN = 1
 
@@ -43,3 +46,32 @@ def test_a_handler_replaced_from_c_is_reinstalled_at_the_next_step():
         assert handler.should_stop() and handler.signal_name == "SIGUSR1"
     finally:
         handler.restore()
+
+
+def test_the_stop_message_says_whether_the_run_saves():
+    handler = PreemptionHandler()
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert handler.should_stop()
+        without = handler.stop_reason(None)
+        assert "without saving" in without and "saved" not in without.replace("without saving", "")
+        assert "no --save" in without
+        with_save = handler.stop_reason("/runs/ckpt")
+        assert with_save.startswith("received SIGTERM") and "saved a checkpoint to /runs/ckpt" in with_save
+    finally:
+        handler.restore()
+
+
+def test_sigterm_without_save_says_it_stops_without_saving(base_args, tmp_path):
+    log = tmp_path / "run.jsonl"
+    process = subprocess.Popen(pretrain_command([*base_args, "--train-iters", "100000", "--log-json", str(log)]),
+                               env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while not (log.is_file() and log.read_text().count("\n") >= 2):
+        assert process.poll() is None and time.time() < deadline, "training did not start"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, output[-3000:]
+    assert "received SIGTERM: exited without saving (no --save directory was given)" in output
+    assert "saving" not in output.replace("without saving", "") and "saved" not in output

@@ -1,0 +1,1 @@
+"""Small helpers shared by the tools and the package: atomic output files and folders."""
