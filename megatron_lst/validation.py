@@ -59,7 +59,7 @@ class InputError(ValueError):
 
 
 @contextmanager
-def at_line(file: str | Path, line: Optional[int] = None, field_prefix: Optional[str] = None) -> Iterator[None]:
+def at_line(file: Optional[str | Path], line: Optional[int] = None, field_prefix: Optional[str] = None) -> Iterator[None]:
     """Give every InputError raised inside the block this file and line (and field prefix)."""
     try:
         yield
