@@ -17,6 +17,7 @@ if __name__ == "__mp_main__":  # a helper process multiprocessing spawned (dist_
     orphans.adopt_spawned_child()  # first, before the heavy imports: it must not outlive the trainer
 
 from megatron_lst.training.arguments import Config, parse_args  # noqa: E402
+from megatron_lst.validation import InputError, exit_on_input_error  # noqa: E402
 
 
 def task_factory(config: Config):
@@ -34,6 +35,21 @@ def task_factory(config: Config):
     return LSTTask(config)
 
 
+def check_inputs(config: Config) -> None:
+    """The data against the flags, before any process group or model exists (one line, exit 2)."""
+    from megatron_lst.data.input_checks import check_training_data
+    from megatron_lst.tokenizer import load_text_model
+
+    if not config.data.tokenizer_model:
+        raise InputError("is required (a SentencePiece .model or .tiktoken file)", field="--tokenizer-model")
+    try:
+        text_model = load_text_model(config.data.tokenizer_model)
+    except (OSError, RuntimeError) as error:
+        raise InputError(f"cannot be loaded: {error}", field="--tokenizer-model") from None
+    check_training_data(config.data.data_path, text_model, config.data.num_units)
+
+
+@exit_on_input_error
 def main(argv: list[str] | None = None) -> int:
     orphans.install()  # no checkpoint writer or DataLoader worker outlives this process, even after kill -9
     config = parse_args(argv)
@@ -41,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         from megatron_lst.training.dry_run import run_dry_run
 
         return run_dry_run(config)
+    check_inputs(config)
     from megatron_lst.training.hardware import check_hardware
 
     check_hardware(config)

@@ -14,6 +14,7 @@ S spare slots (1 in the reference layout). The layout is stored in checkpoints t
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -86,6 +87,19 @@ class TextModel:
     def describe(self) -> dict:
         raise NotImplementedError
 
+    def pieces_sha256(self) -> str:
+        """SHA-256 of the pieces in id order: what the ids mean. Two models of the same size but
+        other pieces differ here (recorded in checkpoints and dataset sidecars, compared on use);
+        the file's path does not enter, so a moved model still matches."""
+        raise NotImplementedError
+
+
+def _pieces_digest(pieces: Iterable[bytes]) -> str:
+    digest = hashlib.sha256()
+    for piece in pieces:
+        digest.update(len(piece).to_bytes(4, "little") + piece)
+    return digest.hexdigest()
+
 
 class SentencePieceText(TextModel):
     """A SentencePiece model loaded from a local ``.model`` file."""
@@ -110,7 +124,14 @@ class SentencePieceText(TextModel):
         return self.processor.decode([int(i) for i in ids])
 
     def describe(self) -> dict:
-        return {"type": "sentencepiece", "path": self.model_path, "vocab_size": self.vocab_size}
+        return {"type": "sentencepiece", "path": self.model_path, "vocab_size": self.vocab_size,
+                "pieces_sha256": self.pieces_sha256()}
+
+    def pieces_sha256(self) -> str:
+        if not hasattr(self, "_pieces_sha256"):  # once: layout() is read at every checkpoint save
+            self._pieces_sha256 = _pieces_digest(self.processor.id_to_piece(i).encode("utf-8")
+                                                 for i in range(self.vocab_size))
+        return self._pieces_sha256
 
 
 # The split pattern of OpenAI's cl100k_base; used when a bare .tiktoken rank file is given.
@@ -134,6 +155,7 @@ class TiktokenText(TextModel):
             raise FileNotFoundError(f"tiktoken rank file not found: {path}")
         self.model_path = str(path)
         ranks = load_tiktoken_bpe(self.model_path)
+        self.ranks = ranks
         self.encoding = tiktoken.Encoding(
             name=path.stem, pat_str=pattern, mergeable_ranks=ranks, special_tokens={}
         )
@@ -146,7 +168,28 @@ class TiktokenText(TextModel):
         return self.encoding.decode([int(i) for i in ids])
 
     def describe(self) -> dict:
-        return {"type": "tiktoken", "path": self.model_path, "vocab_size": self.vocab_size}
+        return {"type": "tiktoken", "path": self.model_path, "vocab_size": self.vocab_size,
+                "pieces_sha256": self.pieces_sha256()}
+
+    def pieces_sha256(self) -> str:
+        if not hasattr(self, "_pieces_sha256"):
+            self._pieces_sha256 = _pieces_digest(sorted(self.ranks, key=self.ranks.__getitem__))
+        return self._pieces_sha256
+
+
+def text_model_difference(recorded: dict, current: dict) -> str | None:
+    """How the text tokenizer ``recorded`` (a ``describe()`` saved with a checkpoint or a dataset)
+    differs from ``current``, or None when they are the same. Type and size are compared always,
+    the pieces' SHA-256 when both have it; the path never (a model may move)."""
+    if not isinstance(recorded, dict):
+        return f"the record is {recorded!r}, not a tokenizer description"
+    for name in ("type", "vocab_size", "pieces_sha256"):
+        if name == "pieces_sha256" and (name not in recorded or name not in current):
+            continue
+        if recorded.get(name) != current.get(name):
+            return (f"{name} {recorded.get(name)!r} ({recorded.get('path', '?')}) vs {current.get(name)!r} "
+                    f"({current.get('path', '?')})")
+    return None
 
 
 def load_text_model(path: str | os.PathLike) -> TextModel:

@@ -33,6 +33,7 @@ from megatron_lst.evaluation.patching_choice import REQUESTS, choose_patching  #
 from megatron_lst.evaluation.scoring import DIRECTIONS, SequenceBuilder  # noqa: E402
 from megatron_lst.evaluation.story_completion import evaluate_items, format_report  # noqa: E402
 from megatron_lst.utils.atomic import write_text_atomic  # noqa: E402
+from megatron_lst.validation import exit_on_input_error  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,20 +63,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@exit_on_input_error
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.batch_size < 1:
         print("error: --batch-size must be >= 1", file=sys.stderr)
         return 2
-    try:  # a malformed item (e.g. word times that do not cover its units) is named with its line and field
-        items = read_items(args.benchmark)
-    except (OSError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-
     from megatron_lst.evaluation.model_scorer import CheckpointScorer, config_from_checkpoint
 
     config = config_from_checkpoint(args.checkpoint, args.iteration, args.tokenizer_model, args.unit_bpe)
+    # a malformed item (units not a list of codebook indices, a label that is not an integer, an id
+    # used twice, word times that do not cover its units ...) is one line naming the line and field
+    items = read_items(args.benchmark, num_units=config.data.num_units)
     if args.model != "auto" and args.model != config.train.model:
         print(f"error: --model {args.model} but the checkpoint holds a {config.train.model} model", file=sys.stderr)
         return 2

@@ -27,6 +27,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from megatron_lst.data.segments import heldout_segments as segments  # noqa: E402
+from megatron_lst.validation import exit_on_input_error  # noqa: E402
 from megatron_lst.evaluation.asr_tts import (  # noqa: E402
     UNIT_RATE,
     generation_cost_of,
@@ -67,7 +68,8 @@ def conditioning_nll(generator, prompts: list[list[int]], answers: list[list[int
     return {"answer_nll": matched, "answer_nll_mismatched": mismatched, "conditioning_gain": mismatched - matched}
 
 
-def main(argv=None) -> None:
+@exit_on_input_error  # a bad held-out line: one line naming file, line and field, exit 2
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", choices=("asr", "tts"), required=True, help="which direction to evaluate")
     parser.add_argument("--checkpoint", required=True, help="the model to evaluate (pretrain_lst.py --save dir)")
@@ -109,8 +111,13 @@ def main(argv=None) -> None:
             result["round_trip_wer"] = word_error_rate(texts, transcripts)
     print(json.dumps(result))
     if args.output:
+<<<<<<< HEAD
         write_text_atomic(args.output, json.dumps(result, indent=1) + "\n")
+=======
+        Path(args.output).write_text(json.dumps(result, indent=1) + "\n")
+    return 0
+>>>>>>> i14-valid
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -7,7 +7,11 @@
 Text lines ({"text": ...}) become {prefix}_{key}_document.bin/.idx, the files megatron-core's
 GPTDataset reads. Aligned speech lines ({"units": [...], "words": [...]}) become
 {prefix}_speech_document.bin/.idx/.json (megatron_lst/data/FORMATS.md). Output appears only when
-complete; with --on-error fail (default) a bad line stops the run with exit status 2 and no files.
+complete (written under temporary names, renamed at the end); with --on-error fail (default) a bad
+line stops the run with exit status 2, one error line naming the file, line and field, and no files.
+Input is read strictly: UTF-8 only, one JSON object per line; a file detected as text (its first
+record has no "units") may not hold speech records. An input with no documents, a bad --unit-rate or
+--num-units, and a full disk are errors (exit 2) too.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import multiprocessing
 import sys
 from pathlib import Path
@@ -25,7 +30,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from megatron_lst.data.indexed_writer import AtomicFiles, IndexedWriter  # noqa: E402
+from megatron_lst.data.indexed_writer import AtomicFiles, IndexedWriter, writing  # noqa: E402
 from megatron_lst.data.jsonl_records import (  # noqa: E402
     SPEECH_FORMAT,
     TEXT_FORMAT,
@@ -48,15 +53,12 @@ from megatron_lst.data.speech_layout import (  # noqa: E402
     metadata_path,
     speech_dataset_prefix,
 )
+from megatron_lst.validation import InputError, report  # noqa: E402
 
 EXIT_BAD_INPUT = 2
 EXIT_SETUP_ERROR = 1
 CHUNK_LINES = 64
 MAX_REPORTED_ERRORS = 20
-
-
-class BadInput(Exception):
-    """A line failed validation under --on-error fail."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,15 +92,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def read_lines(path: str) -> Iterator[tuple[int, str]]:
-    """Non-blank lines with 1-based line numbers; undecodable bytes become U+FFFD (then bad JSON)."""
-    with open(path, encoding="utf-8", errors="replace") as handle:
+def read_lines(path: str) -> Iterator[tuple[int, bytes]]:
+    """Non-blank lines, as bytes, with 1-based line numbers; each is decoded strictly as UTF-8 by
+    the line's parser (megatron_lst/validation.py), so a bad byte is an error naming its field."""
+    with open(path, "rb") as handle:
         for number, line in enumerate(handle, start=1):
             if line.strip():
                 yield number, line
 
 
 def detect_input_format(path: str) -> str:
+    """Speech if the first parseable record has units, text otherwise (also for an empty file)."""
     for _, line in read_lines(path):
         try:
             return detect_format(load_json_object(line))
@@ -168,7 +172,8 @@ class OutputDatasets:
         if self.metadata_files is not None:
             self.metadata["summary"] = summary.as_dict()
             temp = self.metadata_files.temp(metadata_path(self.prefix))
-            Path(temp).write_text(json.dumps(self.metadata, indent=2) + "\n", encoding="utf-8")
+            with writing(metadata_path(self.prefix)):
+                Path(temp).write_text(json.dumps(self.metadata, indent=2) + "\n", encoding="utf-8")
         for writer in self.writers():
             writer.commit()
         if self.metadata_files is not None:
@@ -205,7 +210,8 @@ def process(args: argparse.Namespace, config: PreprocessConfig, encoder: LineEnc
                 continue
             message = f"{args.input}:{result.line_number}: {result.error}"
             if args.on_error == "fail":
-                raise BadInput(message)
+                raise InputError(f"{result.error} (nothing written; --on-error skip leaves bad lines out)",
+                                 file=args.input, line=result.line_number)
             summary.skipped_lines += 1
             if summary.skipped_lines <= MAX_REPORTED_ERRORS:
                 tqdm.write(f"skipped {message}", file=sys.stderr)
@@ -213,10 +219,27 @@ def process(args: argparse.Namespace, config: PreprocessConfig, encoder: LineEnc
         summary.add(good)
         progress.update(len(results))
     progress.close()
+    if summary.documents == 0:
+        skipped = f" ({summary.skipped_lines} bad lines skipped)" if summary.skipped_lines else ""
+        raise InputError(f"no documents: the file has no records{skipped}; nothing written", file=args.input)
+
+
+def check_flags(args: argparse.Namespace) -> None:
+    """Numbers every record's conversion depends on; a bad one would corrupt every document."""
+    if not (math.isfinite(args.unit_rate) and args.unit_rate > 0):
+        raise InputError(f"must be a positive finite number of units per second, got {args.unit_rate}",
+                         field="--unit-rate")
+    if args.num_units < 1:
+        raise InputError(f"must be >= 1 (the speech unit codebook size), got {args.num_units}", field="--num-units")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        check_flags(args)
+    except InputError as error:
+        report(error)
+        return EXIT_BAD_INPUT
     if args.workers < 1:
         print("error: --workers must be >= 1", file=sys.stderr)
         return EXIT_SETUP_ERROR
@@ -228,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_SETUP_ERROR
     config = PreprocessConfig(
         input_format=args.format or detect_input_format(args.input),
+        reject_units=args.format is None,
         tokenizer_model=args.tokenizer_model,
         json_keys=tuple(args.json_keys),
         append_eod=args.append_eod,
@@ -241,17 +265,20 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, RuntimeError) as error:
         print(f"error: cannot load the tokenizer: {error}", file=sys.stderr)
         return EXIT_SETUP_ERROR
-    outputs = OutputDatasets(config, args.output_prefix, encoder)
     summary = RunSummary(config.input_format, config.unit_rate)
+    outputs: OutputDatasets | None = None
     try:
+        outputs = OutputDatasets(config, args.output_prefix, encoder)
         process(args, config, encoder, outputs, summary)
         outputs.commit(summary)
-    except BadInput as error:
-        outputs.abort()
-        print(f"error: {error}\nno output written (use --on-error skip to leave bad lines out)", file=sys.stderr)
+    except (InputError, OSError) as error:  # a bad line or no documents; a full disk (OutputWriteError)
+        if outputs is not None:
+            outputs.abort()
+        report(error)
         return EXIT_BAD_INPUT
     except (KeyboardInterrupt, Exception):
-        outputs.abort()
+        if outputs is not None:
+            outputs.abort()
         raise
     print(summary.render(), file=sys.stderr)
     return 0

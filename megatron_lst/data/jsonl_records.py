@@ -7,17 +7,18 @@ the model the wrong word-to-speech correspondence.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 
 import numpy as np
 
+from megatron_lst.validation import InputError, is_int, json_type, parse_json_object
+
 SPEECH_FORMAT = "speech"
 TEXT_FORMAT = "text"
 
 
-class RecordError(ValueError):
+class RecordError(InputError):
     """A jsonl line that cannot become a document."""
 
 
@@ -33,19 +34,12 @@ class AlignedUtterance:
     transcript: str
 
 
-def load_json_object(line: str) -> dict:
-    """Parse a line into a JSON object, rejecting NaN/Infinity literals that json accepts."""
+def load_json_object(line: bytes | str) -> dict:
+    """Parse a line into a JSON object, strictly (megatron_lst/validation.py): UTF-8, no NaN/Infinity."""
     try:
-        record = json.loads(line, parse_constant=_reject_constant)
-    except json.JSONDecodeError as error:
-        raise RecordError(f"malformed JSON: {error.msg} at column {error.colno}") from None
-    if not isinstance(record, dict):
-        raise RecordError(f"expected a JSON object, got {type(record).__name__}")
-    return record
-
-
-def _reject_constant(name: str) -> float:
-    raise RecordError(f"{name} is not a valid number here")
+        return parse_json_object(line)
+    except InputError as error:
+        raise RecordError(error.message, field=error.field) from None
 
 
 def detect_format(record: dict) -> str:
@@ -55,43 +49,40 @@ def detect_format(record: dict) -> str:
 
 def text_field(record: dict, key: str) -> str:
     if key not in record:
-        raise RecordError(f"missing field {key!r}")
+        raise RecordError("missing field", field=key)
     value = record[key]
     if not isinstance(value, str):
-        raise RecordError(f"field {key!r} must be a string, got {type(value).__name__}")
+        raise RecordError(f"must be a string, got {json_type(value)}", field=key)
     return value
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def parse_units(record: dict, num_units: int) -> np.ndarray:
     if "units" not in record:
-        raise RecordError("missing field 'units'")
+        raise RecordError("missing field", field="units")
     units = record["units"]
     if not isinstance(units, list):
-        raise RecordError(f"'units' must be a list of integers, got {type(units).__name__}")
+        raise RecordError(f"must be a list of integers, got {json_type(units)}", field="units")
     for position, unit in enumerate(units):
-        if not _is_int(unit):
-            raise RecordError(f"units[{position}] is {unit!r}, not an integer")
+        if not is_int(unit):
+            raise RecordError(f"{unit!r} is not an integer", field=f"units[{position}]")
         if not 0 <= unit < num_units:
-            raise RecordError(f"units[{position}] = {unit} is outside [0, {num_units})")
+            raise RecordError(f"{unit} is outside [0, {num_units})", field=f"units[{position}]")
     return np.asarray(units, dtype=np.int64)
 
 
 def _frame(word: dict, index: int, frame_key: str, seconds_key: str, unit_rate: float) -> int:
     if frame_key in word:
         value = word[frame_key]
-        if not _is_int(value):
-            raise RecordError(f"words[{index}].{frame_key} is {value!r}, not an integer frame")
+        if not is_int(value):
+            raise RecordError(f"{value!r} is not an integer frame", field=f"words[{index}].{frame_key}")
         return value
     if seconds_key in word:
         value = word[seconds_key]
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-            raise RecordError(f"words[{index}].{seconds_key} is {value!r}, not a finite number")
-        return int(round(value * unit_rate))
-    raise RecordError(f"words[{index}] has neither {frame_key!r} nor {seconds_key!r}")
+        frames = value * unit_rate if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+        if not math.isfinite(frames):
+            raise RecordError(f"{value!r} is not a finite number of seconds", field=f"words[{index}].{seconds_key}")
+        return int(round(frames))
+    raise RecordError(f"has neither {frame_key!r} nor {seconds_key!r}", field=f"words[{index}]")
 
 
 def parse_words(
@@ -99,30 +90,26 @@ def parse_words(
 ) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Word texts and their [start, end) frames, checked to be in order and inside the units."""
     if "words" not in record:
-        raise RecordError("missing field 'words'")
+        raise RecordError("missing field", field="words")
     words = record["words"]
     if not isinstance(words, list):
-        raise RecordError(f"'words' must be a list, got {type(words).__name__}")
+        raise RecordError(f"must be a list, got {json_type(words)}", field="words")
     texts: list[str] = []
     starts = np.empty(len(words), dtype=np.int64)
     ends = np.empty(len(words), dtype=np.int64)
     previous_end = 0
     for index, word in enumerate(words):
         if not isinstance(word, dict):
-            raise RecordError(f"words[{index}] must be an object, got {type(word).__name__}")
+            raise RecordError(f"must be an object, got {json_type(word)}", field=f"words[{index}]")
         if not isinstance(word.get("text"), str):
-            raise RecordError(f"words[{index}].text is missing or not a string")
+            raise RecordError("missing or not a string", field=f"words[{index}].text")
         start = _frame(word, index, "start", "start_s", unit_rate)
         end = _frame(word, index, "end", "end_s", unit_rate)
         if start < 0 or end > num_frames or start > end:
-            raise RecordError(
-                f"words[{index}] span [{start}, {end}) is out of range for {num_frames} units"
-            )
+            raise RecordError(f"span [{start}, {end}) is out of range for {num_frames} units", field=f"words[{index}]")
         if start < previous_end:
-            raise RecordError(
-                f"words[{index}] starts at frame {start}, before the previous word ends "
-                f"({previous_end}): words out of order or overlapping"
-            )
+            raise RecordError(f"starts at frame {start}, before the previous word ends ({previous_end}): "
+                              "words out of order or overlapping", field=f"words[{index}]")
         texts.append(word["text"])
         starts[index], ends[index] = start, end
         previous_end = end
@@ -132,7 +119,7 @@ def parse_words(
 def parse_speech_record(record: dict, num_units: int, unit_rate: float) -> AlignedUtterance:
     doc_id = record.get("id", "")
     if not isinstance(doc_id, (str, int)) or isinstance(doc_id, bool):
-        raise RecordError(f"'id' must be a string, got {type(doc_id).__name__}")
+        raise RecordError(f"must be a string, got {json_type(doc_id)}", field="id")
     units = parse_units(record, num_units)
     texts, starts, ends = parse_words(record, len(units), unit_rate)
     transcript = text_field(record, "text") if "text" in record else " ".join(texts)

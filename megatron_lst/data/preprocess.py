@@ -37,6 +37,9 @@ class PreprocessConfig:
     unit_rate: float = 25.0
     unit_bpe_model: str | None = None
     segment: SegmentConfig | None = None  # cut each utterance into word groups (ASR/TTS fine-tuning)
+    # text format detected from the file (not forced by --format text): a later record with units is
+    # a mixed file, an error rather than a speech record whose units are silently dropped
+    reject_units: bool = False
 
 
 @dataclass
@@ -56,11 +59,15 @@ class LineEncoder:
         self.tokenizer = JointTokenizer.from_file(config.tokenizer_model, num_units=config.num_units)
         self.unit_bpe = UnitBPE(config.unit_bpe_model) if config.unit_bpe_model else None
 
-    def encode_line(self, line_number: int, line: str) -> LineResult:
+    def encode_line(self, line_number: int, line: bytes | str) -> LineResult:
         try:
             record = load_json_object(line)
             if self.config.input_format == SPEECH_FORMAT:
                 return LineResult(line_number, speech=self._encode_speech(record))
+            if self.config.reject_units and "units" in record:
+                raise RecordError("a speech record in a file detected as text (its first record has no 'units'); "
+                                  "put speech and text in separate files, or pass --format text to keep only "
+                                  "the text fields", field="units")
             text_ids = self._encode_text(record)
             words = len(str(record[self.config.json_keys[0]]).split())
             return LineResult(line_number, text_ids=text_ids, text_words=words)

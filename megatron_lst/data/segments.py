@@ -13,7 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from megatron_lst.data.jsonl_records import AlignedUtterance, RecordError, load_json_object, parse_speech_record
+from megatron_lst.data.jsonl_records import AlignedUtterance, parse_speech_record
+from megatron_lst.validation import at_line, read_jsonl
 
 
 @dataclass(frozen=True)
@@ -67,16 +68,12 @@ def segment_utterance(utterance: AlignedUtterance, config: SegmentConfig) -> lis
 def heldout_segments(path: str, words_per_segment: int, limit: int, unit_rate: float = 25.0) -> list[dict]:
     """Word groups of each utterance ({'text', 'units'}), cut exactly as ``tools/preprocess_data.py
     --segment-words`` cuts fine-tuning data, so evaluation examples look like training examples.
-    A bad line exits with its file and line number."""
+    A bad line is an InputError naming its file, line and field."""
     config = SegmentConfig.for_words(words_per_segment)
     out = []
-    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            utterance = parse_speech_record(load_json_object(line), num_units=1 << 30, unit_rate=unit_rate)
-        except RecordError as error:
-            raise SystemExit(f"{path}:{number}: {error}") from None
+    for number, record in read_jsonl(path):
+        with at_line(path, number):
+            utterance = parse_speech_record(record, num_units=1 << 30, unit_rate=unit_rate)
         out += [{"text": segment.transcript, "units": segment.units.tolist()}
                 for segment in segment_utterance(utterance, config)]
         if len(out) >= limit:

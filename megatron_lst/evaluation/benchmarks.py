@@ -19,7 +19,6 @@ the same file and seed give the same benchmark whatever the order of the input l
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -27,6 +26,7 @@ from typing import Optional
 import numpy as np
 
 from megatron_lst.evaluation.items import Item, Part
+from megatron_lst.validation import InputError, at_line, is_int, json_type, read_jsonl, require_field, require_str
 
 PROMPT_SENTENCES = 4
 
@@ -52,16 +52,19 @@ BENCHMARKS = {spec.name: spec for spec in (STORY_CLOZE, HELLASWAG)}
 
 
 def read_heldout_documents(path: str | Path) -> list[HeldoutDocument]:
+    """``{"id", "sentences": [str, ...]}`` rows; a bad row is an InputError naming file, line, field."""
     documents = []
-    with Path(path).open() as handle:
-        for line_number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            try:
-                documents.append(HeldoutDocument(str(row["id"]), tuple(str(s) for s in row["sentences"])))
-            except KeyError as error:
-                raise ValueError(f"{path}:{line_number}: expected keys 'id' and 'sentences'") from error
+    for line_number, row in read_jsonl(path):
+        with at_line(path, line_number):
+            doc_id = require_field(row, "id")
+            if not isinstance(doc_id, str) and not is_int(doc_id):
+                raise InputError(f"must be a string, got {json_type(doc_id)}", field="id")
+            sentences = require_field(row, "sentences")
+            if not isinstance(sentences, list):
+                raise InputError(f"must be a list of strings, got {json_type(sentences)}", field="sentences")
+            for index, sentence in enumerate(sentences):
+                require_str(sentence, f"sentences[{index}]")
+        documents.append(HeldoutDocument(str(doc_id), tuple(sentences)))
     return documents
 
 

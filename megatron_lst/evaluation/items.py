@@ -13,11 +13,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, NamedTuple, Optional
+from typing import Any, Iterable, Iterator, NamedTuple, Optional
 
 import numpy as np
 
 from megatron_lst.utils.atomic import atomic_file
+from megatron_lst.validation import InputError, at_line, is_int, json_type, read_jsonl, require_field, require_int
 
 TEXT = "text"
 SPEECH = "units"
@@ -38,18 +39,14 @@ class Segment(NamedTuple):
         return self.kind == SILENCE
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def parse_segments(value: object) -> tuple[Segment, ...]:
     """``[[start, end, "word"|"sil"], ...]`` from json; raises ValueError naming the bad entry."""
     if not isinstance(value, (list, tuple)):
         raise ValueError(f"must be a list of [start, end, kind] triples, got {type(value).__name__}")
     segments = []
     for index, entry in enumerate(value):
-        if (not isinstance(entry, (list, tuple)) or len(entry) != 3 or not _is_int(entry[0])
-                or not _is_int(entry[1]) or entry[2] not in SEGMENT_KINDS):
+        if (not isinstance(entry, (list, tuple)) or len(entry) != 3 or not is_int(entry[0])
+                or not is_int(entry[1]) or entry[2] not in SEGMENT_KINDS):
             raise ValueError(f"segment {index} is {entry!r}, not [start, end, \"word\" or \"sil\"] "
                              "with integer unit positions")
         segments.append(Segment(int(entry[0]), int(entry[1]), str(entry[2])))
@@ -114,15 +111,52 @@ class Part:
         return row
 
     @classmethod
-    def from_dict(cls, row: dict) -> "Part":
+    def from_dict(cls, row: Any, num_units: Optional[int] = None) -> "Part":
+        """A part read strictly: ``text`` a string, ``units`` a list of integers in ``[0, num_units)``
+        (never a string of digits or floats), ``segments`` triples; an InputError names the field."""
+        if not isinstance(row, dict):
+            raise InputError(f"must be an object with 'text' and/or 'units', got {json_type(row)}")
+        text = row.get("text")
+        if text is not None and not isinstance(text, str):
+            raise InputError(f"must be a string, got {json_type(text)}", field="text")
         units = row.get("units")
+        if units is not None:
+            if not isinstance(units, list):
+                raise InputError(f"must be a list of unit indices, got {json_type(units)}", field="units")
+            for index, unit in enumerate(units):
+                require_int(unit, f"units[{index}]", 0, num_units)
         segments = row.get("segments")
         try:
             parsed = None if segments is None else parse_segments(segments)
         except ValueError as error:
-            raise ValueError(f"segments: {error}") from None
-        return cls(text=row.get("text"), units=None if units is None else tuple(int(u) for u in units),
-                   segments=parsed)
+            raise InputError(str(error), field="segments") from None
+        return cls(text=text, units=None if units is None else tuple(units), segments=parsed)
+
+    def is_empty(self) -> bool:
+        """No text (or only spaces) and no units: nothing a model could score."""
+        return not (self.text or "").strip() and not self.units
+
+
+def item_problems(prompt: Part, endings: tuple[Part, ...], label: int) -> Iterator[tuple[str, str]]:
+    """``(field, message)`` of everything wrong with an item's shape: the one set of rules both
+    :class:`Item` (built in code) and :func:`read_items` (read from a file) apply."""
+    if len(endings) < 2:
+        yield "endings", f"needs at least 2 endings, got {len(endings)}"
+    elif not 0 <= label < len(endings):
+        yield "label", f"{label} is not an index of its {len(endings)} endings"
+    for index, ending in enumerate(endings):
+        if ending.is_empty():
+            yield f"endings[{index}]", "is empty: an ending needs non-blank text or at least one unit"
+        elif ending.text is not None and not ending.text.strip():
+            yield f"endings[{index}].text", "is blank"
+        elif ending.units is not None and not ending.units:
+            yield f"endings[{index}].units", "is empty"
+    for name, part in [("prompt", prompt), *((f"endings[{i}]", e) for i, e in enumerate(endings))]:
+        if part.segments is not None:
+            try:
+                check_segments(part.segments, None if part.units is None else len(part.units))
+            except ValueError as error:
+                yield f"{name}.segments", str(error)
 
 
 @dataclass(frozen=True)
@@ -135,16 +169,8 @@ class Item:
     endings: tuple[Part, ...]
 
     def __post_init__(self) -> None:
-        if len(self.endings) < 2:
-            raise ValueError(f"item {self.id}: needs at least 2 endings, got {len(self.endings)}")
-        if not 0 <= self.label < len(self.endings):
-            raise ValueError(f"item {self.id}: label {self.label} is not an index of its {len(self.endings)} endings")
-        for name, part in self.named_parts():
-            if part.segments is not None:
-                try:
-                    check_segments(part.segments, None if part.units is None else len(part.units))
-                except ValueError as error:
-                    raise ValueError(f"item {self.id}: {name}.segments: {error}") from None
+        for field, message in item_problems(self.prompt, self.endings, self.label):
+            raise ValueError(f"item {self.id}: {field}: {message}")
 
     def named_parts(self) -> list[tuple[str, Part]]:
         """``("prompt", part), ("endings[0]", part), ...``: the names errors use for the fields."""
@@ -159,30 +185,40 @@ class Item:
                 "endings": [ending.to_dict() for ending in self.endings]}
 
     @classmethod
-    def from_dict(cls, row: dict) -> "Item":
-        item_id = str(row["id"])
+    def from_dict(cls, row: dict, num_units: Optional[int] = None) -> "Item":
+        """An item read strictly; every problem is an InputError naming its field (``label`` must be
+        a JSON integer: ``1.7``, ``"1"`` and ``true`` are refused, not rounded or coerced)."""
+        item_id = require_field(row, "id")
+        if not isinstance(item_id, str) and not is_int(item_id):
+            raise InputError(f"must be a string, got {json_type(item_id)}", field="id")
+        label = require_int(require_field(row, "label"), "label")
+        endings_row = require_field(row, "endings")
+        if not isinstance(endings_row, list):
+            raise InputError(f"must be a list of parts, got {json_type(endings_row)}", field="endings")
+        with at_line(None, field_prefix="prompt"):
+            prompt = Part.from_dict(require_field(row, "prompt"), num_units)
+        endings = []
+        for index, ending in enumerate(endings_row):
+            with at_line(None, field_prefix=f"endings[{index}]"):
+                endings.append(Part.from_dict(ending, num_units))
+        for field, message in item_problems(prompt, tuple(endings), label):
+            raise InputError(message, field=field)
+        return cls(id=str(item_id), label=label, prompt=prompt, endings=tuple(endings))
 
-        def part(name: str, value: dict) -> Part:
-            try:
-                return Part.from_dict(value)
-            except ValueError as error:
-                raise ValueError(f"item {item_id}: {name}.{error}") from None
 
-        return cls(id=item_id, label=int(row["label"]), prompt=part("prompt", row["prompt"]),
-                   endings=tuple(part(f"endings[{i}]", e) for i, e in enumerate(row["endings"])))
-
-
-def read_items(path: str | Path) -> list[Item]:
-    """All items of a benchmark file; a bad line is reported with its file and line number."""
+def read_items(path: str | Path, num_units: Optional[int] = None) -> list[Item]:
+    """All items of a benchmark file; any problem (malformed JSON, a field of the wrong type, a unit
+    outside ``[0, num_units)`` when given, an id used twice) is an InputError naming the file, line
+    and field."""
     items = []
-    with Path(path).open() as handle:
-        for line_number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                items.append(Item.from_dict(json.loads(line)))
-            except (KeyError, TypeError, ValueError) as error:
-                raise ValueError(f"{path}:{line_number}: not a benchmark item ({error})") from error
+    first_line: dict[str, int] = {}
+    for line_number, row in read_jsonl(path):
+        with at_line(path, line_number):
+            item = Item.from_dict(row, num_units)
+            if item.id in first_line:
+                raise InputError(f"{item.id!r} is already the id of line {first_line[item.id]}", field="id")
+        first_line[item.id] = line_number
+        items.append(item)
     return items
 
 

@@ -32,7 +32,6 @@ inputs and seed give the same benchmark.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +42,7 @@ import numpy as np
 from megatron_lst.demo.normalise import WORD_PATTERN
 from megatron_lst.evaluation.benchmarks import HeldoutDocument
 from megatron_lst.evaluation.items import Item, Part
+from megatron_lst.validation import at_line, read_jsonl, require_field, require_str
 
 VOWELS = "aeiou"
 # consonant -> consonants of the same manner (stop, fricative, nasal, liquid) one voicing or place away
@@ -74,14 +74,10 @@ def read_word_counts(paths: Iterable[str | Path], field: str = "text") -> Counte
     """Lower-cased word counts of the ``field`` of every jsonl row of ``paths`` (the training text)."""
     counts: Counter = Counter()
     for path in paths:
-        with Path(path).open() as handle:
-            for line_number, line in enumerate(handle, 1):
-                if not line.strip():
-                    continue
-                row = json.loads(line)
-                if field not in row:
-                    raise ValueError(f"{path}:{line_number}: expected a {field!r} field")
-                counts.update(word.lower() for word in WORD_PATTERN.findall(str(row[field])))
+        for line_number, row in read_jsonl(path):
+            with at_line(path, line_number):
+                text = require_str(require_field(row, field), field)
+            counts.update(word.lower() for word in WORD_PATTERN.findall(text))
     return counts
 
 

@@ -40,7 +40,7 @@ from megatron.core import dist_checkpointing
 from megatron_lst.models.config import ModelConfig
 from megatron_lst.patching import PatchingConfig, compute_patches
 from megatron_lst.patching.padding import merge_padding_patches
-from megatron_lst.tokenizer import JointTokenizer
+from megatron_lst.tokenizer import JointTokenizer, text_model_difference
 from megatron_lst.training.arguments import SECTIONS, Config, config_from_values
 from megatron_lst.training.checkpointing import iteration_dir, load_checkpoint, read_latest_iteration
 from megatron_lst.training.initialize import initialize_distributed
@@ -78,6 +78,40 @@ def check_vocabulary(common: dict, tokenizer: JointTokenizer) -> None:
         if saved.get(name) != getattr(tokenizer.vocab, name):
             raise ValueError(f"the tokenizer gives {name} = {getattr(tokenizer.vocab, name)} but the model "
                              f"was trained with {saved.get(name)}: pass the run's --tokenizer-model")
+    check_text_model(saved.get("text_model", {}), tokenizer)
+
+
+def check_text_model(saved: dict, tokenizer: JointTokenizer) -> None:
+    """Same pieces, not just the same size: a tokenizer of equal size but other pieces would score
+    (or generate) silently wrong. Checkpoints saved before the fingerprint existed get a warning."""
+    current = tokenizer.text_model.describe()
+    difference = text_model_difference(saved, current)
+    if difference is not None:
+        raise ValueError(f"the text tokenizer differs from the one the model was trained with: {difference}; "
+                         "pass the run's --tokenizer-model")
+    if "pieces_sha256" in current and "pieces_sha256" not in saved:
+        print(f"warning: the checkpoint records no tokenizer fingerprint (saved by an older version): cannot check "
+              f"that {current.get('path')} has the pieces the model was trained with", file=sys.stderr)
+
+
+def check_checkpoint_shapes(checkpoint_dir: str | Path, model: torch.nn.Module) -> None:
+    """Every tensor the model expects must be in the checkpoint with the same global shape; a run
+    config that builds another model (edited, or another version's defaults) is named tensor by
+    tensor instead of failing deep inside the loader."""
+    from megatron.core.dist_checkpointing.dict_utils import nested_values
+    from megatron.core.dist_checkpointing.mapping import ShardedTensor
+
+    saved = dist_checkpointing.load_tensors_metadata(str(checkpoint_dir))
+    for expected in nested_values(model.sharded_state_dict()):
+        if not isinstance(expected, ShardedTensor):
+            continue
+        stored = saved.get(expected.key)
+        if stored is None:
+            raise ValueError(f"{checkpoint_dir}: {expected.key}: not in the checkpoint, but the model built from "
+                             f"its run config has it (shape {tuple(expected.global_shape)})")
+        if tuple(stored.global_shape) != tuple(expected.global_shape):
+            raise ValueError(f"{checkpoint_dir}: {expected.key}: checkpoint shape {tuple(stored.global_shape)}, "
+                             f"model shape {tuple(expected.global_shape)} (the run config builds another model)")
 
 
 def config_from_checkpoint(root: str | Path, iteration: Optional[int] = None,
@@ -224,6 +258,7 @@ def load_model(root: str | Path, iteration: Optional[int] = None, tokenizer_mode
     model = task.build_model(config, True, True)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
+    check_checkpoint_shapes(checkpoint_iteration_dir(root, iteration), model)
     if load_checkpoint(root, model, optimizer=None, scheduler=None, iteration=iteration, load_rng=False) is None:
         raise FileNotFoundError(f"nothing to load in {root}")
     return model.eval(), config, task.tokenizer, device

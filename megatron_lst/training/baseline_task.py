@@ -15,6 +15,7 @@ from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 
 from megatron_lst.data.blending import build_lst_datasets
 from megatron_lst.data.datasets import LSTDatasetConfig
+from megatron_lst.data.input_checks import parse_blend  # noqa: F401  (strict: positive finite weights)
 from megatron_lst.data.sampler import collate_packed
 from megatron_lst.data.speech_documents import is_speech_text_dataset
 from megatron_lst.data.token_shares import dataset_names
@@ -39,21 +40,6 @@ class MegatronTokenizerAdapter:
         self.bos = tokenizer.bos_id
         # megatron-core hashes this into the dataset cache key: a new vocabulary, a new cache
         self.unique_identifiers = {"class": "JointTokenizer", **tokenizer.layout()}
-
-
-def parse_blend(data_path: list[str]) -> tuple[list[str], list[float] | None]:
-    """``['0.3', 'a', '0.7', 'b']`` -> (['a', 'b'], [0.3, 0.7]); ``['a']`` -> (['a'], None)."""
-    if not data_path:
-        raise ValueError("--data-path is empty: give one or more dataset prefixes")
-    if len(data_path) == 1:
-        return list(data_path), None
-    if len(data_path) % 2:
-        raise ValueError(f"--data-path must alternate weight and prefix, got {data_path}")
-    try:
-        weights = [float(w) for w in data_path[0::2]]
-    except ValueError as error:
-        raise ValueError(f"--data-path weights must be numbers, got {data_path[0::2]}") from error
-    return list(data_path[1::2]), weights
 
 
 def load_tokenizer(config: Config) -> JointTokenizer:

@@ -90,3 +90,46 @@ def test_a_tokenizer_of_another_size_is_refused(tp2_checkpoint, tmp_path):
     other = train_sentencepiece([f"line {i} of other text" for i in range(50)], tmp_path / "other", vocab_size=40)
     with pytest.raises(ValueError, match="text_vocab_size"):
         check_vocabulary(read_common_state(tp2_checkpoint), JointTokenizer.from_file(other))
+
+
+def test_a_tokenizer_of_the_same_size_but_other_pieces_is_refused(tp2_checkpoint, text_corpus, tmp_path):
+    """Same size passes the layout check; the pieces' fingerprint saved with the run does not."""
+    import ast
+    import random
+
+    from megatron_lst.evaluation.model_scorer import check_text_model, check_vocabulary, read_common_state
+    from megatron_lst.tokenizer import JointTokenizer, train_sentencepiece
+
+    common = read_common_state(tp2_checkpoint)
+    size = JointTokenizer.from_file(text_corpus.tokenizer_model).vocab.text_vocab_size
+    rng = random.Random(99)
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    lines = [" ".join("".join(rng.choices(letters, k=rng.randint(2, 7))) for _ in range(12)) for _ in range(3000)]
+    other = JointTokenizer.from_file(train_sentencepiece(lines, tmp_path / "other", vocab_size=size))
+    assert other.vocab.text_vocab_size == size
+    with pytest.raises(ValueError, match="pieces_sha256"):
+        check_vocabulary(common, other)
+    check_vocabulary(common, JointTokenizer.from_file(text_corpus.tokenizer_model))  # the run's own: fine
+    saved = ast.literal_eval(common["vocab_layout"])["text_model"]
+    old = {key: value for key, value in saved.items() if key != "pieces_sha256"}  # an older checkpoint
+    check_text_model(old, other)  # cannot tell: warns instead
+
+
+def test_a_checkpoint_of_another_shape_names_the_tensor_and_both_shapes(tp2_checkpoint):
+    from megatron.core import dist_checkpointing
+    from megatron.core.dist_checkpointing.mapping import ShardedTensor
+
+    from megatron_lst.evaluation.model_scorer import check_checkpoint_shapes, checkpoint_iteration_dir
+
+    folder = checkpoint_iteration_dir(tp2_checkpoint)
+    key, stored = next((k, v) for k, v in dist_checkpointing.load_tensors_metadata(str(folder)).items()
+                       if isinstance(v, ShardedTensor) and len(v.global_shape) == 2)
+    wrong = (stored.global_shape[0] + 8, stored.global_shape[1])
+
+    class OtherModel:
+        def sharded_state_dict(self):
+            return {"weight": ShardedTensor.from_rank_offsets(key, torch.empty(wrong))}
+
+    expected = rf"{key}: checkpoint shape \({stored.global_shape[0]}, {stored.global_shape[1]}\), model shape \({wrong[0]}, {wrong[1]}\)"
+    with pytest.raises(ValueError, match=expected):
+        check_checkpoint_shapes(folder, OtherModel())

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from megatron_lst.validation import InputError
+
 REPO = Path(__file__).resolve().parents[2]
 spec = importlib.util.spec_from_file_location("evaluate_asr_tts", REPO / "tools" / "evaluate_asr_tts.py")
 evaluate_asr_tts = importlib.util.module_from_spec(spec)
@@ -35,7 +37,7 @@ def test_bad_heldout_line_names_file_and_line(tmp_path):
     broken = record("b", 2)
     broken["words"][1]["end"] = 99
     heldout.write_text(json.dumps(record("a", 2)) + "\n" + json.dumps(broken) + "\n")
-    with pytest.raises(SystemExit, match=r"heldout.jsonl:2: words\[1\] span"):
+    with pytest.raises(InputError, match=r"heldout.jsonl:2: words\[1\]: span"):
         evaluate_asr_tts.segments(str(heldout), words_per_segment=2, limit=10)
 
 

@@ -97,4 +97,4 @@ def test_malformed_word_times_are_refused_naming_item_and_field(curriculum_check
     (tmp_path / "bad.jsonl").write_text(json.dumps(row) + "\n")
     result = evaluate(curriculum_checkpoint, tmp_path / "bad.jsonl", tmp_path / "bad.json")
     assert result.returncode == 2
-    assert "error: " in result.stderr and "bad.jsonl:1: not a benchmark item (item i1: prompt.segments: segment 1 [4, 7) starts at 4" in result.stderr
+    assert "error: " in result.stderr and "bad.jsonl:1: prompt.segments: segment 1 [4, 7) starts at 4" in result.stderr
