@@ -30,6 +30,16 @@ def task_factory(config: Config):
 
 
 def main(argv: list[str] | None = None) -> int:
+    from megatron_lst.training.checkpoint_manifest import CheckpointError
+
+    try:
+        return train(argv)
+    except CheckpointError as error:  # a checkpoint refused, or a --save folder that would be overwritten
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        return 2
+
+
+def train(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
     if config.train.dry_run:
         from megatron_lst.training.dry_run import run_dry_run

@@ -74,7 +74,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from megatron_lst.evaluation.model_scorer import CheckpointScorer, config_from_checkpoint
 
-    config = config_from_checkpoint(args.checkpoint, args.iteration, args.tokenizer_model, args.unit_bpe)
+    try:  # the checkpoint is verified against its manifest before anything in it is read
+        config = config_from_checkpoint(args.checkpoint, args.iteration, args.tokenizer_model, args.unit_bpe)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     if args.model != "auto" and args.model != config.train.model:
         print(f"error: --model {args.model} but the checkpoint holds a {config.train.model} model", file=sys.stderr)
         return 2

@@ -80,9 +80,14 @@ def prompt_for(task: str, record: dict, tokenizer) -> tuple[list[int], str]:
 def main(argv=None) -> None:
     args = parse_args(argv)
     from megatron_lst.inference.loading import CheckpointGenerator
+    from megatron_lst.training.checkpoint_manifest import CheckpointError
 
-    generator = CheckpointGenerator.from_checkpoint(args.checkpoint, args.iteration, args.tokenizer_model,
-                                                    use_cache=not args.no_cache)
+    try:  # the checkpoint is verified against its manifest before anything in it is read
+        generator = CheckpointGenerator.from_checkpoint(args.checkpoint, args.iteration, args.tokenizer_model,
+                                                        use_cache=not args.no_cache)
+    except CheckpointError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
     tokenizer = generator.tokenizer
     vocoder = None
     if args.vocoder:
