@@ -52,6 +52,16 @@ def check_inputs(config: Config) -> None:
 @exit_on_input_error
 def main(argv: list[str] | None = None) -> int:
     orphans.install()  # no checkpoint writer or DataLoader worker outlives this process, even after kill -9
+    from megatron_lst.training.checkpoint_manifest import CheckpointError
+
+    try:
+        return train(argv)
+    except CheckpointError as error:  # a checkpoint refused, or a --save folder that would be overwritten
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        return 2
+
+
+def train(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
     if config.train.dry_run:
         from megatron_lst.training.dry_run import run_dry_run

@@ -119,14 +119,12 @@ def check_export_folder(output: str | os.PathLike) -> None:
 
 
 def megatron_to_safetensors(load: str, output: str, iteration: Optional[int], tokenizer_model: Optional[str]) -> Path:
-    from megatron.core import dist_checkpointing
+    from megatron_lst.training.checkpointing import iteration_dir, load_checkpoint, load_common_state, resolve_iteration
 
-    from megatron_lst.training.checkpointing import iteration_dir, load_checkpoint, read_latest_iteration
-
-    iteration = iteration if iteration is not None else read_latest_iteration(load)
+    iteration = resolve_iteration(load, iteration)  # verified against its manifest before anything is read
     if iteration is None:
         raise FileNotFoundError(f"{load}: no completed checkpoint (no latest_checkpointed_iteration.txt)")
-    common = dist_checkpointing.load_common_state_dict(str(iteration_dir(load, iteration)))
+    common = load_common_state(load, iteration)
     config = config_from_saved(ast.literal_eval(common["config"]), tokenizer_model)
     init_single_process()
     model = build_model(config)
@@ -153,7 +151,11 @@ def safetensors_to_megatron(input_dir: str, save: str, tokenizer_model: Optional
 def deepspeed_to_safetensors(load: str, output: str, tag: Optional[str], tokenizer_model: Optional[str]) -> Path:
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
+    from megatron_lst.training.checkpoint_manifest import verify_checkpoint
+
     tag = tag or (Path(load) / "latest").read_text().strip()
+    # DeepSpeed's own files are pickles (its zero_to_fp32 reads them unrestricted too): verify them first
+    verify_checkpoint(Path(load) / tag)
     client_state = torch.load(Path(load) / tag / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
     config = config_from_saved(ast.literal_eval(client_state["config"]), tokenizer_model)
     state = get_fp32_state_dict_from_zero_checkpoint(load, tag=tag)
@@ -187,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    from megatron_lst.training.checkpoint_manifest import CheckpointError
     from megatron_lst.training.initialize import destroy_distributed
 
     if args.command != "from-safetensors":
@@ -202,6 +205,9 @@ def main(argv: Optional[list[str]] = None) -> int:
             written = safetensors_to_megatron(args.input, args.save, args.tokenizer_model)
         else:
             written = deepspeed_to_safetensors(args.load, args.output, args.tag, args.tokenizer_model)
+    except CheckpointError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     finally:
         destroy_distributed()
     print(f"wrote {written}")

@@ -71,7 +71,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from megatron_lst.evaluation.model_scorer import CheckpointScorer, config_from_checkpoint
 
-    config = config_from_checkpoint(args.checkpoint, args.iteration, args.tokenizer_model, args.unit_bpe)
+    try:  # the checkpoint is verified against its manifest before anything in it is read
+        config = config_from_checkpoint(args.checkpoint, args.iteration, args.tokenizer_model, args.unit_bpe)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     # a malformed item (units not a list of codebook indices, a label that is not an integer, an id
     # used twice, word times that do not cover its units ...) is one line naming the line and field
     items = read_items(args.benchmark, num_units=config.data.num_units)

@@ -111,12 +111,8 @@ def main(argv=None) -> int:
             result["round_trip_wer"] = word_error_rate(texts, transcripts)
     print(json.dumps(result))
     if args.output:
-<<<<<<< HEAD
         write_text_atomic(args.output, json.dumps(result, indent=1) + "\n")
-=======
-        Path(args.output).write_text(json.dumps(result, indent=1) + "\n")
     return 0
->>>>>>> i14-valid
 
 
 if __name__ == "__main__":

@@ -90,9 +90,14 @@ def main(argv=None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     from megatron_lst.inference.loading import CheckpointGenerator
+    from megatron_lst.training.checkpoint_manifest import CheckpointError
 
-    generator = CheckpointGenerator.from_checkpoint(args.checkpoint, args.iteration, args.tokenizer_model,
-                                                    use_cache=not args.no_cache)
+    try:  # the checkpoint is verified against its manifest before anything in it is read
+        generator = CheckpointGenerator.from_checkpoint(args.checkpoint, args.iteration, args.tokenizer_model,
+                                                        use_cache=not args.no_cache)
+    except CheckpointError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
     tokenizer = generator.tokenizer
     vocoder = None
     wav_dir = Path(args.wav_dir or "wavs")

@@ -42,7 +42,7 @@ from megatron_lst.patching import PatchingConfig, compute_patches
 from megatron_lst.patching.padding import merge_padding_patches
 from megatron_lst.tokenizer import JointTokenizer, text_model_difference
 from megatron_lst.training.arguments import SECTIONS, Config, config_from_values
-from megatron_lst.training.checkpointing import iteration_dir, load_checkpoint, read_latest_iteration
+from megatron_lst.training.checkpointing import iteration_dir, load_checkpoint, resolve_iteration
 from megatron_lst.training.initialize import initialize_distributed
 from megatron_lst.unit_bpe_tokenizer import UnitBPETokenizer, check_saved_layout
 
@@ -52,13 +52,13 @@ SCORING_PATCHINGS = ("static", "aligned")
 
 
 def checkpoint_iteration_dir(root: str | Path, iteration: Optional[int] = None) -> Path:
-    iteration = read_latest_iteration(root) if iteration is None else iteration
+    """The latest (or given) checkpoint folder of ``root``, verified against its manifest before
+    anything in it is read; a tool asked for one checkpoint does not fall back to another
+    (``CheckpointError`` names the file that failed)."""
+    iteration = resolve_iteration(root, iteration)
     if iteration is None:
         raise FileNotFoundError(f"{root} holds no checkpoint (no 'latest' pointer)")
-    path = iteration_dir(root, iteration)
-    if not path.is_dir():
-        raise FileNotFoundError(f"checkpoint folder {path} does not exist")
-    return path
+    return iteration_dir(root, iteration)
 
 
 def read_common_state(root: str | Path, iteration: Optional[int] = None) -> dict:

@@ -146,6 +146,17 @@ class CheckpointConfig:
     save_interval: Optional[int] = field(default=None, metadata={"help": "save every N iterations"})
     no_load_optim: bool = field(default=False, metadata={"help": "load model weights only"})
     finetune: bool = field(default=False, metadata={"help": "load weights, restart iteration and data at 0"})
+    overwrite_save: bool = field(default=False, metadata={
+        "help": "let a run that does not resume from --save write there although it holds later checkpoints "
+                "(they are deleted at the start; default: refused)"})
+    keep_last: Optional[int] = field(default=None, metadata={
+        "help": "after each save keep only the newest N checkpoints of --save (and the one this run loaded)"})
+    override_opt_param_scheduler: bool = field(default=False, metadata={
+        "help": "on resume, use the command line's LR schedule (--lr, --min-lr-ratio, --lr-warmup-iters, "
+                "--lr-decay-iters/--train-iters, --lr-decay-style, --weight-decay) where the checkpoint's differs"})
+    use_checkpoint_opt_param_scheduler: bool = field(default=False, metadata={
+        "help": "on resume, keep the checkpoint's LR schedule where the command line's differs "
+                "(default: a difference is an error)"})
 
 
 @dataclass
@@ -354,6 +365,11 @@ def validate(config: Config, parser: Optional[argparse.ArgumentParser] = None) -
         problems.append(f"--data-mode must be interleaved, speech, text, asr or tts, got {config.data.data_mode!r}")
     if config.data.blend_weights not in ("tokens", "samples"):
         problems.append(f"--blend-weights must be tokens or samples, got {config.data.blend_weights!r}")
+    ckpt = config.checkpoint
+    if ckpt.override_opt_param_scheduler and ckpt.use_checkpoint_opt_param_scheduler:
+        problems.append("--override-opt-param-scheduler and --use-checkpoint-opt-param-scheduler exclude each other")
+    if ckpt.keep_last is not None and ckpt.keep_last < 1:
+        problems.append(f"--keep-last must be >= 1, got {ckpt.keep_last}")
     if config.data.global_batch_size % config.data.micro_batch_size:
         problems.append(
             f"--global-batch-size {config.data.global_batch_size} is not a multiple of "

@@ -13,6 +13,9 @@ optimizer and LR schedule come from the flags, and a JSON that contradicts them 
 Checkpoints are DeepSpeed's own (``save_checkpoint``/``load_checkpoint``, ``client_state`` holding
 iteration, consumed samples, FLOPs/tokens so far and the scheduler), written under a temporary tag
 that is renamed to ``iter_NNNNNNN`` when complete; the ``latest`` file is replaced last, atomically.
+As with the megatron engine, ``manifest.json`` is written before the rename and verified before
+DeepSpeed opens (unpickles) anything, ``--load`` falls back past a checkpoint that fails it, and
+the ``--save`` folder rules (``--overwrite-save``, ``--keep-last``, interrupted saves) are the same.
 ``tools/convert_checkpoint.py`` turns them into a consolidated state dict.
 """
 
@@ -34,15 +37,41 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 
 from megatron_lst.training import collectives
 from megatron_lst.training.arguments import Config
-from megatron_lst.training.checkpointing import _rng_state, _set_rng_state
+from megatron_lst.training.checkpoint_folder import (choose_checkpoint, prepare_save_folder, prune_checkpoints,
+                                                      same_folder)
+from megatron_lst.training.checkpoint_manifest import CheckpointError, write_manifest
+from megatron_lst.training.checkpointing import restore_rng, save_rng_file
 from megatron_lst.training.initialize import destroy_distributed, initialize_distributed, print_rank_0
 from megatron_lst.training.loop import StepResult, TrainState
 from megatron_lst.training.metrics import MetricsLogger
 from megatron_lst.training.sampler import build_data_iterator
+from megatron_lst.training.scheduler_resume import load_scheduler_state
 
 LATEST_TAG_FILE = "latest"  # DeepSpeed's name: load_checkpoint(tag=None) reads it
 FLAG_OWNED_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
                    "gradient_clipping")
+
+
+def read_latest_tag(root: str | os.PathLike) -> Optional[int]:
+    """The iteration DeepSpeed's ``latest`` file names (``iter_NNNNNNN``), None when there is none."""
+    latest = Path(root) / LATEST_TAG_FILE
+    if not latest.is_file():
+        return None
+    tag = latest.read_text().strip()
+    if not (tag.startswith("iter_") and tag[5:].isdigit()):
+        raise CheckpointError(f"{latest}: expected a tag iter_NNNNNNN, found {tag!r}")
+    return int(tag[5:])
+
+
+def write_latest_tag(root: str | os.PathLike, iteration: Optional[int]) -> None:
+    """Point ``latest`` at ``iter_<iteration>`` (temp file, renamed), or remove it when None."""
+    latest = Path(root) / LATEST_TAG_FILE
+    if iteration is None:
+        latest.unlink(missing_ok=True)
+        return
+    latest_tmp = Path(root) / f".{LATEST_TAG_FILE}.tmp"
+    latest_tmp.write_text(f"iter_{iteration:07d}")
+    os.replace(latest_tmp, latest)
 
 
 def load_ds_config(config: Config, data_parallel_size: int) -> dict:
@@ -178,7 +207,9 @@ class DeepSpeedTrainer:
         self.scheduler = build_scheduler(self.optimizer, config)
         self.state = TrainState()
         self.metrics = MetricsLogger(config)
+        self._loaded_iteration: Optional[int] = None
         self._load()
+        self._prepare_save_folder()
         train_samples = config.train.train_iters * data.global_batch_size
         valid_samples = max(config.logging.eval_iters * data.global_batch_size, 1)
         self.train_dataset, self.valid_dataset = self.task.build_datasets(config, train_samples, valid_samples)
@@ -270,43 +301,76 @@ class DeepSpeedTrainer:
             client_state["vocab_layout"] = repr(self.task.tokenizer.layout())
         self.engine.save_checkpoint(root, tag=temp_tag, client_state=client_state, save_latest=False)
         temp_dir, final_dir = Path(root) / temp_tag, Path(root) / tag
-        torch.save({"world_size": self.dp_size, "state": _rng_state()}, temp_dir / f"rng_rank_{self.rank}.pt")
+        save_rng_file(temp_dir / f"rng_rank_{self.rank}.pt", self.dp_size)
         collectives.barrier()
         if self.rank == 0:
+            write_manifest(temp_dir)  # last, over every rank's files (checkpoint_manifest.py)
             if final_dir.exists():
                 shutil.rmtree(final_dir)
             os.replace(temp_dir, final_dir)
-            latest_tmp = Path(root) / f".{LATEST_TAG_FILE}.tmp"
-            latest_tmp.write_text(tag)
-            os.replace(latest_tmp, Path(root) / LATEST_TAG_FILE)
+            write_latest_tag(root, self.state.iteration)
         collectives.barrier()
         print_rank_0(f"saved checkpoint {final_dir}")
+        ckpt = self.config.checkpoint
+        if ckpt.keep_last and self.rank == 0:
+            protect = [self._loaded_iteration] if same_folder(ckpt.load, ckpt.save) and not ckpt.finetune else []
+            prune_checkpoints(root, ckpt.keep_last, lambda it: Path(root) / f"iter_{it:07d}", protect, log=print_rank_0)
+
+    def _choose(self, root: str) -> Optional[int]:
+        """Rank 0 picks the newest checkpoint of ``root`` that verifies (falling back past refused
+        ones, checkpoint_folder.py); every rank gets the answer, or the refusal."""
+        def decide():
+            try:
+                return choose_checkpoint(root, read_latest_tag(root), lambda it: Path(root) / f"iter_{it:07d}",
+                                         fallback=True, log=print_rank_0), None
+            except CheckpointError as error:
+                return None, str(error)
+
+        chosen, error = collectives.broadcast_object(decide() if self.rank == 0 else None, src=0)
+        if error is not None:
+            raise CheckpointError(error)
+        return chosen
 
     def _load(self) -> None:
         ckpt = self.config.checkpoint
-        if not ckpt.load or not (Path(ckpt.load) / LATEST_TAG_FILE).is_file():
+        iteration = self._choose(ckpt.load) if ckpt.load else None
+        if iteration is None:
             if ckpt.load:
                 print_rank_0(f"no checkpoint found in {ckpt.load}; starting from scratch")
             return
         no_optim = ckpt.no_load_optim or ckpt.finetune
         path, client_state = self.engine.load_checkpoint(
-            ckpt.load, load_optimizer_states=not no_optim, load_lr_scheduler_states=False,
-            load_module_only=no_optim,
+            ckpt.load, tag=f"iter_{iteration:07d}", load_optimizer_states=not no_optim,
+            load_lr_scheduler_states=False, load_module_only=no_optim,
         )
         if path is None:
-            raise FileNotFoundError(f"DeepSpeed could not load the checkpoint named by {ckpt.load}/{LATEST_TAG_FILE}")
+            raise FileNotFoundError(f"DeepSpeed could not load {ckpt.load}/iter_{iteration:07d}")
         if not ckpt.finetune:
             self.state.restore(client_state)
             if not no_optim and client_state.get("scheduler"):
-                self.scheduler.load_state_dict(client_state["scheduler"])
+                load_scheduler_state(self.scheduler, client_state["scheduler"], ckpt.override_opt_param_scheduler,
+                                     ckpt.use_checkpoint_opt_param_scheduler, log=print_rank_0)
             if hasattr(self.task, "load_state"):
                 self.task.load_state(client_state.get("task_state"))
-            rng_file = Path(path) / f"rng_rank_{self.rank}.pt"
-            if rng_file.is_file():
-                saved = torch.load(rng_file, weights_only=False)
-                if saved["world_size"] == self.dp_size:
-                    _set_rng_state(saved["state"])
+            restore_rng(Path(ckpt.load) / f"iter_{iteration:07d}", "rng_rank_{rank}.pt", self.rank, self.dp_size,
+                        log=print_rank_0)
+        self._loaded_iteration = iteration
         print_rank_0(f"loaded {path} at iteration {self.state.iteration}")
+
+    def _prepare_save_folder(self) -> None:
+        """As the megatron engine: interrupted saves removed, later checkpoints of another run refused."""
+        ckpt = self.config.checkpoint
+        if not ckpt.save:
+            return
+        problem = None
+        if self.rank == 0:
+            problem = prepare_save_folder(
+                ckpt.save, self.state.iteration, same_folder(ckpt.load, ckpt.save) and not ckpt.finetune,
+                ckpt.overwrite_save, lambda: read_latest_tag(ckpt.save), lambda it: Path(ckpt.save) / f"iter_{it:07d}",
+                lambda it: write_latest_tag(ckpt.save, it), log=print_rank_0)
+        problem = collectives.broadcast_object(problem, src=0)
+        if problem is not None:
+            raise CheckpointError(problem)
 
     # ---------------------------------------------------------------- the loop
     def train(self) -> TrainState:

@@ -25,10 +25,14 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron_lst.training import collectives
 from megatron_lst.training.arguments import Config
 from megatron_lst.training.batch_broadcast import tensor_parallel_data_iterator
-from megatron_lst.training.checkpointing import load_checkpoint, load_common_state, save_checkpoint
+from megatron_lst.training.checkpoint_folder import prepare_save_folder, prune_checkpoints, same_folder
+from megatron_lst.training.checkpoint_manifest import CheckpointError
+from megatron_lst.training.checkpointing import (iteration_dir, load_checkpoint, load_common_state, read_latest_pointer,
+                                                 resolve_iteration, save_checkpoint, write_latest)
 from megatron_lst.training.initialize import initialize_distributed, print_rank_0
 from megatron_lst.training.metrics import MetricsLogger
 from megatron_lst.training.sampler import build_data_iterator
+from megatron_lst.training.scheduler_resume import load_scheduler_state
 from megatron_lst.training.signals import PreemptionHandler
 from megatron_lst.training.task import SHARE_PREFIX, TrainingTask
 
@@ -157,8 +161,10 @@ class Trainer:
         self.scheduler = self._build_scheduler()
         self.state = TrainState()
         self._resumed_layout: Optional[dict] = None  # the batch sizes of the checkpoint resumed from
+        self._loaded_iteration: Optional[int] = None  # kept by --keep-last while this run lasts
         self.metrics = MetricsLogger(config)
         self._load()
+        self._prepare_save_folder()
         self._build_data()
 
     # ---------------------------------------------------------------- construction
@@ -244,29 +250,55 @@ class Trainer:
 
     # ---------------------------------------------------------------- checkpoints
     def _load(self) -> None:
+        """Resume from ``--load``: the newest checkpoint there that verifies (checkpoint_folder.py)."""
         ckpt = self.config.checkpoint
         if not ckpt.load:
             return
+        iteration = resolve_iteration(ckpt.load, fallback=True)
+        if iteration is None:
+            print_rank_0(f"no checkpoint found in {ckpt.load}; starting from scratch")
+            return
         no_optim = ckpt.no_load_optim or ckpt.finetune
         if hasattr(self.task, "check_checkpoint"):  # e.g. the BPE baseline: same unit BPE, before any weight loads
-            common = load_common_state(ckpt.load)
-            if common is not None:
-                self.task.check_checkpoint(common, f"--load {ckpt.load}")
+            self.task.check_checkpoint(load_common_state(ckpt.load, iteration), f"--load {ckpt.load}")
         loaded = load_checkpoint(
             ckpt.load,
             _unwrap(self.model),
             optimizer=None if no_optim else self.optimizer,
             scheduler=None if no_optim else self.scheduler,
+            iteration=iteration,
             load_rng=not ckpt.finetune,
+            load_scheduler=lambda scheduler, saved: load_scheduler_state(
+                scheduler, saved, ckpt.override_opt_param_scheduler, ckpt.use_checkpoint_opt_param_scheduler,
+                log=print_rank_0),
         )
-        if loaded is None:
-            print_rank_0(f"no checkpoint found in {ckpt.load}; starting from scratch")
-            return
         if not ckpt.finetune:
             self.state.restore(loaded)
             self.task_state_loaded(loaded)
             self._resumed_layout = loaded.get("batch_layout")
+        self._loaded_iteration = iteration
         print_rank_0(f"loaded {loaded['checkpoint_dir']} at iteration {self.state.iteration}")
+
+    def _resumes_save_folder(self) -> bool:
+        """True when this run continues the history of its ``--save`` folder (loads from it, not --finetune)."""
+        ckpt = self.config.checkpoint
+        return same_folder(ckpt.load, ckpt.save) and not ckpt.finetune
+
+    def _prepare_save_folder(self) -> None:
+        """Before training: remove interrupted saves from ``--save``, and refuse (or with
+        ``--overwrite-save`` clear) later checkpoints that a run not resuming from it would overwrite."""
+        save = self.config.checkpoint.save
+        if not save:
+            return
+        problem = None
+        if torch.distributed.get_rank() == 0:
+            problem = prepare_save_folder(
+                save, self.state.iteration, self._resumes_save_folder(), self.config.checkpoint.overwrite_save,
+                lambda: read_latest_pointer(save), lambda it: iteration_dir(save, it),
+                lambda it: write_latest(save, it), log=print_rank_0)
+        problem = collectives.broadcast_object(problem, src=0)
+        if problem is not None:
+            raise CheckpointError(problem)
 
     def task_state_loaded(self, loaded: dict) -> None:
         if hasattr(self.task, "load_state"):
@@ -282,11 +314,14 @@ class Trainer:
             common["task_state"] = self.task.state()
         if hasattr(self.task, "tokenizer"):
             common["vocab_layout"] = repr(self.task.tokenizer.layout())
-        path = save_checkpoint(
-            self.config.checkpoint.save, self.state.iteration, _unwrap(self.model),
-            self.optimizer, self.scheduler, common,
-        )
+        ckpt = self.config.checkpoint
+        path = save_checkpoint(ckpt.save, self.state.iteration, _unwrap(self.model), self.optimizer, self.scheduler,
+                               common)
         print_rank_0(f"saved checkpoint {path}")
+        if ckpt.keep_last and torch.distributed.get_rank() == 0:
+            protect = [self._loaded_iteration] if self._resumes_save_folder() else []
+            prune_checkpoints(ckpt.save, ckpt.keep_last, lambda it: iteration_dir(ckpt.save, it), protect,
+                              log=print_rank_0)
 
     # ---------------------------------------------------------------- one step
     def _forward_backward(self, iterator: Iterator[dict], num_microbatches: int, forward_only: bool):

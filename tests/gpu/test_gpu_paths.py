@@ -113,7 +113,8 @@ def test_training_collectives_take_cuda_tensors_over_nccl(blend_args, tmp_path, 
     reductions = [call for call in ours if call.name == "all_reduce"]
     assert reductions and all(d.type == "cuda" for call in reductions for d in call.devices), describe(reductions)
 
-    resumed, state = run_recorded_training([*args, "--load", str(tmp_path / "ckpt"), "--train-iters", "3"],
+    resumed, state = run_recorded_training([*args, "--load", str(tmp_path / "ckpt"), "--train-iters", "3",
+                                            "--override-opt-param-scheduler"],
                                            monkeypatch, signal_during_step=0)
     assert state.iteration == 3
     assert not resumed.raw_project_calls(), describe(resumed.raw_project_calls())

@@ -286,7 +286,8 @@ def test_training_issues_every_collective_through_the_wrapper(base_args, tmp_pat
     assert any(caller.startswith("checkpointing.py:") for caller in callers), callers
 
     # resuming from the checkpoint (load, one more step) issues nothing raw either
-    resumed, state = run_recorded_training([*args, "--load", str(tmp_path / "ckpt"), "--train-iters", "3"],
+    resumed, state = run_recorded_training([*args, "--load", str(tmp_path / "ckpt"), "--train-iters", "3",
+                                            "--override-opt-param-scheduler"],
                                            monkeypatch, signal_during_step=0)
     assert state.iteration == 3
     assert not resumed.raw_project_calls(), describe(resumed.raw_project_calls())

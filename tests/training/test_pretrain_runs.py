@@ -82,7 +82,8 @@ def test_half_written_checkpoint_is_never_loaded(base_args, tmp_path):
     for index, path in enumerate(sorted(p for p in partial.rglob("*") if p.is_file())):
         if index % 2 == 0:
             path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
-    result = run_pretrain([*base_args, "--train-iters", "6", "--load", str(save), "--log-json", str(tmp_path / "r.jsonl")])
+    result = run_pretrain([*base_args, "--train-iters", "6", "--load", str(save), "--override-opt-param-scheduler",
+                           "--log-json", str(tmp_path / "r.jsonl")])
     assert "iter_0000004 at iteration 4" in result.stdout
     assert sorted(losses(tmp_path / "r.jsonl")) == [5, 6]
 
@@ -115,7 +116,8 @@ def test_sigterm_saves_a_loadable_checkpoint_and_exits_zero(base_args, tmp_path)
     assert process.returncode == 0, output[-3000:]
     assert "received SIGTERM" in output
     saved_at = int((save / "latest_checkpointed_iteration.txt").read_text())
-    result = run_pretrain([*base_args, "--train-iters", str(saved_at + 1), "--load", str(save)])
+    result = run_pretrain([*base_args, "--train-iters", str(saved_at + 1), "--load", str(save),
+                           "--override-opt-param-scheduler"])
     assert f"at iteration {saved_at}" in result.stdout
 
 
