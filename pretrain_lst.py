@@ -67,10 +67,10 @@ def train(argv: list[str] | None = None) -> int:
         from megatron_lst.training.dry_run import run_dry_run
 
         return run_dry_run(config)
-    check_inputs(config)
     from megatron_lst.training.hardware import check_hardware
 
     check_hardware(config)
+    check_inputs(config)
     if config.train.engine == "deepspeed":
         from megatron_lst.training.deepspeed_engine import run_deepspeed
 

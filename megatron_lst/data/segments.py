@@ -11,7 +11,6 @@ scored on examples shaped like the ones it was fine-tuned on.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from megatron_lst.data.jsonl_records import AlignedUtterance, parse_speech_record
 from megatron_lst.validation import at_line, read_jsonl
