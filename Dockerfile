@@ -14,13 +14,12 @@ RUN groupadd --gid 1000 lst && useradd --uid 1000 --gid lst --create-home lst
 WORKDIR /opt/megatron-lst
 COPY --chown=lst:lst . .
 
-# The same editable install CI runs (Makefile), with the GPU and DeepSpeed extras; the image's own
-# torch, transformer-engine and apex are kept (no CPU torch pin inside the image). The pybind11
-# extensions are compiled here, at build time.
-RUN pip install --no-cache-dir "pybind11>=2.11" "megatron-core>=0.16.1,<0.17" \
-    && pip install --no-cache-dir --no-build-isolation --no-deps -e . \
-    && pip install --no-cache-dir "pyyaml>=6" "tensorboard>=2.14" "psutil>=5.9" "sentencepiece>=0.2" \
-        "tqdm>=4.60" "safetensors>=0.4" "einops>=0.7" "deepspeed>=0.19,<0.20" \
+# The same editable install CI runs (Makefile), with the DeepSpeed extra. setup.py asks for a torch
+# range, so the image's own CUDA torch, transformer-engine and apex are kept. .dockerignore keeps
+# local environments, run outputs and .git out of the build context. The pybind11 extensions are
+# compiled here, at build time.
+RUN pip install --no-cache-dir "pybind11>=2.11" \
+    && pip install --no-cache-dir --no-build-isolation -e ".[deepspeed]" \
     && python setup.py build_ext --inplace
 
 USER 1000:1000

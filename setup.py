@@ -32,7 +32,9 @@ def cpp_extensions() -> list:
     return extensions
 
 
-TORCH = "torch==2.13.0"  # the CPU build on disk; a looser spec pulls a multi-GB CUDA build
+# A range, so that installing into an NGC/NeMo image keeps the image's own CUDA torch; the Makefile
+# installs the exact CPU build first (its TORCH_PIN), which this range then accepts.
+TORCH = "torch>=2.4"
 INSTALL_REQUIRES = [
     TORCH,
     "megatron-core>=0.16.1,<0.17",
@@ -59,7 +61,8 @@ EXTRAS = {
     ],
     "tiktoken": ["tiktoken>=0.6"],
     "hubert": ["transformers>=4.40"],  # tools/extract_units.py --hubert (a user's checkpoint)
-    "gpu": ["transformer-engine[pytorch]"],
+    # no "gpu" extra: transformer-engine and NVIDIA apex need CUDA to build and come with the NGC
+    # image (Dockerfile); they are used when they import
     "deepspeed": ["deepspeed>=0.19,<0.20"],
 }
 

@@ -35,3 +35,18 @@ def test_no_pypi_apex_anywhere():
         for line in path.read_text().splitlines():
             if "pip" in line and "install" in line:
                 assert "apex" not in line.replace('"', " ").replace("'", " ").split(), (path, line)
+
+
+def test_build_context_leaves_out_environments_outputs_and_git():
+    ignored = {line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
+               if line.strip() and not line.startswith("#")}
+    assert {".git", ".venv", "demo_out", "build", "megatron_lst/*.so"} <= ignored
+
+
+def test_install_keeps_the_images_torch_and_never_pulls_transformer_engine():
+    """setup.py asks for a torch range (the exact CPU pin lives in the Makefile only), so installing
+    into an NGC image does not replace its CUDA torch; TE comes with the image, not from the index."""
+    setup = "\n".join(line.split("#")[0] for line in (REPO / "setup.py").read_text().splitlines())  # code only
+    assert "torch==" not in setup and '"torch>=' in setup
+    assert "transformer-engine" not in setup and "transformer_engine" not in setup
+    assert "torch==2.13.0" in (REPO / "Makefile").read_text()
