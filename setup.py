@@ -48,6 +48,8 @@ INSTALL_REQUIRES = [
     "safetensors>=0.4",
     "einops>=0.7",
     "packaging",
+    "soundfile>=0.12",  # tools/extract_units.py: wav, flac, ogg (libsndfile comes with the wheel)
+    "rapidfuzz>=3",  # WER / unit error rate edit distances in C++
 ]
 
 EXTRAS = {

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Audio files (wav) -> 25 Hz speech units, one jsonl line per file: {"id", "units"}.
+"""Audio files (wav, flac, ogg) -> 25 Hz speech units, one jsonl line per file: {"id", "units"}.
 
     # the demo's log-mel units (the extractor saved by tools/make_demo_corpus.py)
     python tools/extract_units.py --log-mel demo_out/corpus/unit_extractor.npz \
@@ -8,8 +8,10 @@
     python tools/extract_units.py --hubert path/to/hubert --centroids km500.npy --layer 6 \
         --output units.jsonl clips/
 
-Units are not deduplicated. A folder argument means every *.wav under it (sorted). Multi-channel
-audio is averaged to mono; integer PCM is scaled to [-1, 1].
+Units are not deduplicated. A folder argument means every audio file under it (``.wav``, ``.flac``,
+``.ogg``, any case; sorted), so LibriSpeech-style FLAC trees work as they are. Audio is read with
+soundfile (libsndfile); without it only WAV can be read (scipy). Multi-channel audio is averaged to
+mono; integer PCM is scaled to [-1, 1].
 """
 
 from __future__ import annotations
@@ -28,8 +30,20 @@ from megatron_lst.demo.hubert_units import FRAME_REDUCTIONS  # noqa: E402
 from megatron_lst.utils.atomic import atomic_file  # noqa: E402
 
 
-def read_wav(path: Path) -> tuple[np.ndarray, int]:
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
+
+
+def read_audio(path: Path) -> tuple[np.ndarray, int]:
     """Mono float32 samples in [-1, 1] and the sample rate."""
+    try:
+        import soundfile
+    except ImportError:  # WAV only, through scipy
+        soundfile = None
+    if soundfile is not None:
+        data, sample_rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+        return data.mean(axis=1), int(sample_rate)
+    if path.suffix.lower() != ".wav":
+        raise ValueError(f"{path}: reading {path.suffix} needs soundfile (pip install soundfile)")
     from scipy.io import wavfile
 
     sample_rate, data = wavfile.read(path)
@@ -39,18 +53,22 @@ def read_wav(path: Path) -> tuple[np.ndarray, int]:
     return (data.mean(axis=1) if data.ndim == 2 else data), int(sample_rate)
 
 
-def wav_files(inputs: list[str]) -> list[Path]:
+def audio_files(inputs: list[str]) -> list[Path]:
+    """The files named, and every audio file under each folder named (sorted)."""
     files: list[Path] = []
     for name in inputs:
         path = Path(name)
-        files.extend(sorted(path.rglob("*.wav")) if path.is_dir() else [path])
+        if path.is_dir():
+            files.extend(sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES))
+        else:
+            files.append(path)
     return files
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("inputs", nargs="+", help="wav files, or folders searched for *.wav")
+    parser.add_argument("inputs", nargs="+", help="audio files, or folders searched for .wav/.flac/.ogg files")
     parser.add_argument("--output", required=True,
                         help="jsonl to write: one {\"id\": file stem, \"units\": [...]} per file")
     source = parser.add_mutually_exclusive_group(required=True)
@@ -84,14 +102,14 @@ def main(argv: list[str] | None = None) -> int:
 
         extractor = HubertUnitExtractor(args.hubert, args.centroids, args.layer,
                                         args.frame_reduction, args.device)
-    files = wav_files(args.inputs)
+    files = audio_files(args.inputs)
     if not files:
-        print("no wav files found", file=sys.stderr)
+        print(f"no audio files ({', '.join(AUDIO_SUFFIXES)}) found in {' '.join(args.inputs)}", file=sys.stderr)
         return 1
     total_units = 0
     with atomic_file(args.output) as out:  # appears whole, or leaves an earlier output as it was
         for path in tqdm(files, unit="file", desc="units"):
-            waveform, sample_rate = read_wav(path)
+            waveform, sample_rate = read_audio(path)
             units = extractor.transform(waveform, sample_rate)
             total_units += len(units)
             out.write(json.dumps({"id": path.stem, "units": units.tolist()}) + "\n")

@@ -19,11 +19,28 @@ from typing import Sequence
 
 import numpy as np
 
+try:
+    from rapidfuzz.distance import Levenshtein as _levenshtein
+except ImportError:  # optional: the pure-Python programme below gives the same distances
+    _levenshtein = None
+
 UNIT_RATE = 25.0
 
 
 def edit_distance(reference: Sequence, hypothesis: Sequence) -> int:
-    """Levenshtein distance (substitutions, insertions, deletions all cost 1), O(len(ref)) memory."""
+    """Levenshtein distance (substitutions, insertions, deletions all cost 1).
+
+    rapidfuzz's C++ implementation when it is installed (about 4 ms for a 1,000-unit pair, against
+    about 700 ms in Python); items are compared by value, so words and unit ids both work.
+    """
+    if _levenshtein is not None:
+        return int(_levenshtein.distance(list(reference), list(hypothesis)))
+    return python_edit_distance(reference, hypothesis)
+
+
+def python_edit_distance(reference: Sequence, hypothesis: Sequence) -> int:
+    """The dynamic programme itself, O(len(hypothesis)) memory: the reference ``edit_distance``
+    is tested against, and its fallback without rapidfuzz."""
     previous = list(range(len(hypothesis) + 1))
     for i, ref_item in enumerate(reference, start=1):
         current = [i] + [0] * len(hypothesis)

@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from megatron_lst.evaluation.asr_tts import (
     collapse_repeats,
     edit_distance,
     generation_cost,
+    python_edit_distance,
     unit_error_rate,
     word_error_rate,
 )
 
 
-def test_edit_distance():
-    assert edit_distance("kitten", "sitting") == 3
-    assert edit_distance([], [1, 2]) == 2
-    assert edit_distance([1, 2, 3], [1, 2, 3]) == 0
+@pytest.mark.parametrize("distance", [edit_distance, python_edit_distance])
+def test_edit_distance(distance):  # rapidfuzz (when installed) and the Python programme
+    assert distance("kitten", "sitting") == 3
+    assert distance([], [1, 2]) == 2
+    assert distance([1, 2, 3], [1, 2, 3]) == 0
 
 
 def test_word_error_rate_normalises_case_and_punctuation():
@@ -37,3 +41,13 @@ def test_generation_cost_per_second_of_speech():
     assert cost.speech_seconds == pytest.approx(4.0)
     assert cost.global_steps_per_second == pytest.approx(6.5)
     assert cost.wall_seconds_per_second == pytest.approx(0.5)
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(reference=st.lists(st.integers(0, 5), max_size=30), hypothesis=st.lists(st.integers(0, 5), max_size=30))
+def test_rapidfuzz_and_python_distances_agree(reference, hypothesis):
+    assert edit_distance(reference, hypothesis) == python_edit_distance(reference, hypothesis)
+
+
+def test_words_compare_by_value():
+    assert edit_distance(["the", "cat", "sat"], ["the", "bat", "sat", "down"]) == 2
