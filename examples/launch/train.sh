@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One pretraining run of a paper-sized model on 8-GPU nodes, launched with torchrun.
+# One pretraining run of a paper-sized model on 8-GPU nodes, launched with torchrun (or, under
+# LAUNCHER=srun, as one of the ranks srun started: see slurm.sbatch).
 #
 #   examples/launch/train.sh SIZE MODEL CONTROL [extra pretrain_lst.py flags]
 #     SIZE     420m | 1b | 7b          (examples/configs/SIZE.yaml: the paper's optimiser and batch)
@@ -15,7 +16,9 @@
 # MASTER_ADDR [127.0.0.1], MASTER_PORT [29500], RDZV=1 to use c10d rendezvous instead of a fixed
 # node rank (RDZV_ID names the job), DATA_PATH and TOKENIZER (the corpus), RUN_DIR [runs],
 # DRY_RUN=1 to print the plan (layout, FLOPs, memory) instead of training, PYTHON [python],
-# UNIT_BPE (bpe-baseline only).
+# UNIT_BPE (bpe-baseline only), LAUNCHER [torchrun]: srun when srun started one task per GPU (the
+# rank comes from SLURM_PROCID / SLURM_LOCALID / SLURM_NTASKS, and SLURM's signals reach the trainer
+# itself instead of torchrun, which kills its workers 30 s after forwarding one).
 set -euo pipefail
 
 SIZE=${1:?usage: train.sh SIZE MODEL CONTROL [flags]}
@@ -87,4 +90,9 @@ else
           --master-addr "$MASTER_ADDR" --master-port "$MASTER_PORT")
 fi
 mkdir -p "$RUN_DIR/$NAME"
+if [[ "${LAUNCHER:-torchrun}" == "srun" ]]; then
+  export RANK=${SLURM_PROCID:?LAUNCHER=srun needs SLURM_PROCID} LOCAL_RANK=${SLURM_LOCALID:?} WORLD_SIZE=${SLURM_NTASKS:?}
+  export MASTER_ADDR MASTER_PORT
+  exec "$PYTHON" "$REPO/pretrain_lst.py" "${FLAGS[@]}" "$@"
+fi
 exec "$PYTHON" -m torch.distributed.run "${LAUNCH[@]}" "$REPO/pretrain_lst.py" "${FLAGS[@]}" "$@"
