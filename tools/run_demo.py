@@ -372,7 +372,7 @@ def write_report(out: Path, runs: dict[str, list[dict]], evaluations: dict, patc
     rep.plot_tokens_per_position(patch_stats, out / "tokens_per_position.png")
     rows = rep.accuracy_rows(evaluations)
     for kind in sorted({r["benchmark"] for r in rows}):
-        rep.plot_accuracy(rows, kind, "mean", out / f"accuracy_{kind}.png")
+        rep.plot_accuracy(rows, kind, out / f"accuracy_{kind}.png")
     summaries = {name: rep.summarise_run(r) for name, r in runs.items()}
     control = CONTROL_DESCRIPTIONS[settings["control"]]
     lines = ["# megatron-lst demo report", "",

@@ -49,60 +49,110 @@ def summarise_run(rows: list[dict]) -> dict:
     }
 
 
-def plot_loss_vs_flops(runs: dict[str, list[dict]], path: Path) -> None:
+def smooth(values: list[float], weight: float = 0.9) -> np.ndarray:
+    """Exponential moving average (bias-corrected, as TensorBoard's smoothing): the trend of a
+    noisy per-step training loss."""
+    smoothed, average = [], 0.0
+    for step, value in enumerate(values, start=1):
+        average = weight * average + (1 - weight) * value
+        smoothed.append(average / (1 - weight ** step))
+    return np.asarray(smoothed)
+
+
+def _model_colours(names: Iterable[str]) -> dict[str, tuple]:
     plt = _pyplot()
-    figure, axis = plt.subplots(figsize=(6, 4))
+    palette = plt.get_cmap("tab10")
+    return {name: palette(index % 10) for index, name in enumerate(names)}
+
+
+def _legend_outside(figure, handles: list, labels: list[str]) -> None:
+    """One legend for the figure, to the right of its panels, so no label covers a curve."""
+    figure.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+
+
+def plot_loss_vs_flops(runs: dict[str, list[dict]], path: Path) -> None:
+    """Training loss (smoothed; the raw per-step values faint behind it) and validation loss (markers)
+    of every model against training FLOPs, one colour per model."""
+    plt = _pyplot()
+    from matplotlib.lines import Line2D
+
+    figure, (train_axis, valid_axis) = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    colours = _model_colours(runs)
     for name, rows in runs.items():
-        train_rows = [r for r in rows if r["kind"] == "train"]
-        axis.plot([r["flops_so_far"] for r in train_rows], [r["lm_loss"] for r in train_rows], label=f"{name} train")
-        valid_rows = [r for r in rows if r["kind"] == "valid"]
+        colour = colours[name]
+        train_rows = [r for r in rows if r["kind"] == "train" and "flops_so_far" in r]
+        flops = [r["flops_so_far"] for r in train_rows]
+        losses = [r["lm_loss"] for r in train_rows]
+        train_axis.plot(flops, losses, color=colour, alpha=0.15, linewidth=0.8)
+        train_axis.plot(flops, smooth(losses), color=colour, linewidth=1.8)
         flops_at = {r["iteration"]: r["flops_so_far"] for r in train_rows}
-        points = [(flops_at[r["iteration"]], r["lm_loss"]) for r in valid_rows if r["iteration"] in flops_at]
+        points = [(flops_at[r["iteration"]], r["lm_loss"]) for r in rows
+                  if r["kind"] == "valid" and r["iteration"] in flops_at]
         if points:
-            axis.plot(*zip(*points), "o--", label=f"{name} valid")
-    axis.set_xlabel("training FLOPs")
-    axis.set_ylabel("loss (nats/token)")
-    axis.set_title("loss vs compute")
-    axis.legend()
+            valid_axis.plot(*zip(*points), "o-", color=colour, markersize=5)
+    for axis, title in ((train_axis, "training loss (smoothed; raw faint)"), (valid_axis, "validation loss")):
+        axis.set_xlabel("training FLOPs")
+        axis.set_title(title)
+        axis.grid(alpha=0.3)
+    train_axis.set_ylabel("loss (nats/token)")
+    handles = [Line2D([], [], color=colours[name], linewidth=2) for name in runs]
+    _legend_outside(figure, handles, list(runs))
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    figure.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(figure)
 
 
 def accuracy_rows(evaluations: dict[str, dict[str, dict]]) -> list[dict]:
-    """Flatten ``{model: {benchmark: tools/evaluate.py --output json}}`` to one row per accuracy."""
+    """Flatten ``{model: {benchmark: tools/evaluate.py --output json}}`` to one row per accuracy;
+    ``chance`` is 1 / the number of endings of the direction's items."""
     rows = []
     for model, benchmarks in evaluations.items():
         for benchmark, result in benchmarks.items():
             for direction, entry in result.get("results", {}).items():
+                items = entry.get("items") or []
+                endings = len(next(iter(items[0]["scores"].values()))) if items else 0
                 for score, accuracy in entry["accuracy"].items():
                     rows.append({"model": model, "benchmark": benchmark, "direction": direction, "score": score,
-                                 **accuracy})
+                                 "chance": 1 / endings if endings else None, **accuracy})
     return rows
 
 
-def plot_accuracy(rows: list[dict], benchmark: str, score: str, path: Path) -> None:
-    """Accuracy per direction for each model on one benchmark, with 95% Wilson interval whiskers."""
+SCORES = ("mean", "sum", "seq_nll")  # tools/evaluate.py's three ways to rank endings
+
+
+def plot_accuracy(rows: list[dict], benchmark: str, path: Path, scores: tuple[str, ...] = SCORES) -> None:
+    """Accuracy per direction for each model on one benchmark, one panel per score, with 95% Wilson
+    interval whiskers and the chance level."""
     plt = _pyplot()
-    rows = [r for r in rows if r["benchmark"] == benchmark and r["score"] == score]
-    models = sorted({r["model"] for r in rows})
+    from matplotlib.patches import Patch
+
+    rows = [r for r in rows if r["benchmark"] == benchmark]
+    scores = tuple(score for score in scores if any(r["score"] == score for r in rows))
+    models = list(dict.fromkeys(r["model"] for r in rows))
     directions = sorted({r["direction"] for r in rows})
-    figure, axis = plt.subplots(figsize=(7, 4))
+    colours = _model_colours(models)
+    figure, axes = plt.subplots(1, len(scores), figsize=(4.5 * len(scores), 4), sharey=True, squeeze=False)
     width = 0.8 / max(len(models), 1)
-    for index, model in enumerate(models):
-        found = {r["direction"]: r for r in rows if r["model"] == model}
-        values = [found[d]["accuracy"] if d in found else np.nan for d in directions]
-        below = [found[d]["accuracy"] - found[d]["ci95_low"] if d in found else 0 for d in directions]
-        above = [found[d]["ci95_high"] - found[d]["accuracy"] if d in found else 0 for d in directions]
-        axis.bar(np.arange(len(directions)) + index * width, values, width, yerr=[below, above], capsize=3,
-                 label=model)
-    axis.set_xticks(np.arange(len(directions)) + width * (len(models) - 1) / 2, directions)
-    axis.set_ylabel("accuracy")
-    axis.set_ylim(0, 1)
-    axis.set_title(f"{benchmark}: accuracy by {score} score, 95% intervals")
-    axis.legend()
+    for axis, score in zip(axes[0], scores):
+        for index, model in enumerate(models):
+            found = {r["direction"]: r for r in rows if r["model"] == model and r["score"] == score}
+            values = [found[d]["accuracy"] if d in found else np.nan for d in directions]
+            below = [found[d]["accuracy"] - found[d]["ci95_low"] if d in found else 0 for d in directions]
+            above = [found[d]["ci95_high"] - found[d]["accuracy"] if d in found else 0 for d in directions]
+            axis.bar(np.arange(len(directions)) + index * width, values, width, yerr=[below, above], capsize=2,
+                     color=colours[model])
+        chance = {r["chance"] for r in rows if r.get("chance")}
+        for level in chance:
+            axis.axhline(level, color="black", linestyle="--", linewidth=1)
+        axis.set_xticks(np.arange(len(directions)) + width * (len(models) - 1) / 2, directions)
+        axis.set_ylim(0, 1)
+        axis.set_title(f"{score} score")
+        axis.grid(axis="y", alpha=0.3)
+    axes[0][0].set_ylabel("accuracy (95% interval)")
+    figure.suptitle(f"{benchmark}: accuracy by direction (dashed: chance)")
+    _legend_outside(figure, [Patch(color=colours[m]) for m in models], models)
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    figure.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(figure)
 
 
@@ -145,18 +195,23 @@ def plot_patch_lengths(stats: dict[str, dict], path: Path) -> None:
     axis.set_xlabel("speech units per patch")
     axis.set_ylabel("fraction of speech patches")
     axis.set_title("speech patch lengths by strategy")
-    axis.legend()
+    axis.legend(frameon=False)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
 
 
 def plot_tokens_per_position(stats: dict[str, dict], path: Path) -> None:
+    """Horizontal bars (the strategy names are long), each labelled with its value."""
     plt = _pyplot()
-    figure, axis = plt.subplots(figsize=(6, 3.5))
     names = list(stats)
-    axis.bar(names, [stats[n]["tokens_per_position"] for n in names])
-    axis.set_ylabel("raw tokens per global position")
+    values = [stats[n]["tokens_per_position"] for n in names]
+    figure, axis = plt.subplots(figsize=(6, 0.6 * len(names) + 1.2))
+    bars = axis.barh(names, values, color="tab:blue")
+    axis.bar_label(bars, labels=[f"{v:.2f}" for v in values], padding=3)
+    axis.invert_yaxis()  # first strategy on top
+    axis.set_xlim(0, max(values, default=1) * 1.15)
+    axis.set_xlabel("raw tokens per global position (speech-text samples)")
     axis.set_title("compression of the global sequence")
     figure.tight_layout()
     figure.savefig(path, dpi=100)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from megatron_lst.demo.report import summarise_run, training_table
 
 
@@ -48,3 +50,23 @@ def test_switch_token_table_reads_both_rules_and_baselines():
         "baseline": {"trained_patch_boundary": None, "EOS after speech": {"none": scores}}})
     assert table[2] == "| lst-static | paper | <t> after speech | 1.0000 | 1.5000 | 2.0000 / 3.0000 |"
     assert table[3] == "| baseline | no patches | EOS after speech | 1.0000 | 1.0000 | - |"
+
+
+def test_smoothing_is_a_bias_corrected_moving_average():
+    from megatron_lst.demo.report import smooth
+
+    # weight 0.5: averages 0.5, 0.5 * 0.5 + 0.5 * 3 = 1.75, divided by 1 - 0.5 ** step
+    assert smooth([1.0, 3.0], weight=0.5).tolist() == [1.0, 1.75 / 0.75]
+    np.testing.assert_allclose(smooth([2.0] * 5), [2.0] * 5)  # a flat curve stays where it is from the first step
+
+
+def test_accuracy_rows_carry_the_chance_level_and_plots_show_every_score(tmp_path):
+    from megatron_lst.demo.report import accuracy_rows, plot_accuracy
+
+    accuracy = {"accuracy": 0.5, "ci95_low": 0.4, "ci95_high": 0.6, "correct": 1, "total": 2}
+    result = {"results": {"S->S": {"accuracy": {"mean": accuracy, "sum": accuracy, "seq_nll": accuracy},
+                                   "items": [{"scores": {"mean": [0.0, 1.0, 2.0, 3.0]}}]}}}
+    rows = accuracy_rows({"lst": {"hellaswag": result}, "baseline": {"hellaswag": result}})
+    assert {row["chance"] for row in rows} == {0.25} and len(rows) == 6
+    plot_accuracy(rows, "hellaswag", tmp_path / "hellaswag.png")
+    assert (tmp_path / "hellaswag.png").stat().st_size > 10_000
