@@ -17,6 +17,13 @@ the benchmark's word times ("segments", written by tools/synthesize_benchmark.py
 silence mode, patch boundary and patch-length cap; auto takes aligned when the model was trained
 with aligned, mixed or curriculum patching and every speech part has word times, static otherwise.
 The table and the json say which was used and why.
+
+Each item's shared prompt is read once and its cache copied to every ending (same scores as
+whole sequences; --no-prompt-cache scores whole sequences). --max-length counts patches for LST
+and tokens for baselines; items that do not fit are skipped and counted per direction. --format
+reads the Story Cloze CSV, HellaSwag jsonl or a spoken StoryCloze units jsonl. Under torchrun the
+ranks split the items and rank 0 prints and writes; --output also gets lm-eval-harness's shape
+beside it (OUTPUT.lm_eval.json).
 """
 
 from __future__ import annotations
