@@ -97,6 +97,15 @@ def _merge_heads(context: torch.Tensor) -> torch.Tensor:
     return context.permute(2, 0, 1, 3).reshape(steps, batch, heads * dim)
 
 
+def _rotated_query_key_value(layer: TransformerLayer, hidden: torch.Tensor, rotary_freqs: torch.Tensor):
+    """The layer's query, key, value of ``hidden`` [S, B, H] (normed, projected), RoPE applied."""
+    attention = layer.self_attention
+    query, key, value = query_key_value(attention, layer.input_layernorm(hidden))
+    query = apply_rotary_pos_emb(query, rotary_freqs, config=attention.config)
+    key = apply_rotary_pos_emb(key, rotary_freqs, config=attention.config)
+    return query, key, value
+
+
 def self_attention_layer_step(layer: TransformerLayer, hidden: torch.Tensor, rotary_freqs: torch.Tensor,
                               cache: KVCache, valid: torch.Tensor | None = None) -> torch.Tensor:
     """A causal self-attention + MLP layer for one new position per row: [1, B, H] -> [1, B, H].
@@ -105,10 +114,7 @@ def self_attention_layer_step(layer: TransformerLayer, hidden: torch.Tensor, rot
     compute (their output is discarded) but leave no visible slot in the cache.
     """
     attention = layer.self_attention
-    normed = layer.input_layernorm(hidden)
-    query, key, value = query_key_value(attention, normed)
-    query = apply_rotary_pos_emb(query, rotary_freqs, config=attention.config)
-    key = apply_rotary_pos_emb(key, rotary_freqs, config=attention.config)
+    query, key, value = _rotated_query_key_value(layer, hidden, rotary_freqs)
     heads = query.shape[2]
     cache.append(_heads_first(key, heads), _heads_first(value, heads), valid)
     context = attend_cache(_heads_first(query, heads), cache, _softmax_scale(attention))
@@ -178,10 +184,7 @@ def self_attention_chunk_step(layer: TransformerLayer, hidden: torch.Tensor, rot
     then the chunk is appended, so a windowed cache keeps only what later steps can reach.
     """
     attention = layer.self_attention
-    normed = layer.input_layernorm(hidden)
-    query, key, value = query_key_value(attention, normed)
-    query = apply_rotary_pos_emb(query, rotary_freqs, config=attention.config)
-    key = apply_rotary_pos_emb(key, rotary_freqs, config=attention.config)
+    query, key, value = _rotated_query_key_value(layer, hidden, rotary_freqs)
     heads = query.shape[2]
     key, value = _heads_first(key, heads), _heads_first(value, heads)
     mask = chunk_attention_mask(cache, hidden.shape[0], valid, hidden.device)

@@ -38,6 +38,16 @@ def batch_of_streams(seed: int, batch: int, length: int) -> torch.Tensor:
     return torch.tensor([mixed_stream(rng, length) for _ in range(batch)], dtype=torch.long)
 
 
+def full_forward(model, tokens: torch.Tensor, patching: PatchingConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(inputs, the model's logits over them, completes): the teacher-forced reference."""
+    is_speech = torch.as_tensor(LAYOUT.is_unit(tokens.numpy()))
+    patch_lengths = compute_patches(tokens, is_speech, patching, LAYOUT).patch_lengths.long()
+    inputs = tokens[:, :-1].contiguous()
+    with torch.no_grad():
+        full = model(inputs, patch_lengths)
+    return inputs, full, flags_from_patch_lengths(patch_lengths, inputs.shape[1])
+
+
 def incremental_logits(stepper, tokens: torch.Tensor, completes: torch.Tensor) -> torch.Tensor:
     stepper.reset(tokens.shape[0])
     no_late_close = torch.zeros(tokens.shape[0], dtype=torch.bool)
@@ -147,13 +157,8 @@ def test_lst_extend_in_chunks_matches_full_forward(model_parallel, patch_size, w
     model = build_lst(local_window_size=window, num_query_groups=2, cross_attn_window_decoder=decoder_patches,
                       cross_attn_k=cross_k)
     tokens = batch_of_streams(patch_size * 7 + window, batch=3, length=41)
-    is_speech = torch.as_tensor(LAYOUT.is_unit(tokens.numpy()))
     patching = PatchingConfig(strategy="static", patch_size=patch_size, patch_boundary="paper")
-    patch_lengths = compute_patches(tokens, is_speech, patching, LAYOUT).patch_lengths.long()
-    inputs = tokens[:, :-1].contiguous()
-    with torch.no_grad():
-        full = model(inputs, patch_lengths)
-    completes = flags_from_patch_lengths(patch_lengths, inputs.shape[1])
+    inputs, full, completes = full_forward(model, tokens, patching)
     stepper = LSTStepper(model)
     torch.testing.assert_close(chunked_logits(stepper, inputs, completes, [17, 18, 29]), full,
                                atol=TOLERANCE, rtol=TOLERANCE)
