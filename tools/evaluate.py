@@ -17,6 +17,13 @@ the benchmark's word times ("segments", written by tools/synthesize_benchmark.py
 silence mode, patch boundary and patch-length cap; auto takes aligned when the model was trained
 with aligned, mixed or curriculum patching and every speech part has word times, static otherwise.
 The table and the json say which was used and why.
+
+Each item's shared prompt is read once and its cache copied to every ending (same scores as
+whole sequences; --no-prompt-cache scores whole sequences). --max-length counts patches for LST
+and tokens for baselines; items that do not fit are skipped and counted per direction. --format
+reads the Story Cloze CSV, HellaSwag jsonl or a spoken StoryCloze units jsonl. Under torchrun the
+ranks split the items and rank 0 prints and writes; --output also gets lm-eval-harness's shape
+beside it (OUTPUT.lm_eval.json).
 """
 
 from __future__ import annotations
@@ -28,7 +35,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from megatron_lst.evaluation.items import read_items  # noqa: E402
+from megatron_lst.evaluation.importers import FORMATS, default_task_name, read_benchmark  # noqa: E402
+from megatron_lst.evaluation.lm_eval_format import lm_eval_results  # noqa: E402
+from megatron_lst.evaluation.parallel import rank_and_world  # noqa: E402
 from megatron_lst.evaluation.patching_choice import REQUESTS, choose_patching  # noqa: E402
 from megatron_lst.evaluation.scoring import DIRECTIONS, SequenceBuilder  # noqa: E402
 from megatron_lst.evaluation.story_completion import evaluate_items, format_report  # noqa: E402
@@ -40,14 +49,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="the --save folder of a training run")
     parser.add_argument("--iteration", type=int, default=None, help="which saved iteration (default: latest)")
-    parser.add_argument("--benchmark", required=True, help="benchmark jsonl (see evaluation/FORMAT.md)")
+    parser.add_argument("--benchmark", required=True, help="benchmark file (see evaluation/FORMAT.md)")
+    parser.add_argument("--format", choices=FORMATS, default="jsonl",
+                        help="jsonl: ours (default); storycloze-csv: the Story Cloze Test CSV; hellaswag: the HellaSwag "
+                             "jsonl (both text, T->T); slamkit: the units jsonl of a spoken StoryCloze folder (S->S)")
     parser.add_argument("--directions", nargs="+", default=["ss", "tt", "st", "ts"], choices=sorted(DIRECTIONS),
                         help="ss: speech prompt and endings; tt: text prompt and endings; "
                              "st: speech prompt, text endings; ts: text prompt, speech endings")
-    parser.add_argument("--batch-size", type=int, default=16, help="candidate sequences per forward pass")
+    parser.add_argument("--batch-size", type=int, default=16,
+                        help="candidate sequences per forward pass (--no-prompt-cache; the cache batches an item's endings)")
     parser.add_argument("--max-length", type=int, default=None,
-                        help="longest sequence in tokens; longer prompts lose their oldest tokens "
-                             "(default: the run's --seq-length)")
+                        help="longest sequence, in patches for LST (as its --seq-length counts) and in tokens for "
+                             "baselines; longer prompts lose their oldest tokens, an item whose ending alone does "
+                             "not fit is skipped and counted (default: the run's --seq-length)")
+    parser.add_argument("--no-prompt-cache", dest="prompt_cache", action="store_false",
+                        help="score every ending's whole sequence instead of reading the shared prompt once")
+    parser.add_argument("--no-progress", dest="progress", action="store_false",
+                        help="no progress bar on stderr")
     parser.add_argument("--tokenizer-model", default=None,
                         help="text tokenizer file, when it is no longer where the training run found it")
     parser.add_argument("--unit-bpe", default=None,
@@ -59,7 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="LST only: static (default: runs of the patch size), aligned (one patch per word / silence "
                              "from the benchmark's word times) or auto (aligned for aligned / mixed / curriculum "
                              "runs when every speech part has word times, else static); baselines ignore it")
-    parser.add_argument("--output", default=None, help="also write accuracies and per-item scores to this json")
+    parser.add_argument("--output", default=None,
+                        help="also write accuracies and per-item scores to this json, and lm-eval-harness's results "
+                             "shape beside it (OUTPUT with .lm_eval.json)")
+    parser.add_argument("--lm-eval-output", default=None, help="where to write the lm-eval-harness json instead")
+    parser.add_argument("--task-name", default=None,
+                        help="lm-eval task prefix, e.g. storycloze -> storycloze_s2s (default: the format's benchmark "
+                             "name, or the file's stem)")
     return parser
 
 
@@ -78,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     # a malformed item (units not a list of codebook indices, a label that is not an integer, an id
     # used twice, word times that do not cover its units ...) is one line naming the line and field
-    items = read_items(args.benchmark, num_units=config.data.num_units)
+    items = read_benchmark(args.benchmark, args.format, num_units=config.data.num_units)
     if args.model != "auto" and args.model != config.train.model:
         print(f"error: --model {args.model} but the checkpoint holds a {config.train.model} model", file=sys.stderr)
         return 2
@@ -96,15 +120,48 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    builder = SequenceBuilder(scorer.tokenizer, max_length=args.max_length or scorer.max_length, word_times=aligned)
-    report = evaluate_items(items, builder, scorer, args.directions, args.batch_size)
+    builder, scorer_used, how = scoring_setup(scorer, config, aligned, args)
+    print(f"note: {how}", file=sys.stderr)
+    report = evaluate_items(items, builder, scorer_used, args.directions, args.batch_size,
+                            progress=args.progress and sys.stderr.isatty())
     report.patching = choice
+    if rank_and_world()[0] != 0:  # every rank holds the gathered results; rank 0 reports them
+        return 0
     print(f"{args.benchmark}: {len(items)} items, checkpoint {args.checkpoint} ({config.train.model})")
     print(format_report(report))
     if args.output:
         write_text_atomic(args.output, json.dumps(
-            {"checkpoint": str(args.checkpoint), "benchmark": str(args.benchmark), **report.to_dict()}, indent=1))
+            {"checkpoint": str(args.checkpoint), "benchmark": str(args.benchmark), "format": args.format,
+             "length_unit": builder.length_unit, "max_length": builder.max_length, **report.to_dict()}, indent=1))
+    lm_eval_path = args.lm_eval_output or (str(Path(args.output).with_suffix(".lm_eval.json")) if args.output else None)
+    if lm_eval_path:
+        task = args.task_name or default_task_name(args.benchmark, args.format)
+        write_text_atomic(lm_eval_path, json.dumps(
+            lm_eval_results(task, report.results, len(items), str(args.checkpoint)), indent=1))
     return 0
+
+
+def scoring_setup(scorer, config, aligned: bool, args):
+    """(SequenceBuilder, scorer, what was chosen): the length cap in the model's units (LST:
+    patches, baselines: tokens) and the prompt-cached scorer unless asked for whole sequences or
+    the model cannot be stepped (then whole-sequence, and the note says why)."""
+    from megatron_lst.evaluation.lengths import patch_counter
+    from megatron_lst.evaluation.model_scorer import scoring_patching_config
+    from megatron_lst.evaluation.prompt_cache import prompt_cached_scorer
+
+    patching = None
+    if config.train.model == "lst":
+        patching = scoring_patching_config(config, "aligned" if aligned else "static")
+    measure = None if patching is None else patch_counter(patching, scorer.tokenizer)
+    builder = SequenceBuilder(scorer.tokenizer, max_length=args.max_length or scorer.max_length, word_times=aligned,
+                              measure=measure)
+    limit = f"sequences capped at {builder.max_length} {builder.length_unit}"
+    if not args.prompt_cache:
+        return builder, scorer, f"whole-sequence scoring (--no-prompt-cache), {limit}"
+    cached, why = prompt_cached_scorer(scorer.model, config.train.model, scorer.tokenizer, scorer.device, patching)
+    if cached is None:
+        return builder, scorer, f"whole-sequence scoring: this model cannot be stepped ({why}), {limit}"
+    return builder, cached, f"shared prompts read once per item (prompt cache), {limit}"
 
 
 if __name__ == "__main__":

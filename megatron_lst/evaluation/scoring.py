@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterator, Optional, Protocol, Sequence
+from typing import Callable, Optional, Protocol, Sequence
 
 import numpy as np
 
@@ -111,10 +111,15 @@ class SequenceBuilder:
     (data/interleave.py ``StreamBuilder``), so the training patching code applies unchanged.
     """
 
-    def __init__(self, tokenizer: JointTokenizer, max_length: Optional[int] = None, word_times: bool = False):
+    def __init__(self, tokenizer: JointTokenizer, max_length: Optional[int] = None, word_times: bool = False,
+                 measure: Optional[Callable[[ScoringSequence], int]] = None):
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.word_times = word_times
+        # how long a sequence is for the model: None counts tokens; an LST counts patches
+        # (prompt_cache.patch_counter), as its --seq-length does
+        self.measure = measure
+        self.length_unit = "tokens" if measure is None else "patches"
 
     def part_tokens(self, part: Part, modality: str) -> np.ndarray:
         if modality == TEXT:
@@ -144,20 +149,42 @@ class SequenceBuilder:
               direction: Direction) -> ScoringSequence:
         """Lay out one sequence; a too-long prompt loses its oldest tokens (BOS and marker stay),
         because the end of the story is what the ending must follow. A cut through a word keeps
-        its remaining units as a shorter segment."""
+        its remaining units as a shorter segment. Length is counted in tokens, or with ``measure``
+        (``SequenceBuilder(measure=...)``: an LST's patches) the longest prompt tail that fits."""
         prompt = prompt if isinstance(prompt, PartTokens) else PartTokens(np.asarray(prompt))
         ending = ending if isinstance(ending, PartTokens) else PartTokens(np.asarray(ending))
         if len(ending.tokens) == 0:
             raise ValueError("an ending has no tokens")
-        head = [self.tokenizer.bos_id, self.marker(direction.prompt)]
-        switch = [self.marker(direction.ending)] if direction.ending != direction.prompt else []
         keep = len(prompt.tokens)
-        if self.max_length is not None:
-            room = self.max_length - len(head) - len(switch) - len(ending.tokens)
+        if self.max_length is None:
+            return self._layout(prompt, ending, direction, keep)
+        if self.measure is None:
+            extra = 3 if direction.ending != direction.prompt else 2  # BOS, m(P) [, m(E)]
+            room = self.max_length - extra - len(ending.tokens)
             if room < 1:
                 raise EndingTooLong(f"an ending of {len(ending.tokens)} tokens does not fit in {self.max_length} "
                                     f"tokens with BOS and markers")
-            keep = min(keep, room)
+            return self._layout(prompt, ending, direction, min(keep, room))
+        whole = self._layout(prompt, ending, direction, keep)
+        if self.measure(whole) <= self.max_length:
+            return whole
+        shortest = self._layout(prompt, ending, direction, min(1, keep))
+        if self.measure(shortest) > self.max_length:
+            raise EndingTooLong(f"an ending of {len(ending.tokens)} tokens is {self.measure(shortest)} "
+                                f"{self.length_unit} with BOS and markers, more than {self.max_length}")
+        low, high = min(1, keep), keep  # fits(low), not fits(high): the patch count grows with the kept tail
+        while high - low > 1:
+            middle = (low + high) // 2
+            if self.measure(self._layout(prompt, ending, direction, middle)) <= self.max_length:
+                low = middle
+            else:
+                high = middle
+        return self._layout(prompt, ending, direction, low)
+
+    def _layout(self, prompt: PartTokens, ending: PartTokens, direction: Direction, keep: int) -> ScoringSequence:
+        """``BOS m(P) prompt[-keep:] [m(E)] ending``, with its segment metadata under word times."""
+        head = [self.tokenizer.bos_id, self.marker(direction.prompt)]
+        switch = [self.marker(direction.ending)] if direction.ending != direction.prompt else []
         start = len(prompt.tokens) - keep
         tokens = np.concatenate([np.asarray(head, np.int64), prompt.tokens[start:],
                                  np.asarray(switch, np.int64), ending.tokens])
@@ -231,48 +258,107 @@ class DirectionResult:
     direction: Direction
     accuracy: dict[str, Accuracy]
     per_item: list[dict]
+    # ids of the items left out because an ending does not fit the model's length, one by one
+    skipped: tuple[str, ...] = ()
+
+    @property
+    def scored(self) -> int:
+        return len(self.per_item)
 
     def to_dict(self) -> dict:
-        return {"direction": self.direction.label,
+        return {"direction": self.direction.label, "scored": self.scored, "skipped": len(self.skipped),
+                "skipped_items": list(self.skipped),
                 "accuracy": {name: acc.to_dict() for name, acc in self.accuracy.items()},
                 "items": self.per_item}
 
 
-def _batches(sequences: list[ScoringSequence], batch_size: int) -> Iterator[list[ScoringSequence]]:
-    for start in range(0, len(sequences), batch_size):
-        yield sequences[start:start + batch_size]
+class ItemScorer(Protocol):
+    def item_logprobs(self, sequences: list[np.ndarray], alignments=None) -> list[np.ndarray]:
+        """``TokenScorer.token_logprobs`` for the endings of one item (prompt_cache.PromptCachedScorer)."""
 
 
-def score_direction(items: Sequence[Item], direction: Direction, builder: SequenceBuilder,
-                    scorer: TokenScorer, batch_size: int = 16) -> DirectionResult:
-    """Score every ending of every item in one direction; the items must all carry its fields."""
-    missing = [item.id for item in items if not item.has(direction.prompt, direction.ending)]
-    if missing:
-        raise ValueError(f"{direction.label}: {len(missing)} items lack its fields, e.g. {missing[0]}")
-    per_item_sequences = [builder.item_sequences(item, direction) for item in items]
-    flat = [sequence for sequences in per_item_sequences for sequence in sequences]
+def _item_record(item: Item, sequences: list[ScoringSequence], logprobs: list[np.ndarray]) -> dict:
+    scores = [ending_scores(sequence, lp) for sequence, lp in zip(sequences, logprobs, strict=True)]
+    predictions = {name: choose([s[name] for s in scores], LOWER_IS_BETTER[name]) for name in SCORES}
+    return {"id": item.id, "label": item.label, "predicted": predictions,
+            "scores": {name: [s[name] for s in scores] for name in SCORES}}
+
+
+def _score_flat(items: list[Item], per_item: list[list[ScoringSequence]], scorer: TokenScorer, batch_size: int,
+                word_times: bool, progress) -> list[dict]:
+    """Whole sequences in batches of ``batch_size`` across items."""
+    flat = [sequence for sequences in per_item for sequence in sequences]
+    ends = np.cumsum([len(sequences) for sequences in per_item])
     logprobs: list[np.ndarray] = []
-    for batch in _batches(flat, batch_size):
+    for start in range(0, len(flat), batch_size):
+        batch = flat[start:start + batch_size]
         tokens = [sequence.tokens for sequence in batch]
-        if builder.word_times:
+        if word_times:
             logprobs.extend(scorer.token_logprobs(tokens, alignments=[sequence.alignment for sequence in batch]))
         else:
             logprobs.extend(scorer.token_logprobs(tokens))
-    flat_scores = [ending_scores(sequence, lp) for sequence, lp in zip(flat, logprobs, strict=True)]
-
-    correct = dict.fromkeys(SCORES, 0)
-    per_item = []
-    position = 0
-    for item, sequences in zip(items, per_item_sequences):
-        scores = flat_scores[position:position + len(sequences)]
+        progress.update(int(np.searchsorted(ends, len(logprobs), side="right")) - progress.n)
+    records, position = [], 0
+    for item, sequences in zip(items, per_item):
+        records.append(_item_record(item, sequences, logprobs[position:position + len(sequences)]))
         position += len(sequences)
-        predictions = {name: choose([s[name] for s in scores], LOWER_IS_BETTER[name]) for name in SCORES}
-        for name, predicted in predictions.items():
-            correct[name] += int(predicted == item.label)
-        per_item.append({"id": item.id, "label": item.label, "predicted": predictions,
-                         "scores": {name: [s[name] for s in scores] for name in SCORES}})
-    accuracy = {name: Accuracy(correct[name], len(items)) for name in SCORES}
-    return DirectionResult(direction, accuracy, per_item)
+    return records
+
+
+def _score_cached(items: list[Item], per_item: list[list[ScoringSequence]], scorer: ItemScorer,
+                  word_times: bool, progress) -> list[dict]:
+    """Item by item: the shared prompt read once, the endings batched after it."""
+    records = []
+    for item, sequences in zip(items, per_item):
+        tokens = [sequence.tokens for sequence in sequences]
+        if word_times:
+            logprobs = scorer.item_logprobs(tokens, alignments=[sequence.alignment for sequence in sequences])
+        else:
+            logprobs = scorer.item_logprobs(tokens)
+        records.append(_item_record(item, sequences, logprobs))
+        progress.update(1)
+    return records
+
+
+def score_direction(items: Sequence[Item], direction: Direction, builder: SequenceBuilder,
+                    scorer: TokenScorer | ItemScorer, batch_size: int = 16, progress: bool = False) -> DirectionResult:
+    """Score every ending of every item in one direction; the items must all carry its fields.
+
+    An item with an ending that does not fit the builder's length is skipped and listed (never
+    cut: a cut ending is a different ending); accuracy counts the scored items. A scorer with
+    ``item_logprobs`` reads each item's shared prompt once (prompt_cache.py); one with only
+    ``token_logprobs`` scores whole sequences in batches. Under torchrun each rank scores every
+    world-size-th item and all ranks get the gathered results in item order (parallel.py), the
+    same as one process. ``progress``: a tqdm bar on stderr (rank 0 only)."""
+    from megatron_lst.evaluation.parallel import gather_in_order, rank_and_world, progress_bar
+
+    missing = [item.id for item in items if not item.has(direction.prompt, direction.ending)]
+    if missing:
+        raise ValueError(f"{direction.label}: {len(missing)} items lack its fields, e.g. {missing[0]}")
+    rank, world = rank_and_world()
+    mine: list[tuple[int, Item]] = list(enumerate(items))[rank::world]
+    fitting, sequences, results = [], [], {}
+    for index, item in mine:
+        try:
+            sequences.append(builder.item_sequences(item, direction))
+        except EndingTooLong:
+            results[index] = None  # skipped, counted
+            continue
+        fitting.append((index, item))
+    with progress_bar(len(mine), direction.label, enabled=progress and rank == 0, world=world) as bar:
+        bar.update(len(mine) - len(fitting))
+        mine_items = [item for _, item in fitting]
+        if callable(getattr(scorer, "item_logprobs", None)):
+            records = _score_cached(mine_items, sequences, scorer, builder.word_times, bar)
+        else:
+            records = _score_flat(mine_items, sequences, scorer, batch_size, builder.word_times, bar)
+    results.update({index: record for (index, _), record in zip(fitting, records)})
+    ordered = gather_in_order(results, len(items))
+    per_item = [record for record in ordered if record is not None]
+    skipped = tuple(item.id for item, record in zip(items, ordered) if record is None)
+    correct = {name: sum(int(r["predicted"][name] == r["label"]) for r in per_item) for name in SCORES}
+    accuracy = {name: Accuracy(correct[name], len(per_item)) for name in SCORES}
+    return DirectionResult(direction, accuracy, per_item, skipped)
 
 
 def skip_reason(items: Sequence[Item], direction: Direction) -> Optional[str]:

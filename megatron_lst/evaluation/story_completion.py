@@ -11,7 +11,7 @@ from typing import Optional, Sequence
 
 from megatron_lst.evaluation.items import Item
 from megatron_lst.evaluation.patching_choice import PatchingChoice
-from megatron_lst.evaluation.scoring import (DIRECTIONS, SCORES, DirectionResult, EndingTooLong,
+from megatron_lst.evaluation.scoring import (DIRECTIONS, SCORES, DirectionResult,
                                              SequenceBuilder, TokenScorer, score_direction, skip_reason)
 
 
@@ -33,9 +33,10 @@ class BenchmarkReport:
 
 def evaluate_items(items: Sequence[Item], builder: SequenceBuilder, scorer: TokenScorer,
                    directions: Sequence[str] = ("ss", "tt", "st", "ts"),
-                   batch_size: int = 16) -> BenchmarkReport:
-    """Every requested direction the items support; one whose endings outgrow the model's length
-    is skipped with the reason rather than truncated (a cut ending is a different ending)."""
+                   batch_size: int = 16, progress: bool = False) -> BenchmarkReport:
+    """Every requested direction the items support. An item whose ending outgrows the model's
+    length is skipped and counted in its direction rather than truncated (a cut ending is a
+    different ending); a direction is skipped as a whole only when none of its items fits."""
     report = BenchmarkReport()
     for name in directions:
         if name not in DIRECTIONS:
@@ -45,20 +46,22 @@ def evaluate_items(items: Sequence[Item], builder: SequenceBuilder, scorer: Toke
         if reason is not None:
             report.skipped[direction.label] = reason
             continue
-        try:
-            report.results.append(score_direction(items, direction, builder, scorer, batch_size))
-        except EndingTooLong as error:
-            report.skipped[direction.label] = f"{error} (raise --max-length)"
+        result = score_direction(items, direction, builder, scorer, batch_size, progress)
+        if result.scored == 0:
+            report.skipped[direction.label] = (f"none of the {len(items)} items fits in {builder.max_length} "
+                                               f"{builder.length_unit} (raise --max-length)")
+        else:
+            report.results.append(result)
     return report
 
 
 def format_report(report: BenchmarkReport) -> str:
     """A plain-text table: accuracy in % with its 95% Wilson interval, one row per direction."""
     patched = report.patching is not None
-    headers = ["direction", "items"] + (["patching"] if patched else []) + [f"{name} acc% [95% CI]" for name in SCORES]
+    headers = ["direction", "items", "skipped"] + (["patching"] if patched else []) + [f"{name} acc% [95% CI]" for name in SCORES]
     rows = []
     for result in report.results:
-        cells = [result.direction.label, str(next(iter(result.accuracy.values())).total)]
+        cells = [result.direction.label, str(result.scored), str(len(result.skipped))]
         if patched:
             cells.append(report.patching.patching)
         for name in SCORES:
@@ -69,6 +72,8 @@ def format_report(report: BenchmarkReport) -> str:
     widths = [max(len(row[i]) for row in [headers, *rows]) for i in range(len(headers))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)) for row in [headers, *rows]]
     lines.extend(f"{label} skipped: {reason}" for label, reason in report.skipped.items())
+    lines.extend(f"{result.direction.label}: {len(result.skipped)} items do not fit the model's length and were "
+                 f"skipped, e.g. {result.skipped[0]} (raise --max-length)" for result in report.results if result.skipped)
     if patched:
         lines.append(f"patching: {report.patching.patching} ({report.patching.reason})")
     lines.append("scores: sum/mean = ending log-prob summed/averaged (higher wins); "

@@ -10,7 +10,7 @@ import torch
 from megatron.core.models.gpt import GPTModel
 
 from megatron_lst.inference.kv_cache import KVCache
-from megatron_lst.inference.layer_steps import linear, self_attention_layer_step
+from megatron_lst.inference.layer_steps import linear, self_attention_chunk_step, self_attention_layer_step
 from megatron_lst.inference.rotary import RotaryTable
 
 
@@ -34,6 +34,30 @@ class BaselineStepper:
 
     def finish(self, rows: torch.Tensor) -> None:
         """Nothing is pending: every token was its own global position."""
+
+    def select_rows(self, index: torch.Tensor) -> None:
+        """Row ``index[i]`` becomes row i (rows may repeat): a prompt's state copied per ending."""
+        for cache in self.caches:
+            cache.select_rows(index)
+        self.global_positions = self.global_positions.index_select(0, index)
+        self.batch_size = int(index.shape[0])
+
+    @torch.no_grad()
+    def extend(self, tokens: torch.Tensor, completes: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens [B, S] read in one pass (a prompt, or the endings after it) -> logits [B, S, V]
+        at every new position, equal to S ``step`` calls."""
+        model = self.model
+        steps = tokens.shape[1]
+        positions = self.position + torch.arange(steps, device=tokens.device)[None].expand_as(tokens)
+        hidden = model.embedding(input_ids=tokens, position_ids=positions)  # [S, B, H]
+        freqs = self.rotary.at(positions)
+        for layer, cache in zip(model.decoder.layers, self.caches):
+            hidden = self_attention_chunk_step(layer, hidden, freqs, cache)
+        logits = linear(model.output_layer, model.decoder.final_layernorm(hidden))
+        self.position += steps
+        self.global_positions += steps
+        self.global_calls += 1
+        return logits.transpose(0, 1)
 
     @torch.no_grad()
     def step(self, tokens: torch.Tensor, close_before: torch.Tensor | None = None,

@@ -91,6 +91,16 @@ class KVCache:
                 self.all_valid = bool(self.valid.all())
 
 
+    def select_rows(self, index: torch.Tensor) -> None:
+        """Keep row ``index[i]`` as new row i (rows may repeat): one prompt's cache becomes the
+        cache of each of its endings (evaluation/prompt_cache.py)."""
+        if self._keys is None:
+            return
+        self._keys = self._keys.index_select(0, index)
+        self._values = self._values.index_select(0, index)
+        self._valid = self._valid.index_select(0, index)
+
+
 def attend_cache(queries: torch.Tensor, cache: KVCache, scale: float) -> torch.Tensor:
     """One query step [B, H, 1, D] over every valid cached slot -> [B, H, 1, D].
 

@@ -97,6 +97,15 @@ def _merge_heads(context: torch.Tensor) -> torch.Tensor:
     return context.permute(2, 0, 1, 3).reshape(steps, batch, heads * dim)
 
 
+def _rotated_query_key_value(layer: TransformerLayer, hidden: torch.Tensor, rotary_freqs: torch.Tensor):
+    """The layer's query, key, value of ``hidden`` [S, B, H] (normed, projected), RoPE applied."""
+    attention = layer.self_attention
+    query, key, value = query_key_value(attention, layer.input_layernorm(hidden))
+    query = apply_rotary_pos_emb(query, rotary_freqs, config=attention.config)
+    key = apply_rotary_pos_emb(key, rotary_freqs, config=attention.config)
+    return query, key, value
+
+
 def self_attention_layer_step(layer: TransformerLayer, hidden: torch.Tensor, rotary_freqs: torch.Tensor,
                               cache: KVCache, valid: torch.Tensor | None = None) -> torch.Tensor:
     """A causal self-attention + MLP layer for one new position per row: [1, B, H] -> [1, B, H].
@@ -105,10 +114,7 @@ def self_attention_layer_step(layer: TransformerLayer, hidden: torch.Tensor, rot
     compute (their output is discarded) but leave no visible slot in the cache.
     """
     attention = layer.self_attention
-    normed = layer.input_layernorm(hidden)
-    query, key, value = query_key_value(attention, normed)
-    query = apply_rotary_pos_emb(query, rotary_freqs, config=attention.config)
-    key = apply_rotary_pos_emb(key, rotary_freqs, config=attention.config)
+    query, key, value = _rotated_query_key_value(layer, hidden, rotary_freqs)
     heads = query.shape[2]
     cache.append(_heads_first(key, heads), _heads_first(value, heads), valid)
     context = attend_cache(_heads_first(query, heads), cache, _softmax_scale(attention))
@@ -148,3 +154,46 @@ def cached_cross_attention_layer_step(layer: TransformerLayer, hidden: torch.Ten
     """A cross layer whose keys/values are the cache's valid slots (decoder -> global outputs)."""
     allowed = None if cache.all_valid else cache.valid[:, None, None, :]
     return cross_attention_layer_step(layer, hidden, cache.keys, cache.values, allowed)
+
+
+def chunk_attention_mask(cache: KVCache, steps: int, valid: torch.Tensor | None, device: torch.device) -> torch.Tensor:
+    """[B, 1, S, L0 + S]: which of the cache's L0 visible slots and the chunk's own S slots each
+    of the chunk's S queries may read: causal within the chunk, the cache's window counted in
+    slots as ``KVCache`` keeps it (a query sees itself and the ``window - 1`` slots before it),
+    and never an invalid slot (``valid`` [B, S] for the chunk's, the cache's own for the rest)."""
+    cached = cache.length
+    query = torch.arange(steps, device=device)[:, None]  # [S, 1]
+    slot = torch.arange(cached + steps, device=device)[None] - cached  # chunk-relative slot index
+    allowed = slot <= query  # causal (every cached slot lies before the chunk)
+    if cache.window_size is not None:
+        allowed = allowed & (query - slot < cache.window_size)
+    batch = valid.shape[0] if valid is not None else (cache.valid.shape[0] if cached else 1)
+    allowed = allowed[None].expand(batch, steps, cached + steps)
+    parts = [cache.valid if cached else torch.ones(batch, 0, dtype=torch.bool, device=device),
+             valid if valid is not None else torch.ones(batch, steps, dtype=torch.bool, device=device)]
+    return (allowed & torch.cat(parts, dim=1)[:, None, :])[:, None]
+
+
+def self_attention_chunk_step(layer: TransformerLayer, hidden: torch.Tensor, rotary_freqs: torch.Tensor,
+                              cache: KVCache, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """``self_attention_layer_step`` for S new positions per row at once: [S, B, H] -> [S, B, H].
+
+    A prompt is read in one chunk instead of one token per step (prefill); rotary_freqs
+    [S, B, 1, D]; ``valid`` [B, S] marks real positions (None: all), the rest leave invisible
+    slots. The chunk's queries read the cache as it was plus the chunk's own keys (causally),
+    then the chunk is appended, so a windowed cache keeps only what later steps can reach.
+    """
+    attention = layer.self_attention
+    query, key, value = _rotated_query_key_value(layer, hidden, rotary_freqs)
+    heads = query.shape[2]
+    key, value = _heads_first(key, heads), _heads_first(value, heads)
+    mask = chunk_attention_mask(cache, hidden.shape[0], valid, hidden.device)
+    if cache.length:
+        keys, values = torch.cat([cache.keys, key], dim=2), torch.cat([cache.values, value], dim=2)
+    else:
+        keys, values = key, value
+    context = F.scaled_dot_product_attention(_heads_first(query, heads), keys, values, attn_mask=mask,
+                                             scale=_softmax_scale(attention))
+    cache.append(key, value, valid)
+    hidden = hidden + linear(attention.linear_proj, _merge_heads(torch.nan_to_num(context)))
+    return hidden + mlp_forward(layer.mlp, layer.pre_mlp_layernorm(hidden))

@@ -27,6 +27,7 @@ from megatron_lst.inference.layer_steps import (
     cached_cross_attention_layer_step,
     cross_attention_layer_step,
     cross_keys_values,
+    self_attention_chunk_step,
     self_attention_layer_step,
 )
 from megatron_lst.inference.rotary import RotaryTable
@@ -55,6 +56,10 @@ class OpenPatches:
 
     def clear(self, rows: torch.Tensor) -> None:
         self.counts = torch.where(rows, torch.zeros_like(self.counts), self.counts)
+
+    def select_rows(self, index: torch.Tensor) -> None:
+        self.states = [states.index_select(0, index) for states in self.states]
+        self.counts = self.counts.index_select(0, index)
 
 
 class LSTStepper:
@@ -132,6 +137,120 @@ class LSTStepper:
         rows = rows & (self.open_patches.counts > 0)
         if bool(rows.any()):
             self._close_patches(rows)
+
+    def select_rows(self, index: torch.Tensor) -> None:
+        """Row ``index[i]`` becomes row i (rows may repeat): a prompt's state copied per ending,
+        open patch included, so each ending continues the prompt exactly as its own row would."""
+        for cache in (*self.encoder_caches, *self.decoder_caches, *self.global_caches, *self.decoder_cross_caches):
+            cache.select_rows(index)
+        self.open_patches.select_rows(index)
+        self.global_positions = self.global_positions.index_select(0, index)
+        self.batch_size = int(index.shape[0])
+
+    # ------------------------------------------------------------------ a chunk of tokens
+    def _chunk_patches(self, layer_states: list[torch.Tensor], completes: torch.Tensor) -> torch.Tensor:
+        """Close every patch that ends in the chunk; returns, per row and chunk position, how many
+        of the chunk's patches are closed once that token is read ([B, S], inclusive).
+
+        A row's open patch (tokens carried over from earlier calls) and the chunk's tokens form
+        one token axis; the patches closed here are pooled and cross-attended all at once (the
+        encoder's patch queries see their own patch only, ``--cross-attn-window-encoder 1``),
+        then the global model steps over them as one chunk, K slots per row (rows that close
+        fewer leave invalid slots, as ``step`` does). Tokens after a row's last closed patch
+        become its open patch."""
+        model, encoder = self.model, self.model.patch_encoder
+        batch, steps = completes.shape
+        device = completes.device
+        carried = self.open_patches.states[0].shape[1]
+        spare = 4  # room so the new open patch always fits the buffer it is gathered into
+        tokens = [torch.cat([open_states, chunk.transpose(0, 1), open_states.new_zeros(batch, spare, chunk.shape[-1])],
+                            dim=1) for open_states, chunk in zip(self.open_patches.states, layer_states)]
+        width = carried + steps + spare
+        slot_valid = torch.cat([self.open_patches.token_mask(), torch.ones(batch, steps, dtype=torch.bool, device=device),
+                                torch.zeros(batch, spare, dtype=torch.bool, device=device)], dim=1)
+        completes = completes.long()
+        closed_by = torch.cumsum(completes, dim=1)  # [B, S] patches closed once token j is read
+        patch_of_slot = torch.cat([torch.zeros(batch, carried, dtype=torch.long, device=device),
+                                   closed_by - completes, torch.zeros(batch, spare, dtype=torch.long, device=device)], 1)
+        closed = closed_by[:, -1]
+        most = int(closed.max())
+        if most:
+            member = slot_valid[:, None, :] & (patch_of_slot[:, None, :] == torch.arange(most, device=device)[None, :, None])
+            member[:, :, 0] |= ~member.any(-1)  # padding patches of rows that close fewer: any finite value
+            first = tokens[0][:, None].masked_fill(~member[..., None], float("-inf")).max(dim=2).values  # [B, K, E]
+            queries = first.transpose(0, 1)[:, None]  # [K, 1, B, E]
+            if encoder.query_offsets is not None:
+                queries = queries + encoder.query_offsets[None, :, None, :]  # [K, k, B, E]
+            per_patch = queries.shape[1]
+            queries = queries.reshape(most * per_patch, batch, -1)
+            allowed = member.repeat_interleave(per_patch, dim=1)[:, None]  # [B, 1, K * k, width]
+            for index, layer in enumerate(encoder.stack.cross_layers):
+                keys, values = cross_keys_values(layer, tokens[index].transpose(0, 1))
+                queries = cross_attention_layer_step(layer, queries, keys, values, allowed)
+            patches = queries.view(most, per_patch, batch, -1).permute(0, 2, 1, 3).reshape(most, batch, -1)
+            hidden = model.encoder_to_global(patches)
+            valid = torch.arange(most, device=device)[None] < closed[:, None]  # [B, K]
+            freqs = self.global_tables.at(self.global_positions[:, None] + torch.arange(most, device=device)[None])
+            for layer, cache in zip(model.global_block.layers, self.global_caches):
+                hidden = self_attention_chunk_step(layer, hidden, freqs, cache, valid)
+            decoder_patches = model.global_to_decoder(model.global_block.final_layernorm(hidden))
+            for layer, cache in zip(model.patch_decoder.stack.cross_layers, self.decoder_cross_caches):
+                keys, values = cross_keys_values(layer, decoder_patches)
+                cache.append(keys, values, valid)
+            self.global_positions += closed
+            self.global_calls += 1
+        # the tokens after each row's last closed patch, gathered to the front, are its open patch
+        still_open = slot_valid & (patch_of_slot == closed[:, None])
+        order = torch.where(still_open, torch.arange(width, device=device)[None], width).argsort(dim=1, stable=True)
+        keep = max(4, int(still_open.sum(1).max()))
+        order = order[:, :keep, None]
+        self.open_patches.states = [states.gather(1, order.expand(-1, -1, states.shape[-1])) for states in tokens]
+        self.open_patches.counts = still_open.sum(1)
+        return closed_by
+
+    def _decoder_cross_mask(self, closed_by: torch.Tensor) -> torch.Tensor:
+        """[B, 1, S, L] the closed patches each chunk token's decoder cross-attention reads: those
+        closed before the chunk and the chunk's first ``closed_by`` ones, the newest ``window``."""
+        cache = self.decoder_cross_caches[0]
+        new = int(closed_by[:, -1].max()) if closed_by.shape[1] else 0
+        before = cache.length - new
+        slots = torch.arange(cache.length, device=closed_by.device)[None, None]
+        visible = cache.valid[:, None, :] & (slots < before + closed_by[:, :, None])  # [B, S, L]
+        if self.decoder_window is not None:
+            visible = visible & (visible.flip(2).cumsum(2).flip(2) <= self.decoder_window)
+        return visible[:, None]
+
+    @torch.no_grad()
+    def extend(self, tokens: torch.Tensor, completes: torch.Tensor) -> torch.Tensor:
+        """tokens, completes [B, S] read in one pass -> logits [B, S, V], equal to S ``step`` calls
+        with these ``completes`` and no late close (teacher forcing: the patching saw the whole
+        sequence). A prompt read once this way and copied per ending (``select_rows``) gives each
+        ending the scores a full forward pass over prompt + ending gives."""
+        model = self.model
+        encoder, decoder = model.patch_encoder, model.patch_decoder
+        steps = tokens.shape[1]
+        positions = self.position + torch.arange(steps, device=tokens.device)[None].expand_as(tokens)
+        hidden = encoder.embedding(tokens).transpose(0, 1)  # [S, B, E]
+        freqs = self.encoder_tables.at(positions)
+        layer_states = []
+        for layer, cache in zip(encoder.stack.window_layers, self.encoder_caches):
+            hidden = self_attention_chunk_step(layer, hidden, freqs, cache)
+            layer_states.append(hidden)
+        closed_by = self._chunk_patches(layer_states, completes)
+        if not self.decoder_cross_caches[0].length:
+            raise ValueError("a token was read before any patch closed (a sequence must open with a patch "
+                             "that closes, such as BOS)")
+        allowed = self._decoder_cross_mask(closed_by)
+        if model.token_to_decoder is not None:
+            hidden = model.token_to_decoder(hidden)
+        freqs = self.decoder_tables.at(positions)
+        for index, (cross, window) in enumerate(zip(decoder.stack.cross_layers, decoder.stack.window_layers)):
+            cache = self.decoder_cross_caches[index]
+            hidden = cross_attention_layer_step(cross, hidden, cache.keys, cache.values, allowed)
+            hidden = self_attention_chunk_step(window, hidden, freqs, self.decoder_caches[index])
+        logits = linear(decoder.output_layer, decoder.final_norm(hidden))
+        self.position += steps
+        return logits.transpose(0, 1)
 
     def _decoder_cross_step(self, layer, hidden: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Cross-attention of the new token to the closed patches within the decoder's window."""

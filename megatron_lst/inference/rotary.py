@@ -14,8 +14,11 @@ class RotaryTable:
         self.table = rotary(initial_length)
 
     def at(self, positions: torch.Tensor) -> torch.Tensor:
-        """positions [B] -> frequencies [1, B, 1, D] (one new position per row)."""
+        """positions [B] -> frequencies [1, B, 1, D] (one new position per row), or positions
+        [B, S] -> [S, B, 1, D] (a chunk of S new positions per row, ``extend``)."""
         needed = int(positions.max()) + 1
         if needed > self.table.shape[0]:
             self.table = self.rotary(max(needed, 2 * self.table.shape[0]))
+        if positions.dim() == 2:
+            return self.table[positions.t().to(self.table.device)].view(*positions.t().shape, 1, -1)
         return self.table[positions.to(self.table.device)].view(1, positions.shape[0], 1, -1)

@@ -81,6 +81,33 @@ def test_cli_scores_text_only_benchmark_and_names_skipped_directions(tp2_checkpo
     assert set(accuracy) == {"sum", "mean", "seq_nll"} and accuracy["sum"]["total"] == 3
     # identical items: one prediction for all, so labels 0,1,0 give 1/3 or 2/3
     assert accuracy["sum"]["correct"] in (1, 2)
+    assert saved["results"]["T->T"]["scored"] == 3 and saved["length_unit"] == "tokens"
+    assert "prompt cache" in result.stderr
+    # lm-eval-harness's shape beside ours
+    lm_eval = json.loads((tmp_path / "r.lm_eval.json").read_text())["results"]["bench_t2t"]
+    assert lm_eval["acc,none"] == accuracy["sum"]["accuracy"]
+    assert {"acc_stderr,none", "acc_norm,none", "acc_norm_stderr,none"} <= set(lm_eval)
+
+
+@pytest.mark.slow  # two more CLI runs on the checkpoint (~40 s); test_prompt_cache.py covers the equality fast
+def test_cli_reads_a_storycloze_csv_and_whole_sequence_scores_equal_cached(tp2_checkpoint, tmp_path):
+    (tmp_path / "val.csv").write_text(
+        "InputStoryid,InputSentence1,InputSentence2,InputSentence3,InputSentence4,RandomFifthSentenceQuiz1,"
+        "RandomFifthSentenceQuiz2,AnswerRightEnding\n"
+        "s1,The cat sat.,It was warm.,The sun shone.,A bird sang.,The cat slept.,Markets fell.,1\n"
+        "s2,Ann baked.,She was tired.,The oven hummed.,Bread rose.,She ate bread.,Rain is wet.,1\n")
+    outputs = {}
+    for mode in ([], ["--no-prompt-cache"]):
+        output = tmp_path / f"r{len(mode)}.json"
+        result = subprocess.run(
+            [sys.executable, str(REPO_ROOT / "tools" / "evaluate.py"), "--checkpoint", str(tp2_checkpoint),
+             "--benchmark", str(tmp_path / "val.csv"), "--format", "storycloze-csv", "--output", str(output), *mode],
+            env=child_env(), capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+        assert result.returncode == 0, result.stderr[-3000:]
+        outputs[len(mode)] = json.loads(output.read_text())["results"]["T->T"]["items"]
+        assert "storycloze_t2t" in json.loads(output.with_suffix(".lm_eval.json").read_text())["results"]
+    for cached, whole in zip(outputs[0], outputs[1], strict=True):
+        np.testing.assert_allclose(cached["scores"]["sum"], whole["scores"]["sum"], atol=1e-5, rtol=1e-5)
 
 
 def test_a_tokenizer_of_another_size_is_refused(tp2_checkpoint, tmp_path):

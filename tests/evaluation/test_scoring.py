@@ -138,14 +138,25 @@ def test_text_only_benchmark_runs_tt_and_skips_speech_directions():
     assert "T->T" in table
 
 
-def test_direction_whose_endings_do_not_fit_is_skipped_not_truncated():
-    endings = (Part(text="d", units=(0, 1, 2, 3, 0)), Part(text="e", units=(1,)))
-    items = [Item("x", 0, Part(text="a b c", units=(1, 2)), endings)]
-    report = evaluate_items(items, SequenceBuilder(toy_tokenizer(), max_length=6), BigramScorer.random(15, seed=0),
-                            directions=["ss", "tt"])
-    assert [r.direction.label for r in report.results] == ["T->T"]
-    assert report.skipped == {"S->S": "an ending of 5 tokens does not fit in 6 tokens with BOS and markers "
-                                      "(raise --max-length)"}
+def test_items_whose_endings_do_not_fit_are_skipped_one_by_one_not_truncated():
+    long_endings = (Part(text="d", units=(0, 1, 2, 3, 0)), Part(text="e", units=(1,)))
+    short_endings = (Part(text="d", units=(0, 1)), Part(text="e", units=(1,)))
+    items = [Item("long", 0, Part(text="a b c", units=(1, 2)), long_endings),
+             Item("short", 1, Part(text="a b c", units=(1, 2)), short_endings)]
+    builder = SequenceBuilder(toy_tokenizer(), max_length=6)
+    report = evaluate_items(items, builder, BigramScorer.random(15, seed=0), directions=["ss", "tt"])
+    ss, tt = report.results
+    assert (ss.direction.label, ss.scored, ss.skipped) == ("S->S", 1, ("long",))
+    assert [record["id"] for record in ss.per_item] == ["short"] and ss.accuracy["sum"].total == 1
+    assert (tt.scored, tt.skipped) == (2, ())
+    assert ss.to_dict()["scored"] == 1 and ss.to_dict()["skipped"] == 1
+    assert "S->S: 1 items do not fit the model's length and were skipped, e.g. long" in format_report(report)
+    # the kept item's scores are those of scoring it alone
+    alone = evaluate_items(items[1:], builder, BigramScorer.random(15, seed=0), directions=["ss"])
+    assert alone.results[0].per_item == ss.per_item
+    # a direction none of whose items fits is skipped as a whole, with the reason
+    report = evaluate_items(items[:1], builder, BigramScorer.random(15, seed=0), directions=["ss"])
+    assert report.skipped == {"S->S": "none of the 1 items fits in 6 tokens (raise --max-length)"}
 
 
 def test_partly_synthesised_benchmark_is_skipped_with_a_count():

@@ -38,6 +38,16 @@ def batch_of_streams(seed: int, batch: int, length: int) -> torch.Tensor:
     return torch.tensor([mixed_stream(rng, length) for _ in range(batch)], dtype=torch.long)
 
 
+def full_forward(model, tokens: torch.Tensor, patching: PatchingConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(inputs, the model's logits over them, completes): the teacher-forced reference."""
+    is_speech = torch.as_tensor(LAYOUT.is_unit(tokens.numpy()))
+    patch_lengths = compute_patches(tokens, is_speech, patching, LAYOUT).patch_lengths.long()
+    inputs = tokens[:, :-1].contiguous()
+    with torch.no_grad():
+        full = model(inputs, patch_lengths)
+    return inputs, full, flags_from_patch_lengths(patch_lengths, inputs.shape[1])
+
+
 def incremental_logits(stepper, tokens: torch.Tensor, completes: torch.Tensor) -> torch.Tensor:
     stepper.reset(tokens.shape[0])
     no_late_close = torch.zeros(tokens.shape[0], dtype=torch.bool)
@@ -131,3 +141,57 @@ def test_causal_generation_reproduces_the_training_forward(model_parallel, patch
                                        fold_marker=config.folds_marker(aligned=False), max_patch_length=cap)
     paper_tracked = tracked_logits(LSTStepper(model), inputs, paper_tracker)
     assert not torch.allclose(paper_tracked, full["paper"], atol=TOLERANCE, rtol=TOLERANCE)
+
+
+def chunked_logits(stepper, tokens: torch.Tensor, completes: torch.Tensor, cuts: list[int]) -> torch.Tensor:
+    """Logits of ``extend`` over the chunks [0, cuts[0]), [cuts[0], cuts[1]), ..., [cuts[-1], L)."""
+    stepper.reset(tokens.shape[0])
+    bounds = [0, *cuts, tokens.shape[1]]
+    return torch.cat([stepper.extend(tokens[:, a:b], completes[:, a:b]) for a, b in zip(bounds, bounds[1:])], dim=1)
+
+
+@pytest.mark.parametrize("patch_size,window,decoder_patches,cross_k", [(4, 5, 3, 1), (6, 512, 512, 2), (1, 7, 1, 1)])
+def test_lst_extend_in_chunks_matches_full_forward(model_parallel, patch_size, window, decoder_patches, cross_k):
+    """A prompt read in one pass (prefill), then the rest in chunks that cut patches open, equals
+    the full forward pass; so do per-token steps after a chunk."""
+    model = build_lst(local_window_size=window, num_query_groups=2, cross_attn_window_decoder=decoder_patches,
+                      cross_attn_k=cross_k)
+    tokens = batch_of_streams(patch_size * 7 + window, batch=3, length=41)
+    patching = PatchingConfig(strategy="static", patch_size=patch_size, patch_boundary="paper")
+    inputs, full, completes = full_forward(model, tokens, patching)
+    stepper = LSTStepper(model)
+    torch.testing.assert_close(chunked_logits(stepper, inputs, completes, [17, 18, 29]), full,
+                               atol=TOLERANCE, rtol=TOLERANCE)
+    assert torch.equal(stepper.global_positions, completes.sum(-1))
+    # prefill 20 tokens, then the rest one step at a time
+    stepper.reset(3)
+    head = stepper.extend(inputs[:, :20], completes[:, :20])
+    no = torch.zeros(3, dtype=torch.bool)
+    tail = [stepper.step(inputs[:, i], no, completes[:, i]) for i in range(20, inputs.shape[1])]
+    torch.testing.assert_close(torch.cat([head, torch.stack(tail, 1)], 1), full, atol=TOLERANCE, rtol=TOLERANCE)
+
+
+def test_prompt_state_copied_per_row_continues_each_row(model_parallel):
+    """One row's prompt read once, copied to three rows (select_rows), each continued by its own
+    ending, equals three full passes over prompt + ending (LST and baseline)."""
+    rng = np.random.default_rng(3)
+    prompt = mixed_stream(rng, 23)
+    endings = [list(LAYOUT.unit_offset + rng.integers(0, LAYOUT.num_units, n)) for n in (5, 9, 2)]
+    rows = torch.tensor([prompt + e + [LAYOUT.pad_id] * (9 - len(e)) for e in endings])
+    is_speech = torch.as_tensor(LAYOUT.is_unit(rows.numpy()))
+    patch_lengths = compute_patches(rows, is_speech, PatchingConfig(patch_size=4), LAYOUT).patch_lengths.long()
+    inputs = rows[:, :-1].contiguous()
+    completes = flags_from_patch_lengths(patch_lengths, inputs.shape[1])
+    for model, stepper in ((lst := build_lst(local_window_size=6)), LSTStepper(lst)), \
+            ((base := build_baseline()), BaselineStepper(base)):
+        with torch.no_grad():
+            full = model(inputs, patch_lengths) if stepper.__class__ is LSTStepper else \
+                model(inputs, torch.arange(inputs.shape[1])[None].expand_as(inputs), None)
+        stepper.reset(1)
+        head = stepper.extend(inputs[:1, :23], completes[:1, :23])
+        stepper.select_rows(torch.zeros(3, dtype=torch.long))
+        tail = stepper.extend(inputs[:, 23:], completes[:, 23:])
+        for row, ending in enumerate(endings):
+            length = 23 + len(ending) - 1
+            got = torch.cat([head[0], tail[row]])[:length]
+            torch.testing.assert_close(got, full[row, :length], atol=TOLERANCE, rtol=TOLERANCE)
