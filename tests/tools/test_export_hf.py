@@ -112,7 +112,7 @@ def test_to_hf_refuses_a_folder_that_is_not_an_earlier_export(tmp_path, capsys):
     assert (tmp_path / "out" / "notes.txt").read_text() == "mine"
 
 
-def evaluate_and_generate(root, tmp_path, name: str) -> tuple[list, list]:
+def evaluate_and_generate(root, tmp_path, name: str, generates: bool = True) -> tuple[list, list]:
     """tools/evaluate.py's per-item scores and tools/generate.py's tokens for ``--checkpoint root``."""
     from tools.evaluate import main as evaluate
     from tools.generate import main as generate
@@ -129,9 +129,11 @@ def evaluate_and_generate(root, tmp_path, name: str) -> tuple[list, list]:
     scores, generated = tmp_path / f"{name}.json", tmp_path / f"{name}.gen.jsonl"
     assert evaluate(["--checkpoint", str(root), "--benchmark", str(benchmark), "--directions", "tt", "ss", "ts",
                      "--output", str(scores)]) == 0
+    results = json.loads(scores.read_text())["results"]
+    if not generates:
+        return [results[d]["items"] for d in sorted(results)], []
     assert generate(["continue", "--checkpoint", str(root), "--input", str(prompts), "--output", str(generated),
                      "--max-new-tokens", "6"]) == 0
-    results = json.loads(scores.read_text())["results"]
     rows = [json.loads(line) for line in generated.read_text().splitlines()]
     return [results[d]["items"] for d in sorted(results)], [{k: v for k, v in row.items() if k != "seconds"}
                                                            for row in rows]
@@ -140,7 +142,7 @@ def evaluate_and_generate(root, tmp_path, name: str) -> tuple[list, list]:
 @pytest.mark.parametrize("model_name", ["baseline", "lst"])
 def test_export_folder_evaluates_and_generates_as_the_checkpoint(sentencepiece_model, single_rank_parallel_state,
                                                                  tmp_path, model_name):
-    from tools.convert_checkpoint import megatron_to_hf
+    from tools.convert_checkpoint import megatron_to_hf, write_consolidated
 
     config = tiny_config(sentencepiece_model, model_name)
     task, model = trained_like_model(config)
@@ -149,9 +151,41 @@ def test_export_folder_evaluates_and_generates_as_the_checkpoint(sentencepiece_m
     meta = json.loads((folder / "megatron_lst.json").read_text())
     assert meta["model"] == model_name and meta["weights"] == ("megatron" if model_name == "lst" else "llama")
     assert (folder / "config.json").is_file() == (model_name == "baseline")
+    consolidated = write_consolidated(model, config, tmp_path / "consolidated", {"iteration": 3}, "test").parent
     original = evaluate_and_generate(tmp_path / "ckpt", tmp_path, "original")
     (tmp_path / "ckpt").rename(tmp_path / "gone")  # the export needs nothing of the run
     exported = evaluate_and_generate(folder, tmp_path, "exported")
     assert len(original[0]) == 3 and all(len(items) == 2 for items in original[0])
     assert original[1][0]["text"] and original[1][1]["units"]  # something was generated in each modality
     assert exported == original
+    # a to-safetensors folder loads too (it has no tokenizer copy: the run's tokenizer file is still there)
+    assert evaluate_and_generate(consolidated, tmp_path, "consolidated") == original
+
+
+@needs_transformers
+def test_bpe_baseline_exports_with_its_unit_bpe(sentencepiece_model, single_rank_parallel_state, tmp_path):
+    """The BPE baseline's export carries the unit BPE; transformers and tools/evaluate.py both load it."""
+    import random
+
+    from transformers import AutoModelForCausalLM
+
+    from megatron_lst.data.unit_bpe import train_unit_bpe
+    from tools.convert_checkpoint import megatron_to_hf
+
+    rng = random.Random(0)
+    sequences = [[rng.randrange(20) for _ in range(rng.randint(4, 30))] for _ in range(200)]
+    unit_bpe = train_unit_bpe(sequences, tmp_path / "bpe" / "units", vocab_size=40, num_units=20)
+    config = tiny_config(sentencepiece_model, "bpe-baseline", "--unit-bpe", str(unit_bpe))
+    task, model = trained_like_model(config)
+    save_run(tmp_path / "ckpt", model, config, task.tokenizer)
+    folder = megatron_to_hf(str(tmp_path / "ckpt"), str(tmp_path / "export"), None, None)
+    assert (folder / "unit_bpe.model").read_bytes() == unit_bpe.read_bytes() and (folder / "unit_bpe.json").is_file()
+    tokens = torch.randint(0, task.tokenizer.vocab_size, (1, 11), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ours = model(tokens, torch.arange(11)[None], None)
+        theirs = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()(tokens).logits
+    torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=1e-5)
+    original = evaluate_and_generate(tmp_path / "ckpt", tmp_path, "original", generates=False)
+    (tmp_path / "ckpt").rename(tmp_path / "gone")
+    unit_bpe.rename(unit_bpe.with_name("moved.model"))  # the export's own copy is used
+    assert evaluate_and_generate(folder, tmp_path, "exported", generates=False) == original
