@@ -100,17 +100,24 @@ def _layers(state: dict[str, torch.Tensor], prefix: str) -> list[int]:
     return sorted({int(name[len(prefix):].split(".")[0]) for name in state if name.startswith(prefix)})
 
 
+def renamed_tensors(layers: list[int]) -> list[tuple[str, str]]:
+    """(our name, Llama name) of every tensor that is only renamed (QKV and fc1 are split instead)."""
+    pairs = [("embedding.word_embeddings.weight", "model.embed_tokens.weight"),
+             ("decoder.final_layernorm.weight", "model.norm.weight"), ("output_layer.weight", "lm_head.weight")]
+    for layer in layers:
+        pairs += [(f"decoder.layers.{layer}.{ours}", f"model.layers.{layer}.{theirs}")
+                  for ours, theirs in {**LAYER_NORMS, **LINEARS}.items()]
+    return pairs
+
+
 def to_llama_state(state: dict[str, torch.Tensor], config: TransformerConfig) -> dict[str, torch.Tensor]:
     """megatron-core GPTModel tensors (TP = 1, local spec names) -> LlamaForCausalLM tensors."""
     heads, groups, head_dim = head_layout(config)
     per_group = heads // groups
-    out = {"model.embed_tokens.weight": state["embedding.word_embeddings.weight"],
-           "model.norm.weight": state["decoder.final_layernorm.weight"],
-           "lm_head.weight": state["output_layer.weight"]}
-    for layer in _layers(state, "decoder.layers."):
+    layers = _layers(state, "decoder.layers.")
+    out = {theirs: state[ours] for ours, theirs in renamed_tensors(layers)}
+    for layer in layers:
         source, target = f"decoder.layers.{layer}.", f"model.layers.{layer}."
-        for ours, theirs in {**LAYER_NORMS, **LINEARS}.items():
-            out[target + theirs] = state[source + ours]
         qkv = state[source + "self_attention.linear_qkv.weight"]
         grouped = qkv.view(groups, per_group + 2, head_dim, qkv.shape[-1])
         out[target + "self_attn.q_proj.weight"] = grouped[:, :per_group].reshape(heads * head_dim, -1)
@@ -125,13 +132,10 @@ def from_llama_state(state: dict[str, torch.Tensor], config: TransformerConfig) 
     """The inverse of :func:`to_llama_state`: an exported folder's tensors back into our GPTModel."""
     heads, groups, head_dim = head_layout(config)
     per_group = heads // groups
-    out = {"embedding.word_embeddings.weight": state["model.embed_tokens.weight"],
-           "decoder.final_layernorm.weight": state["model.norm.weight"],
-           "output_layer.weight": state["lm_head.weight"]}
-    for layer in _layers(state, "model.layers."):
+    layers = _layers(state, "model.layers.")
+    out = {ours: state[theirs] for ours, theirs in renamed_tensors(layers)}
+    for layer in layers:
         source, target = f"model.layers.{layer}.", f"decoder.layers.{layer}."
-        for ours, theirs in {**LAYER_NORMS, **LINEARS}.items():
-            out[target + ours] = state[source + theirs]
         hidden = state[source + "self_attn.q_proj.weight"].shape[-1]
         q = state[source + "self_attn.q_proj.weight"].view(groups, per_group, head_dim, hidden)
         k = state[source + "self_attn.k_proj.weight"].view(groups, 1, head_dim, hidden)
