@@ -189,3 +189,27 @@ def test_bpe_baseline_exports_with_its_unit_bpe(sentencepiece_model, single_rank
     (tmp_path / "ckpt").rename(tmp_path / "gone")
     unit_bpe.rename(unit_bpe.with_name("moved.model"))  # the export's own copy is used
     assert evaluate_and_generate(folder, tmp_path, "exported", generates=False) == original
+
+
+@needs_transformers
+@pytest.mark.slow
+def test_to_hf_cli_on_a_trained_baseline(base_args, tmp_path, monkeypatch):
+    """pretrain_lst.py -> convert_checkpoint.py to-hf (the CLI) -> transformers: the trained model's logits."""
+    from transformers import AutoModelForCausalLM
+
+    from tests.conftest import free_port, run_pretrain
+    from tests.tools.test_convert_checkpoint import checkpoint_logits
+    from tools.convert_checkpoint import main
+
+    for name, value in (("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(free_port())), ("RANK", "0"),
+                        ("WORLD_SIZE", "1")):
+        monkeypatch.setenv(name, value)  # the converter sets them; restored for later subprocess tests
+    run_pretrain([*base_args, "--train-iters", "2", "--save", str(tmp_path / "trained")])
+    assert main(["to-hf", "--load", str(tmp_path / "trained"), "--output", str(tmp_path / "hf")]) == 0
+    assert main(["to-hf", "--load", str(tmp_path / "trained"), "--output", str(tmp_path / "hf")]) == 0  # replaced
+    tokens = torch.randint(0, 200, (2, 17), generator=torch.Generator().manual_seed(0))
+    ours = checkpoint_logits(tmp_path / "trained", "baseline", tokens)
+    with torch.no_grad():
+        theirs = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32)(tokens[:, :-1]).logits
+    torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=1e-5)
+    assert json.loads((tmp_path / "hf" / "megatron_lst.json").read_text())["progress"]["iteration"] == 2
