@@ -24,7 +24,8 @@ from typing import Optional
 
 import torch
 
-from megatron_lst.export.hf_llama import check_llama_shaped, from_llama_state, llama_config, to_llama_state
+from megatron_lst.export.hf_llama import (TE_FUSED_NORMS, check_llama_shaped, from_llama_state, llama_config,
+                                          rename_norms, to_llama_state)
 from megatron_lst.export.tokenizer_files import tokenizer_paths, write_tokenizer_files
 from megatron_lst.tokenizer import JointTokenizer
 from megatron_lst.training.arguments import Config
@@ -133,6 +134,8 @@ def load_exported_weights(model: torch.nn.Module, folder: str | Path) -> None:
     state = load_file(str(folder / WEIGHTS_FILE))
     if read_export_meta(folder).get("weights") == "llama":
         state = from_llama_state(state, model.config)
+        if any(name.endswith("." + fused) for name in model.state_dict() for fused in TE_FUSED_NORMS):
+            state = rename_norms(state, to_te=True)  # a GPU model built with transformer-engine's spec
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [name for name in missing if not name.endswith("_extra_state")]
     if missing or unexpected:

@@ -19,6 +19,9 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 
 LAYER_NORMS = {"input_layernorm.weight": "input_layernorm.weight",
                "pre_mlp_layernorm.weight": "post_attention_layernorm.weight"}
+# transformer-engine's spec (GPU) fuses the pre-attention / pre-MLP norms into the next linear layer
+TE_FUSED_NORMS = {"self_attention.linear_qkv.layer_norm_weight": "input_layernorm.weight",
+                  "mlp.linear_fc1.layer_norm_weight": "pre_mlp_layernorm.weight"}
 LINEARS = {"self_attention.linear_proj.weight": "self_attn.o_proj.weight",
            "mlp.linear_fc2.weight": "mlp.down_proj.weight"}
 
@@ -110,8 +113,22 @@ def renamed_tensors(layers: list[int]) -> list[tuple[str, str]]:
     return pairs
 
 
+def rename_norms(state: dict[str, torch.Tensor], to_te: bool) -> dict[str, torch.Tensor]:
+    """The layer norms under transformer-engine's fused names (``to_te``) or the local spec's (the names
+    the Llama mapping is written for); other tensors unchanged."""
+    pairs = [(local, te) if to_te else (te, local) for te, local in TE_FUSED_NORMS.items()]
+    out = {}
+    for name, value in state.items():
+        for old, new in pairs:
+            if name.endswith("." + old):
+                name = name[: -len(old)] + new
+        out[name] = value
+    return out
+
+
 def to_llama_state(state: dict[str, torch.Tensor], config: TransformerConfig) -> dict[str, torch.Tensor]:
-    """megatron-core GPTModel tensors (TP = 1, local spec names) -> LlamaForCausalLM tensors."""
+    """megatron-core GPTModel tensors (TP = 1; local or transformer-engine spec) -> LlamaForCausalLM tensors."""
+    state = rename_norms(state, to_te=False)
     heads, groups, head_dim = head_layout(config)
     per_group = heads // groups
     layers = _layers(state, "decoder.layers.")

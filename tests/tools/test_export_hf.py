@@ -72,6 +72,14 @@ def test_baseline_exports_as_llama_with_equal_logits(sentencepiece_model, single
     assert ours.abs().max() > 1.0  # the comparison is not of near-zero logits
     torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=1e-5)
 
+    # a model built with transformer-engine's spec (GPU) names its norms after the fused linears: same export
+    from megatron_lst.export.hf_llama import rename_norms, to_llama_state
+
+    te_state = rename_norms(tensor_state(model), to_te=True)
+    assert "decoder.layers.0.self_attention.linear_qkv.layer_norm_weight" in te_state
+    exported = to_llama_state(tensor_state(model), model.config)
+    assert all(torch.equal(value, exported[name]) for name, value in to_llama_state(te_state, model.config).items())
+
     # the Llama names map back onto our model exactly
     _, fresh = trained_like_model(config)
     load_exported_weights(fresh, folder)
