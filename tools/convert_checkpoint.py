@@ -3,6 +3,10 @@
   to-safetensors      megatron dist checkpoint (any TP/PP)  -> DIR/model.safetensors + DIR/config.json
   from-safetensors    DIR/model.safetensors + config.json   -> megatron dist checkpoint (weights only)
   deepspeed-to-safetensors  DeepSpeed (ZeRO 0-3) checkpoint -> DIR/model.safetensors + DIR/config.json
+  to-hf               megatron dist checkpoint -> an export folder with the tokenizer: baseline and
+                      bpe-baseline as a transformers LlamaForCausalLM; LST in our own safetensors +
+                      JSON layout (not a transformers architecture). tools/evaluate.py and
+                      tools/generate.py take either folder as --checkpoint.
 
 The consolidated file holds the TP=1 state dict of the run's model (``--model lst`` or
 ``baseline``), fp32 or bf16 as trained; ``config.json`` holds the run's configuration, so the
@@ -119,6 +123,13 @@ def check_export_folder(output: str | os.PathLike) -> None:
 
 
 def megatron_to_safetensors(load: str, output: str, iteration: Optional[int], tokenizer_model: Optional[str]) -> Path:
+    model, config, _, progress, source = read_megatron(load, iteration, tokenizer_model)
+    return write_consolidated(model, config, Path(output), progress, source)
+
+
+def read_megatron(load: str, iteration: Optional[int], tokenizer_model: Optional[str]
+                  ) -> tuple[torch.nn.Module, Config, dict, dict, str]:
+    """A megatron checkpoint's model (TP = 1, CPU), run config, common state, progress and source name."""
     from megatron_lst.training.checkpointing import iteration_dir, load_checkpoint, load_common_state, resolve_iteration
 
     iteration = resolve_iteration(load, iteration)  # verified against its manifest before anything is read
@@ -130,7 +141,22 @@ def megatron_to_safetensors(load: str, output: str, iteration: Optional[int], to
     model = build_model(config)
     loaded = load_checkpoint(load, model, iteration=iteration, load_rng=False)
     progress = {key: loaded.get(key) for key in ("iteration", "consumed_samples", "flops_so_far", "tokens_so_far")}
-    return write_consolidated(model, config, Path(output), progress, f"megatron:{iteration_dir(load, iteration)}")
+    return model, config, common, progress, f"megatron:{iteration_dir(load, iteration)}"
+
+
+def megatron_to_hf(load: str, output: str, iteration: Optional[int], tokenizer_model: Optional[str]) -> Path:
+    """``to-hf``: the checkpoint with its tokenizer as an export folder (megatron_lst/export/folder.py)."""
+    from megatron_lst.evaluation.model_scorer import build_task, check_vocabulary
+    from megatron_lst.export.folder import write_export
+
+    model, config, common, progress, source = read_megatron(load, iteration, tokenizer_model)
+    tokenizer = build_task(config).tokenizer
+    check_vocabulary(common, tokenizer)  # the exported tokenizer is the one the model was trained with
+    written = write_export(model, tensor_state(model), config, tokenizer, output, progress, source)
+    if config.train.model == "lst":
+        print("note: LST is not a transformers architecture: the folder holds our own safetensors + "
+              "megatron_lst.json, which tools/evaluate.py and tools/generate.py load (transformers cannot)")
+    return written
 
 
 def safetensors_to_megatron(input_dir: str, save: str, tokenizer_model: Optional[str]) -> Path:
@@ -181,7 +207,12 @@ def build_parser() -> argparse.ArgumentParser:
     from_ds.add_argument("--load", required=True, help="DeepSpeed checkpoint root (holds 'latest')")
     from_ds.add_argument("--tag", default=None, help="checkpoint tag, e.g. iter_0000100 (default: latest)")
     from_ds.add_argument("--output", required=True, help="folder for model.safetensors and config.json")
-    for sub in (to_st, from_st, from_ds):
+    to_hf = commands.add_parser("to-hf", help="megatron dist checkpoint -> transformers Llama folder (baselines) "
+                                              "or our own export folder (LST), with the tokenizer")
+    to_hf.add_argument("--load", required=True, help="checkpoint root (holds latest_checkpointed_iteration.txt)")
+    to_hf.add_argument("--iteration", type=int, default=None, help="which iter_NNNNNNN (default: latest)")
+    to_hf.add_argument("--output", required=True, help="folder to write (replaced whole if it is an earlier export)")
+    for sub in (to_st, from_st, from_ds, to_hf):
         sub.add_argument("--tokenizer-model", default=None,
                          help="tokenizer file, when the run's path no longer exists (fixes the vocabulary size)")
     return parser
@@ -194,7 +225,12 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     if args.command != "from-safetensors":
         try:
-            check_export_folder(args.output)
+            if args.command == "to-hf":
+                from megatron_lst.export.folder import check_output_folder
+
+                check_output_folder(args.output)
+            else:
+                check_export_folder(args.output)
         except ValueError as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
@@ -203,10 +239,17 @@ def main(argv: Optional[list[str]] = None) -> int:
             written = megatron_to_safetensors(args.load, args.output, args.iteration, args.tokenizer_model)
         elif args.command == "from-safetensors":
             written = safetensors_to_megatron(args.input, args.save, args.tokenizer_model)
+        elif args.command == "to-hf":
+            written = megatron_to_hf(args.load, args.output, args.iteration, args.tokenizer_model)
         else:
             written = deepspeed_to_safetensors(args.load, args.output, args.tag, args.tokenizer_model)
     except CheckpointError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except ValueError as error:
+        if args.command != "to-hf":  # the other commands' ValueErrors are not yet audited as input errors
+            raise
+        print(f"error: {error}", file=sys.stderr)  # not Llama-shaped, or a tokenizer other than the run's
         return 2
     finally:
         destroy_distributed()

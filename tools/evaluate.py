@@ -47,7 +47,8 @@ from megatron_lst.validation import exit_on_input_error  # noqa: E402
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, help="the --save folder of a training run")
+    parser.add_argument("--checkpoint", required=True,
+                        help="the --save folder of a training run, or an export folder (convert_checkpoint.py to-hf)")
     parser.add_argument("--iteration", type=int, default=None, help="which saved iteration (default: latest)")
     parser.add_argument("--benchmark", required=True, help="benchmark file (see evaluation/FORMAT.md)")
     parser.add_argument("--format", choices=FORMATS, default="jsonl",

@@ -43,7 +43,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("task", choices=("continue", "tts", "asr"),
                         help="continue: same modality as the prompt; tts: text -> units; asr: units -> text")
-    parser.add_argument("--checkpoint", required=True, help="a pretrain_lst.py --save directory")
+    parser.add_argument("--checkpoint", required=True,
+                        help="a pretrain_lst.py --save directory, or an export folder (convert_checkpoint.py to-hf)")
     parser.add_argument("--iteration", type=int, default=None, help="checkpoint iteration (default: latest)")
     parser.add_argument("--tokenizer-model", default=None, help="the run's tokenizer, if it moved since training")
     parser.add_argument("--input", required=True, help="jsonl: {'text': ...} or {'units': [...]} per line")

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from megatron.core import dist_checkpointing
 
+from megatron_lst.export.folder import is_export_folder, load_exported_weights, read_export_common
 from megatron_lst.models.config import ModelConfig
 from megatron_lst.patching import PatchingConfig, compute_patches
 from megatron_lst.patching.padding import merge_padding_patches
@@ -116,8 +117,9 @@ def check_checkpoint_shapes(checkpoint_dir: str | Path, model: torch.nn.Module) 
 
 def config_from_checkpoint(root: str | Path, iteration: Optional[int] = None,
                            tokenizer_model: Optional[str] = None, unit_bpe: Optional[str] = None) -> Config:
-    """The training run's Config, re-laid for single-process evaluation (TP = PP = 1, fp32 on CPU)."""
-    common = read_common_state(root, iteration)
+    """The training run's Config, re-laid for single-process evaluation (TP = PP = 1, fp32 on CPU).
+    ``root`` may also be an exported folder (tools/convert_checkpoint.py to-hf / to-safetensors)."""
+    common = read_export_common(root) if is_export_folder(root) else read_common_state(root, iteration)
     if "config" not in common:
         raise KeyError(f"{root}: the checkpoint's common state has no 'config'; it was not written by pretrain_lst.py")
     saved = ast.literal_eval(common["config"])
@@ -251,6 +253,8 @@ def load_model(root: str | Path, iteration: Optional[int] = None, tokenizer_mode
     """The trained model (eval mode, TP = PP = 1, on GPU when there is one), its run's config and
     tokenizer; shared by scoring and generation (megatron_lst/inference/loading.py). For the BPE
     baseline the tokenizer holds the run's unit BPE, so speech items are scored as its pieces."""
+    if is_export_folder(root):
+        return load_exported_model(root, tokenizer_model, unit_bpe)
     config = config_from_checkpoint(root, iteration, tokenizer_model, unit_bpe)
     initialize_single_process(config.data.seed)
     task = build_task(config)
@@ -262,6 +266,20 @@ def load_model(root: str | Path, iteration: Optional[int] = None, tokenizer_mode
     if load_checkpoint(root, model, optimizer=None, scheduler=None, iteration=iteration, load_rng=False) is None:
         raise FileNotFoundError(f"nothing to load in {root}")
     return model.eval(), config, task.tokenizer, device
+
+
+def load_exported_model(folder: str | Path, tokenizer_model: Optional[str] = None, unit_bpe: Optional[str] = None
+                        ) -> tuple[torch.nn.Module, Config, JointTokenizer, torch.device]:
+    """``load_model`` for an exported folder: the model is built from the folder's JSON run config and
+    loaded from its safetensors, with the folder's own tokenizer copy (unless one is given)."""
+    config = config_from_checkpoint(folder, None, tokenizer_model, unit_bpe)
+    initialize_single_process(config.data.seed)
+    task = build_task(config)
+    check_vocabulary(read_export_common(folder), task.tokenizer)
+    model = task.build_model(config, True, True)
+    load_exported_weights(model, folder)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return model.to(device).eval(), config, task.tokenizer, device
 
 
 class CheckpointScorer:
