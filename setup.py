@@ -62,6 +62,7 @@ EXTRAS = {
         "faiss-cpu>=1.8",
     ],
     "tiktoken": ["tiktoken>=0.6"],
+    "huggingface": ["tokenizers>=0.15"],  # a text model given as a Hugging Face tokenizer.json
     "hubert": ["transformers>=4.40"],  # tools/extract_units.py --hubert (a user's checkpoint)
     # no "gpu" extra: transformer-engine and NVIDIA apex need CUDA to build and come with the NGC
     # image (Dockerfile); they are used when they import

@@ -177,6 +177,60 @@ class TiktokenText(TextModel):
         return self._pieces_sha256
 
 
+class HuggingFaceText(TextModel):
+    """A Hugging Face ``tokenizers`` model read from a local ``tokenizer.json`` (or a folder holding
+    one), as Llama-3, Mistral and most current text models ship theirs. The ids are the file's own,
+    added tokens included; no special token is inserted when encoding (the joint tokenizer places
+    BOS, EOS and the modality markers itself)."""
+
+    def __init__(self, path: str | os.PathLike):
+        try:
+            from tokenizers import Tokenizer
+        except ImportError as error:  # pragma: no cover - depends on the environment
+            raise ImportError("the tokenizers package is not installed: pip install tokenizers") from error
+        file = Path(path)
+        if file.is_dir():
+            file = file / "tokenizer.json"
+        if not file.is_file():
+            raise FileNotFoundError(f"Hugging Face tokenizer.json not found: {file}")
+        self.model_path = str(file)
+        self.tokenizer = Tokenizer.from_file(self.model_path)
+        self.vocab_size = int(self.tokenizer.get_vocab_size(with_added_tokens=True))
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False).ids)
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [list(e.ids) for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=False)
+
+    def describe(self) -> dict:
+        return {"type": "huggingface", "path": self.model_path, "vocab_size": self.vocab_size,
+                "pieces_sha256": self.pieces_sha256()}
+
+    def pieces_sha256(self) -> str:
+        if not hasattr(self, "_pieces_sha256"):
+            self._pieces_sha256 = _pieces_digest((self.tokenizer.id_to_token(i) or "").encode("utf-8")
+                                                 for i in range(self.vocab_size))
+        return self._pieces_sha256
+
+
+TEXT_MODEL_TYPES = ("auto", "sentencepiece", "tiktoken", "huggingface")
+
+
+def text_model_type(path: str | os.PathLike) -> str:
+    """The backend a file implies: ``.tiktoken`` -> tiktoken, a ``.json`` file or a folder (holding
+    ``tokenizer.json``) -> huggingface, anything else -> sentencepiece (``.model``)."""
+    name = str(path)
+    if name.endswith(".tiktoken"):
+        return "tiktoken"
+    if name.endswith(".json") or Path(name).is_dir():
+        return "huggingface"
+    return "sentencepiece"
+
+
 def text_model_difference(recorded: dict, current: dict) -> str | None:
     """How the text tokenizer ``recorded`` (a ``describe()`` saved with a checkpoint or a dataset)
     differs from ``current``, or None when they are the same. Type and size are compared always,
@@ -192,11 +246,14 @@ def text_model_difference(recorded: dict, current: dict) -> str | None:
     return None
 
 
-def load_text_model(path: str | os.PathLike) -> TextModel:
-    """Pick the text backend from the file: ``.tiktoken`` -> tiktoken, else SentencePiece."""
-    if str(path).endswith(".tiktoken"):
-        return TiktokenText(path)
-    return SentencePieceText(path)
+def load_text_model(path: str | os.PathLike, kind: str = "auto") -> TextModel:
+    """The text model at ``path``, read by ``kind`` (``--tokenizer-type``; ``auto``: from the file,
+    see ``text_model_type``)."""
+    if kind not in TEXT_MODEL_TYPES:
+        raise ValueError(f"tokenizer type must be one of {TEXT_MODEL_TYPES}, got {kind!r}")
+    kind = text_model_type(path) if kind == "auto" else kind
+    backends = {"sentencepiece": SentencePieceText, "tiktoken": TiktokenText, "huggingface": HuggingFaceText}
+    return backends[kind](path)
 
 
 def train_sentencepiece(

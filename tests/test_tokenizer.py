@@ -81,3 +81,47 @@ def test_tiktoken_rank_file_loads_locally(tmp_path):
     ids = joint.encode_text("the cat")
     assert ids[0] == 257 and joint.text_model.decode(ids) == "the cat"
     del tiktoken
+
+
+def hf_tokenizer_json(folder, corpus: list[str], vocab_size: int) -> str:
+    """A byte-level BPE trained with the tokenizers library and saved as tokenizer.json, as
+    Llama-3- or Mistral-style models ship their text tokenizer."""
+    tokenizers = pytest.importorskip("tokenizers")
+    from tokenizers import models, pre_tokenizers, decoders, trainers
+
+    model = tokenizers.Tokenizer(models.BPE())
+    model.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    model.decoder = decoders.ByteLevel()
+    model.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|begin|>"],
+                                                          initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save(str(folder / "tokenizer.json"))
+    return str(folder / "tokenizer.json")
+
+
+def test_hugging_face_tokenizer_json_is_a_text_model(tmp_path):
+    from megatron_lst.tokenizer import HuggingFaceText, load_text_model, text_model_difference, text_model_type
+
+    corpus = ["the cat sat on the mat", "a dog ran in the park", "speech and text share one vocabulary"] * 20
+    path = hf_tokenizer_json(tmp_path / "hf", corpus, vocab_size=300)
+    assert text_model_type(path) == text_model_type(tmp_path / "hf") == "huggingface"
+    for source in (path, tmp_path / "hf"):  # the file or its folder
+        model = load_text_model(source)
+        assert isinstance(model, HuggingFaceText)
+    ids = model.encode("the cat ran")
+    assert ids and max(ids) < model.vocab_size and model.decode(ids) == "the cat ran"
+    joint = JointTokenizer(model, num_units=10)
+    assert joint.vocab.bos_id == model.vocab_size  # specials follow the file's own ids
+    assert joint.decode(joint.encode_text("the dog")) == "the dog"
+    assert text_model_difference(model.describe(), load_text_model(path).describe()) is None
+    other = load_text_model(hf_tokenizer_json(tmp_path / "other", ["zebra quartz vexing jumps"] * 60, 300))
+    assert text_model_difference(model.describe(), other.describe()) is not None  # other pieces
+
+
+def test_tokenizer_type_names_the_backend(tmp_path):
+    from megatron_lst.tokenizer import load_text_model
+
+    with pytest.raises(ValueError, match="tokenizer type"):
+        load_text_model(tmp_path / "x.model", "wordpiece")
+    with pytest.raises(FileNotFoundError, match="tokenizer.json"):
+        load_text_model(tmp_path / "x.model", "huggingface")
