@@ -191,10 +191,7 @@ class DeepSpeedTrainer:
         self.rank = torch.distributed.get_rank()
         self.dp_size = torch.distributed.get_world_size()
         data = config.data
-        if data.global_batch_size % (data.micro_batch_size * self.dp_size):
-            raise ValueError(f"--global-batch-size {data.global_batch_size} is not divisible by "
-                             f"--micro-batch-size x data-parallel size = {data.micro_batch_size} x {self.dp_size}")
-        self.num_microbatches = data.global_batch_size // (data.micro_batch_size * self.dp_size)
+        self.num_microbatches = data.micro_batches_per_step(self.dp_size)
         self.task = task_factory(config)
         without_fused_weight_gradients(self.task)
         module = self.task.build_model(config, True, True)
@@ -219,7 +216,7 @@ class DeepSpeedTrainer:
         """Micro-batches from ``consumed`` samples on (DP only: every rank reads); ``step`` keys validation."""
         data = self.config.data
         return build_data_iterator(dataset, consumed, data.micro_batch_size, self.rank, self.dp_size,
-                                   data.global_batch_size, num_workers=int(self.config.extra.get("num_workers", 0)),
+                                   data.global_batch_size, num_workers=data.num_workers,
                                    collate_fn=getattr(self.task, "collate", None),
                                    sampling=getattr(self.task, "sampling", None), step=step)
 

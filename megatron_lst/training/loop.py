@@ -149,13 +149,7 @@ class Trainer:
         self.task: TrainingTask = task_factory(config)
         self.dp_rank = parallel_state.get_data_parallel_rank()
         self.dp_size = parallel_state.get_data_parallel_world_size()
-        micro_per_step = config.data.micro_batch_size * self.dp_size
-        if config.data.global_batch_size % micro_per_step:
-            raise ValueError(
-                f"--global-batch-size {config.data.global_batch_size} is not divisible by "
-                f"--micro-batch-size x data-parallel size = {config.data.micro_batch_size} x {self.dp_size}"
-            )
-        self.num_microbatches = config.data.global_batch_size // micro_per_step
+        self.num_microbatches = config.data.micro_batches_per_step(self.dp_size)
         self.model = self._build_model()
         self.optimizer = self._build_optimizer()
         self.scheduler = self._build_scheduler()
@@ -242,7 +236,7 @@ class Trainer:
         cfg = self.config
         return tensor_parallel_data_iterator(lambda: build_data_iterator(
             dataset, consumed, cfg.data.micro_batch_size, self.dp_rank, self.dp_size, cfg.data.global_batch_size,
-            num_workers=int(cfg.extra.get("num_workers", 0)),
+            num_workers=cfg.data.num_workers,
             collate_fn=getattr(self.task, "collate", None),
             sampling=getattr(self.task, "sampling", None),
             step=step,

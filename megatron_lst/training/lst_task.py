@@ -41,11 +41,6 @@ from megatron_lst.training.data_modes import answer_target_mask, interleave_conf
 from megatron_lst.training.sampler import SamplingOptions
 from megatron_lst.training.task import dataset_token_shares
 
-# Global batches whose samples are sorted together by token count. On a demo-like blend (33%
-# speech-text by samples, --seq-length 256, micro-batch 4, global batch 8; bench/bench_bucketing.py)
-# index order pads 53% of the tokens, one global batch 34%, 4 about 10%, 16 about 3%: only the
-# micro-batches that straddle the text -> speech jump of a window mix lengths.
-DEFAULT_BUCKET_WINDOW = 16
 SAMPLE_KEY_FIELDS = ("sample_index", "step")
 
 
@@ -229,8 +224,8 @@ class LSTTask:
         self.reports_modalities = True
         self.collate = partial(collate_lst_samples, bos_id=self.tokenizer.bos_id, pad_id=self.tokenizer.pad_id,
                                patching=self.patching, vocab=self.tokenizer.vocab)
-        window = int(config.extra.get("bucket_window", DEFAULT_BUCKET_WINDOW))
-        self.sampling = SamplingOptions(attach_keys=True, bucket_window=window, seed=config.data.seed)
+        self.sampling = SamplingOptions(attach_keys=True, bucket_window=config.data.bucket_window,
+                                        seed=config.data.seed)
         return train, valid
 
     # ------------------------------------------------------------------ training hooks
