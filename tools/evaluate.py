@@ -32,6 +32,7 @@ from megatron_lst.evaluation.items import read_items  # noqa: E402
 from megatron_lst.evaluation.patching_choice import REQUESTS, choose_patching  # noqa: E402
 from megatron_lst.evaluation.scoring import DIRECTIONS, SequenceBuilder  # noqa: E402
 from megatron_lst.evaluation.story_completion import evaluate_items, format_report  # noqa: E402
+from megatron_lst.training.registry import MODELS  # noqa: E402
 from megatron_lst.utils.atomic import write_text_atomic  # noqa: E402
 from megatron_lst.validation import exit_on_input_error  # noqa: E402
 
@@ -40,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="the --save folder of a training run")
     parser.add_argument("--iteration", type=int, default=None, help="which saved iteration (default: latest)")
-    parser.add_argument("--benchmark", required=True, help="benchmark jsonl (see evaluation/FORMAT.md)")
+    parser.add_argument("--benchmark", required=True, help="benchmark jsonl (see megatron_lst/evaluation/FORMAT.md)")
     parser.add_argument("--directions", nargs="+", default=["ss", "tt", "st", "ts"], choices=sorted(DIRECTIONS),
                         help="ss: speech prompt and endings; tt: text prompt and endings; "
                              "st: speech prompt, text endings; ts: text prompt, speech endings")
@@ -53,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--unit-bpe", default=None,
                         help="bpe-baseline: its unit BPE .model, when it is no longer where the training run found "
                              "it (its SHA-256 must match the checkpoint's)")
-    parser.add_argument("--model", choices=["auto", "baseline", "bpe-baseline", "lst"], default="auto",
+    parser.add_argument("--model", choices=["auto", *MODELS], default="auto",
                         help="expected model family; 'auto' takes the checkpoint's")
     parser.add_argument("--patching", choices=REQUESTS, default="static",
                         help="LST only: static (default: runs of the patch size), aligned (one patch per word / silence "
@@ -69,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.batch_size < 1:
         print("error: --batch-size must be >= 1", file=sys.stderr)
         return 2
-    from megatron_lst.evaluation.model_scorer import CheckpointScorer, config_from_checkpoint
+    from megatron_lst.evaluation.model_scorer import CheckpointScorer
+    from megatron_lst.training.checkpoint_loading import config_from_checkpoint
 
     try:  # the checkpoint is verified against its manifest before anything in it is read
         config = config_from_checkpoint(args.checkpoint, args.iteration, args.tokenizer_model, args.unit_bpe)

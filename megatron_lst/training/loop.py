@@ -31,6 +31,7 @@ from megatron_lst.training.checkpointing import (iteration_dir, load_checkpoint,
                                                  resolve_iteration, save_checkpoint, write_latest)
 from megatron_lst.training.initialize import initialize_distributed, print_rank_0
 from megatron_lst.training.metrics import MetricsLogger
+from megatron_lst.training.run_config import encode_saved
 from megatron_lst.training.sampler import build_data_iterator
 from megatron_lst.training.scheduler_resume import load_scheduler_state
 from megatron_lst.training.signals import PreemptionHandler
@@ -302,12 +303,12 @@ class Trainer:
         if not self.config.checkpoint.save:
             return
         common = self.state.to_common()
-        common["config"] = repr(self.config.to_dict())
+        common["config"] = encode_saved(self.config.to_dict())
         common["batch_layout"] = batch_layout(self.config.data)
         if hasattr(self.task, "state"):
             common["task_state"] = self.task.state()
         if hasattr(self.task, "tokenizer"):
-            common["vocab_layout"] = repr(self.task.tokenizer.layout())
+            common["vocab_layout"] = encode_saved(self.task.tokenizer.layout())
         ckpt = self.config.checkpoint
         path = save_checkpoint(ckpt.save, self.state.iteration, _unwrap(self.model), self.optimizer, self.scheduler,
                                common)

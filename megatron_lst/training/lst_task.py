@@ -23,6 +23,7 @@ from torch.utils.data import default_collate
 
 from megatron_lst.data.blending import build_lst_datasets
 from megatron_lst.data.datasets import LSTDatasetConfig
+from megatron_lst.data.input_checks import parse_blend
 from megatron_lst.data.sampler import collate_packed
 from megatron_lst.data.speech_documents import is_speech_text_dataset
 from megatron_lst.data.token_shares import dataset_names
@@ -36,10 +37,10 @@ from megatron_lst.patching import PatchingConfig, compute_patches
 from megatron_lst.patching.padding import merge_padding_patches
 from megatron_lst.tokenizer import JointTokenizer, VocabLayout
 from megatron_lst.training.arguments import Config, run_patching_config
-from megatron_lst.training.baseline_task import BaselineTask, load_tokenizer, modality_token_loss, parse_blend
 from megatron_lst.training.data_modes import answer_target_mask, interleave_config
 from megatron_lst.training.sampler import SamplingOptions
 from megatron_lst.training.task import dataset_token_shares
+from megatron_lst.training.task_common import gpt_text_datasets, load_tokenizer, modality_token_loss
 
 SAMPLE_KEY_FIELDS = ("sample_index", "step")
 
@@ -202,7 +203,7 @@ class LSTTask:
         prefixes, weights = parse_blend(config.data.data_path)
         self.dataset_names = tuple(dataset_names(prefixes)) if len(prefixes) > 1 else ()
         if not any(is_speech_text_dataset(prefix) for prefix in prefixes):
-            train, valid = BaselineTask(config, self.tokenizer).build_datasets(config, train_samples, valid_samples)
+            train, valid = gpt_text_datasets(config, self.tokenizer, (prefixes, weights), train_samples, valid_samples)
             self.collate = gpt_samples_to_lst_batch
             self.sampling = SamplingOptions()  # rows of seq_length + 1 tokens: nothing to key or bucket
             return train, valid
