@@ -17,22 +17,8 @@ if __name__ == "__mp_main__":  # a helper process multiprocessing spawned (dist_
     orphans.adopt_spawned_child()  # first, before the heavy imports: it must not outlive the trainer
 
 from megatron_lst.training.arguments import Config, parse_args  # noqa: E402
+from megatron_lst.training.registry import build_task  # noqa: E402
 from megatron_lst.validation import InputError, exit_on_input_error  # noqa: E402
-
-
-def task_factory(config: Config):
-    """The TrainingTask for ``--model``."""
-    if config.train.model == "baseline":
-        from megatron_lst.training.baseline_task import BaselineTask
-
-        return BaselineTask(config)
-    if config.train.model == "bpe-baseline":
-        from megatron_lst.training.bpe_baseline_task import BPEBaselineTask
-
-        return BPEBaselineTask(config)
-    from megatron_lst.training.lst_task import LSTTask
-
-    return LSTTask(config)
 
 
 def check_inputs(config: Config) -> None:
@@ -74,11 +60,11 @@ def train(argv: list[str] | None = None) -> int:
     if config.train.engine == "deepspeed":
         from megatron_lst.training.deepspeed_engine import run_deepspeed
 
-        return run_deepspeed(config, task_factory)
+        return run_deepspeed(config, build_task)
     from megatron_lst.training.initialize import destroy_distributed
     from megatron_lst.training.loop import Trainer
 
-    trainer = Trainer(config, task_factory)
+    trainer = Trainer(config, build_task)
     trainer.train()
     destroy_distributed()
     return 0

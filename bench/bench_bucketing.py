@@ -27,7 +27,8 @@ from megatron_lst.data.datasets import LSTDatasetConfig  # noqa: E402
 from megatron_lst.data.interleave import InterleaveConfig  # noqa: E402
 from megatron_lst.patching import PatchingConfig  # noqa: E402
 from megatron_lst.tokenizer import JointTokenizer  # noqa: E402
-from megatron_lst.training.lst_task import DEFAULT_BUCKET_WINDOW, collate_lst_samples  # noqa: E402
+from megatron_lst.training.arguments import DEFAULT_BUCKET_WINDOW  # noqa: E402
+from megatron_lst.training.lst_task import collate_lst_samples  # noqa: E402
 from megatron_lst.training.sampler import SamplingOptions, build_data_iterator  # noqa: E402
 
 

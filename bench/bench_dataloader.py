@@ -44,7 +44,7 @@ from megatron.core.datasets.indexed_dataset import IndexedDataset  # noqa: E402
 from megatron_lst.data.blending import blend_from_data_path, build_lst_datasets  # noqa: E402
 from megatron_lst.data.datasets import LSTDatasetConfig, PackedLSTDataset  # noqa: E402
 from megatron_lst.data.indexed_writer import IndexedWriter  # noqa: E402
-from megatron_lst.data.sampler import ResumableBatchSampler, collate_packed  # noqa: E402
+from megatron_lst.data.sampler import collate_packed  # noqa: E402
 from megatron_lst.data.speech_layout import metadata_path  # noqa: E402
 from megatron_lst.data.synthetic import random_aligned_records, random_sentence  # noqa: E402
 from megatron_lst.tokenizer import JointTokenizer, train_sentencepiece  # noqa: E402
@@ -121,7 +121,7 @@ def build(speech: str, text: str, args, tokenizer: JointTokenizer, cache: Path) 
 def read(dataset, args, tokenizer: JointTokenizer, pad_to: int) -> tuple[float, int, int]:
     """Seconds to read every sample through a fresh DataLoader (worker start-up included)."""
     loader = torch.utils.data.DataLoader(
-        dataset, batch_sampler=ResumableBatchSampler(len(dataset), args.micro_batch_size),
+        dataset, batch_sampler=torch.utils.data.BatchSampler(range(len(dataset)), args.micro_batch_size, drop_last=True),
         num_workers=args.num_workers, collate_fn=partial(collate_packed, pad_id=tokenizer.pad_id, pad_to=pad_to),
     )
     start = time.perf_counter()

@@ -28,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from megatron_lst.evaluation.items import Item, Part
-from megatron_lst.evaluation.model_scorer import (CheckpointScorer, baseline_logits, initialize_single_process,
+from megatron_lst.evaluation.model_scorer import (CheckpointScorer, baseline_logits,
                                                   patched_lst_logits)
 from megatron_lst.evaluation.prompt_cache import prompt_cached_scorer
 from megatron_lst.evaluation.scoring import DIRECTIONS, SequenceBuilder, score_direction
@@ -38,6 +38,8 @@ from megatron_lst.models.lst import LSTModel, lst_transformer_configs
 from megatron_lst.models.specs import transformer_config
 from megatron_lst.patching import PatchingConfig
 from megatron_lst.tokenizer import JointTokenizer, TextModel
+from megatron_lst.training.checkpoint_loading import initialize_single_process
+from megatron_lst.training.registry import model_spec
 
 
 class WordIds(TextModel):
@@ -74,14 +76,15 @@ def build(family: str, tokenizer: JointTokenizer, patching: PatchingConfig):
     shape = model_flavour("demo")
     vocab = padded_vocab_size(tokenizer.vocab_size, 1)
     device = torch.device("cpu")
-    if family == "lst":
+    patched = model_spec(family).patched
+    if patched:
         model = LSTModel(shape, *lst_transformer_configs(shape), vocab_size=vocab).eval()
         whole = CheckpointScorer(patched_lst_logits(model, patching, tokenizer), model, tokenizer, device)
     else:
         model = build_baseline_model(shape, transformer_config(shape), vocab, max_sequence_length=8192,
                                      use_te=False).eval()
         whole = CheckpointScorer(baseline_logits(model), model, tokenizer, device)
-    cached, why = prompt_cached_scorer(model, family, tokenizer, device, patching if family == "lst" else None)
+    cached, why = prompt_cached_scorer(model, patched, tokenizer, device, patching if patched else None)
     if cached is None:
         raise SystemExit(f"{family}: {why}")
     return whole, cached

@@ -24,7 +24,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from megatron_lst.evaluation.model_scorer import initialize_single_process
 from megatron_lst.inference.baseline_stepper import BaselineStepper
 from megatron_lst.inference.generate import GenerationConfig, generate
 from megatron_lst.inference.lst_stepper import LSTStepper
@@ -33,6 +32,8 @@ from megatron_lst.models.baseline import build_baseline_model, padded_vocab_size
 from megatron_lst.models.config import ModelConfig, model_flavour
 from megatron_lst.models.lst import LSTModel, lst_transformer_configs
 from megatron_lst.models.specs import transformer_config
+from megatron_lst.training.checkpoint_loading import initialize_single_process
+from megatron_lst.training.registry import model_spec
 from megatron_lst.tokenizer import VocabLayout
 
 LAYOUT = VocabLayout(text_vocab_size=1000)
@@ -87,7 +88,7 @@ def main() -> None:
             runs += [("lst", "no", UncachedLSTStepper(lst)), ("baseline", "no", UncachedBaselineStepper(baseline))]
         rates = {}
         for model, cache, stepper in runs:
-            patch_size = args.patch_size if model == "lst" else 1
+            patch_size = model_spec(model).units_per_step(args.patch_size)
             rate, global_steps = units_per_second(stepper, args.batch, args.units, patch_size)
             rates[model, cache] = rate
             print(f"{name:10s} {model:9s} {cache:6s} {rate:9.1f} {global_steps:17d}")

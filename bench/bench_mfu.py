@@ -45,6 +45,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 from megatron_lst.patching import PatchingConfig, compute_patches  # noqa: E402
 from megatron_lst.tokenizer import DEFAULT_NUM_UNITS, JointTokenizer, VocabLayout  # noqa: E402
+from megatron_lst.training.registry import model_spec  # noqa: E402
 
 # bf16 dense tensor-core peak per GPU, from NVIDIA's data sheets (first match of the device name wins)
 PEAK_BF16_FLOPS = (
@@ -179,16 +180,7 @@ def build_trainer(model: str, config, tokenizer: JointTokenizer):
             self.config.data.global_batch_size = micro_batch_size * self.num_microbatches
             self.train_iterator = itertools.repeat(batch)
 
-    def task_factory(cfg):
-        if model == "baseline":
-            from megatron_lst.training.baseline_task import BaselineTask
-
-            return BaselineTask(cfg, tokenizer)
-        from megatron_lst.training.lst_task import LSTTask
-
-        return LSTTask(cfg, tokenizer)
-
-    return SyntheticTrainer(config, task_factory)
+    return SyntheticTrainer(config, lambda cfg: model_spec(model).build_task(cfg, tokenizer))
 
 
 @dataclass
@@ -278,7 +270,7 @@ def measure(model: str, args: argparse.Namespace, tokenizer: JointTokenizer, use
 
     def make_batch(micro_batch_size: int) -> dict:
         # built on the GPU: the step then times the model, not host-to-device copies
-        if model == "baseline":
+        if not model_spec(model).patched:
             batch = baseline_rows(tokenizer.vocab, micro_batch_size, args.seq_length)
         else:
             batch = lst_rows(tokenizer.vocab, micro_batch_size, args.seq_length, args.patch_size, args.speech_share)

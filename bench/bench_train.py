@@ -47,8 +47,9 @@ def mean_tokens_per_sample(prefix: str, tokenizer: str, model: str, seq_length: 
     from megatron_lst.data.speech_documents import is_speech_text_dataset
     from megatron_lst.tokenizer import JointTokenizer
     from megatron_lst.training.data_modes import interleave_config
+    from megatron_lst.training.registry import model_spec
 
-    if model == "baseline" or not is_speech_text_dataset(prefix):
+    if not model_spec(model).patched or not is_speech_text_dataset(prefix):
         return float(seq_length + 1)  # one token per position (GPTDataset rows, baseline packing)
     vocab = JointTokenizer.from_file(tokenizer).vocab
     config = LSTDatasetConfig(random_seed=1, sequence_length=seq_length + 1, blend=([prefix], None), split="1,0,0",

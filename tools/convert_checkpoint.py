@@ -8,8 +8,8 @@
                       JSON layout (not a transformers architecture). tools/evaluate.py and
                       tools/generate.py take either folder as --checkpoint.
 
-The consolidated file holds the TP=1 state dict of the run's model (``--model lst`` or
-``baseline``), fp32 or bf16 as trained; ``config.json`` holds the run's configuration, so the
+The consolidated file holds the TP=1 state dict of the run's model (any ``--model``; the model
+registry builds it), fp32 or bf16 as trained; ``config.json`` holds the run's configuration, so the
 model can be rebuilt without the original flags. Weights round-trip exactly: megatron ->
 safetensors -> megatron gives identical logits (tested). A converted-back checkpoint has no
 optimizer state: continue from it with ``--finetune`` or ``--no-load-optim``.
@@ -20,11 +20,8 @@ Conversion runs in one process on CPU; dist_checkpointing reshards any TP/PP lay
 from __future__ import annotations
 
 import argparse
-import ast
-import dataclasses
 import json
 import os
-import socket
 import sys
 from pathlib import Path
 from typing import Optional
@@ -33,56 +30,27 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from megatron_lst.models.config import ModelConfig  # noqa: E402
-from megatron_lst.training.arguments import SECTIONS, Config, config_from_values  # noqa: E402
+from megatron_lst.training.arguments import Config  # noqa: E402
+from megatron_lst.training.checkpoint_loading import SINGLE_PROCESS, initialize_single_process  # noqa: E402
+from megatron_lst.training.registry import spec_of  # noqa: E402
+from megatron_lst.training.run_config import config_from_saved, encode_saved  # noqa: E402
 from megatron_lst.utils.atomic import atomic_folder  # noqa: E402
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
-SINGLE_PROCESS = {"tensor_model_parallel_size": 1, "pipeline_model_parallel_size": 1, "sequence_parallel": False,
-                  "use_distributed_optimizer": False, "load": None, "save": None, "engine": "megatron",
-                  "dry_run": False, "world_size": None}
 
 
-def config_from_saved(saved: dict, tokenizer_model: Optional[str] = None) -> Config:
-    """The run's Config (as ``Config.to_dict`` saved it) set up for one CPU process.
-
-    Keys this version does not know (a run saved by an older or newer release) are dropped.
-    """
-    known = {f.name for f in dataclasses.fields(ModelConfig)}
-    for cls in SECTIONS.values():
-        known |= {f.name for f in dataclasses.fields(cls)}
-    values = dict(saved.get("model_config", {}))
-    for section in SECTIONS:
-        values.update(saved.get(section, {}))
-    values = {key: value for key, value in values.items() if key in known}
-    values.update(SINGLE_PROCESS)
+def single_process_config(saved: str | dict, tokenizer_model: Optional[str] = None) -> Config:
+    """The run's Config (as the checkpoint or config.json recorded it) set up for one CPU process."""
+    overrides = {**SINGLE_PROCESS, "load": None}
     if tokenizer_model:
-        values["tokenizer_model"] = tokenizer_model
-    values["extra"] = saved.get("extra", {})
-    return config_from_values(values)
-
-
-def init_single_process() -> None:
-    """A one-rank gloo group and megatron's parallel state (TP=PP=1)."""
-    from megatron_lst.training.initialize import initialize_distributed
-
-    if not torch.distributed.is_initialized():
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        if "MASTER_PORT" not in os.environ:
-            with socket.socket() as sock:
-                sock.bind(("127.0.0.1", 0))
-                os.environ["MASTER_PORT"] = str(sock.getsockname()[1])
-        os.environ.setdefault("RANK", "0")
-        os.environ.setdefault("WORLD_SIZE", "1")
-    initialize_distributed(1, 1, backend="gloo")
+        overrides["tokenizer_model"] = tokenizer_model
+    return config_from_saved(saved, **overrides)
 
 
 def build_model(config: Config) -> torch.nn.Module:
     """The whole model (one stage) of ``config``'s family, on CPU."""
-    from pretrain_lst import task_factory
-
-    return task_factory(config).build_model(config, True, True).cpu()
+    return spec_of(config).build_task(config).build_model(config, True, True).cpu()
 
 
 def tensor_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -136,8 +104,8 @@ def read_megatron(load: str, iteration: Optional[int], tokenizer_model: Optional
     if iteration is None:
         raise FileNotFoundError(f"{load}: no completed checkpoint (no latest_checkpointed_iteration.txt)")
     common = load_common_state(load, iteration)
-    config = config_from_saved(ast.literal_eval(common["config"]), tokenizer_model)
-    init_single_process()
+    config = single_process_config(common["config"], tokenizer_model)
+    initialize_single_process(config.data.seed, backend="gloo")  # conversion runs on CPU
     model = build_model(config)
     loaded = load_checkpoint(load, model, iteration=iteration, load_rng=False)
     progress = {key: loaded.get(key) for key in ("iteration", "consumed_samples", "flops_so_far", "tokens_so_far")}
@@ -146,14 +114,15 @@ def read_megatron(load: str, iteration: Optional[int], tokenizer_model: Optional
 
 def megatron_to_hf(load: str, output: str, iteration: Optional[int], tokenizer_model: Optional[str]) -> Path:
     """``to-hf``: the checkpoint with its tokenizer as an export folder (megatron_lst/export/folder.py)."""
-    from megatron_lst.evaluation.model_scorer import build_task, check_vocabulary
     from megatron_lst.export.folder import write_export
+    from megatron_lst.training.checkpoint_loading import check_vocabulary
+    from megatron_lst.training.registry import spec_of
 
     model, config, common, progress, source = read_megatron(load, iteration, tokenizer_model)
-    tokenizer = build_task(config).tokenizer
+    tokenizer = spec_of(config).build_task(config).tokenizer
     check_vocabulary(common, tokenizer)  # the exported tokenizer is the one the model was trained with
     written = write_export(model, tensor_state(model), config, tokenizer, output, progress, source)
-    if config.train.model == "lst":
+    if spec_of(config).patched:
         print("note: LST is not a transformers architecture: the folder holds our own safetensors + "
               "megatron_lst.json, which tools/evaluate.py and tools/generate.py load (transformers cannot)")
     return written
@@ -165,12 +134,12 @@ def safetensors_to_megatron(input_dir: str, save: str, tokenizer_model: Optional
     from megatron_lst.training.checkpointing import save_checkpoint
 
     meta = json.loads((Path(input_dir) / CONFIG_FILE).read_text())
-    config = config_from_saved(meta["config"], tokenizer_model)
-    init_single_process()
+    config = single_process_config(meta["config"], tokenizer_model)
+    initialize_single_process(config.data.seed, backend="gloo")  # conversion runs on CPU
     model = build_model(config)
     load_tensor_state(model, load_file(str(Path(input_dir) / WEIGHTS_FILE)))
     progress = {key: value for key, value in meta.get("progress", {}).items() if value is not None}
-    common = {**progress, "config": repr(config.to_dict()), "converted_from": meta.get("source", input_dir)}
+    common = {**progress, "config": encode_saved(config.to_dict()), "converted_from": meta.get("source", input_dir)}
     return save_checkpoint(save, int(progress.get("iteration", 0)), model, None, None, common)
 
 
@@ -183,9 +152,9 @@ def deepspeed_to_safetensors(load: str, output: str, tag: Optional[str], tokeniz
     # DeepSpeed's own files are pickles (its zero_to_fp32 reads them unrestricted too): verify them first
     verify_checkpoint(Path(load) / tag)
     client_state = torch.load(Path(load) / tag / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
-    config = config_from_saved(ast.literal_eval(client_state["config"]), tokenizer_model)
+    config = single_process_config(client_state["config"], tokenizer_model)
     state = get_fp32_state_dict_from_zero_checkpoint(load, tag=tag)
-    init_single_process()
+    initialize_single_process(config.data.seed, backend="gloo")  # conversion runs on CPU
     model = build_model(config)
     dtype = next(model.parameters()).dtype
     load_tensor_state(model, {name: value.to(dtype) for name, value in state.items()})

@@ -41,6 +41,7 @@ from megatron_lst.evaluation.parallel import rank_and_world  # noqa: E402
 from megatron_lst.evaluation.patching_choice import REQUESTS, choose_patching  # noqa: E402
 from megatron_lst.evaluation.scoring import DIRECTIONS, SequenceBuilder  # noqa: E402
 from megatron_lst.evaluation.story_completion import evaluate_items, format_report  # noqa: E402
+from megatron_lst.training.registry import MODELS  # noqa: E402
 from megatron_lst.utils.atomic import write_text_atomic  # noqa: E402
 from megatron_lst.validation import exit_on_input_error  # noqa: E402
 
@@ -50,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", required=True,
                         help="the --save folder of a training run, or an export folder (convert_checkpoint.py to-hf)")
     parser.add_argument("--iteration", type=int, default=None, help="which saved iteration (default: latest)")
-    parser.add_argument("--benchmark", required=True, help="benchmark file (see evaluation/FORMAT.md)")
+    parser.add_argument("--benchmark", required=True, help="benchmark file (see megatron_lst/evaluation/FORMAT.md)")
     parser.add_argument("--format", choices=FORMATS, default="jsonl",
                         help="jsonl: ours (default); storycloze-csv: the Story Cloze Test CSV; hellaswag: the HellaSwag "
                              "jsonl (both text, T->T); slamkit: the units jsonl of a spoken StoryCloze folder (S->S)")
@@ -72,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--unit-bpe", default=None,
                         help="bpe-baseline: its unit BPE .model, when it is no longer where the training run found "
                              "it (its SHA-256 must match the checkpoint's)")
-    parser.add_argument("--model", choices=["auto", "baseline", "bpe-baseline", "lst"], default="auto",
+    parser.add_argument("--model", choices=["auto", *MODELS], default="auto",
                         help="expected model family; 'auto' takes the checkpoint's")
     parser.add_argument("--patching", choices=REQUESTS, default="static",
                         help="LST only: static (default: runs of the patch size), aligned (one patch per word / silence "
@@ -94,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.batch_size < 1:
         print("error: --batch-size must be >= 1", file=sys.stderr)
         return 2
-    from megatron_lst.evaluation.model_scorer import CheckpointScorer, config_from_checkpoint
+    from megatron_lst.evaluation.model_scorer import CheckpointScorer
+    from megatron_lst.training.checkpoint_loading import config_from_checkpoint
 
     try:  # the checkpoint is verified against its manifest before anything in it is read
         config = config_from_checkpoint(args.checkpoint, args.iteration, args.tokenizer_model, args.unit_bpe)
@@ -147,19 +149,19 @@ def scoring_setup(scorer, config, aligned: bool, args):
     patches, baselines: tokens) and the prompt-cached scorer unless asked for whole sequences or
     the model cannot be stepped (then whole-sequence, and the note says why)."""
     from megatron_lst.evaluation.lengths import patch_counter
-    from megatron_lst.evaluation.model_scorer import scoring_patching_config
     from megatron_lst.evaluation.prompt_cache import prompt_cached_scorer
+    from megatron_lst.training.checkpoint_loading import fixed_patching_config
+    from megatron_lst.training.registry import spec_of
 
-    patching = None
-    if config.train.model == "lst":
-        patching = scoring_patching_config(config, "aligned" if aligned else "static")
+    patched = spec_of(config).patched
+    patching = fixed_patching_config(config, "aligned" if aligned else "static") if patched else None
     measure = None if patching is None else patch_counter(patching, scorer.tokenizer)
     builder = SequenceBuilder(scorer.tokenizer, max_length=args.max_length or scorer.max_length, word_times=aligned,
                               measure=measure)
     limit = f"sequences capped at {builder.max_length} {builder.length_unit}"
     if not args.prompt_cache:
         return builder, scorer, f"whole-sequence scoring (--no-prompt-cache), {limit}"
-    cached, why = prompt_cached_scorer(scorer.model, config.train.model, scorer.tokenizer, scorer.device, patching)
+    cached, why = prompt_cached_scorer(scorer.model, patched, scorer.tokenizer, scorer.device, patching)
     if cached is None:
         return builder, scorer, f"whole-sequence scoring: this model cannot be stepped ({why}), {limit}"
     return builder, cached, f"shared prompts read once per item (prompt cache), {limit}"

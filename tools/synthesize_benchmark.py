@@ -4,7 +4,7 @@
     python tools/synthesize_benchmark.py --input storycloze.jsonl --output storycloze_speech.jsonl
         --extractor demo_corpus/unit_extractor.npz  (one line)
 
-Writes the same items with "units" on every prompt and ending (evaluation/FORMAT.md), so
+Writes the same items with "units" on every prompt and ending (megatron_lst/evaluation/FORMAT.md), so
 tools/evaluate.py can then run S->S, S->T and T->S as well as T->T. Each part also gets its word
 times, "segments": [[start, end, "word"|"sil"], ...] in unit frames, tiling its units, from
 espeak-ng's own word events, so aligned LST models can be scored with aligned patches

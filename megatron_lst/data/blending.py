@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from typing import get_args
 
 from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
 from megatron.core.datasets.utils import get_blend_from_list
 
+from megatron_lst.choices import BlendWeighting
 from megatron_lst.data.datasets import LSTDatasetConfig, PackedLSTDataset
 from megatron_lst.data.token_shares import sample_weights_for_token_shares
 
 logger = logging.getLogger(__name__)
 
-BLEND_WEIGHTINGS = ("tokens", "samples")
+BLEND_WEIGHTINGS = get_args(BlendWeighting)
 
 
 def blend_from_data_path(data_path: list[str]):
@@ -29,7 +31,7 @@ def blend_from_data_path(data_path: list[str]):
 
 
 def build_lst_datasets(config: LSTDatasetConfig, train_valid_test_samples: list[int],
-                       weight_by: str = "samples") -> list:
+                       weight_by: BlendWeighting = "samples") -> list:
     """[train, valid, test] datasets (``None`` for a split of size 0), each indexable by sample.
 
     ``weight_by="tokens"``: the blend weights are shares of *tokens*. Each dataset's tokens per

@@ -17,9 +17,11 @@ always preceded by its marker, and a marker appears exactly where the modality c
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import get_args
 
 import numpy as np
 
+from megatron_lst.choices import DataMode, check_choices
 from megatron_lst.data.speech_documents import SpeechTextDocument
 from megatron_lst.tokenizer import VocabLayout
 
@@ -28,7 +30,7 @@ SPEECH_ONLY = "speech"
 TEXT_ONLY = "text"
 ASR = "asr"
 TTS = "tts"
-MODES = (INTERLEAVED, SPEECH_ONLY, TEXT_ONLY, ASR, TTS)
+MODES = get_args(DataMode)
 
 TEXT = 0
 SPEECH = 1
@@ -49,7 +51,7 @@ class InterleaveConfig:
         stream megatron's GPTDataset path of text-only runs reads.
     """
 
-    mode: str = INTERLEAVED
+    mode: DataMode = INTERLEAVED
     speech_text_ratio: float = 0.5
     min_text_words: int = 5
     max_text_words: int = 30
@@ -61,8 +63,7 @@ class InterleaveConfig:
     text_document_marker: bool = True
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"unknown interleaving mode {self.mode!r}; expected one of {MODES}")
+        check_choices(self, flag_names=False)
         if self.speech_text_ratio <= 0:
             raise ValueError("speech_text_ratio must be positive")
         if not 1 <= self.min_text_words <= self.max_text_words:

@@ -1,49 +1,13 @@
-"""Resumable batch sampling and collation for the packed datasets.
+"""Collation of packed samples into right-padded batches.
 
-Every dataset here maps a sample index to a fixed sample, so the whole data-loader state is the
-number of samples consumed: save ``state_dict()`` in the checkpoint, pass it back on resume, and
-the next batch is the one the uninterrupted run would have drawn.
+Which samples make a batch is ``training/sampler.py``'s job (a pure function of the samples
+consumed, so a resumed run reads what the uninterrupted one would have); this module only stacks them.
 """
 
 from __future__ import annotations
 
-from typing import Iterator
-
 import numpy as np
 import torch
-
-
-class ResumableBatchSampler(torch.utils.data.Sampler[list[int]]):
-    """Consecutive batches of sample indices starting at ``consumed_samples``.
-
-    With data parallelism each rank takes its slice of the global batch (Megatron's convention).
-    """
-
-    def __init__(self, total_samples: int, micro_batch_size: int, consumed_samples: int = 0,
-                 data_parallel_rank: int = 0, data_parallel_size: int = 1):
-        if micro_batch_size < 1 or data_parallel_size < 1 or not 0 <= data_parallel_rank < data_parallel_size:
-            raise ValueError("invalid batch size or data-parallel rank/size")
-        self.total_samples = total_samples
-        self.micro_batch_size = micro_batch_size
-        self.consumed_samples = consumed_samples
-        self.rank = data_parallel_rank
-        self.world = data_parallel_size
-
-    def __iter__(self) -> Iterator[list[int]]:
-        global_batch = self.micro_batch_size * self.world
-        while self.consumed_samples + global_batch <= self.total_samples:
-            first = self.consumed_samples + self.rank * self.micro_batch_size
-            self.consumed_samples += global_batch
-            yield list(range(first, first + self.micro_batch_size))
-
-    def __len__(self) -> int:
-        return (self.total_samples - self.consumed_samples) // (self.micro_batch_size * self.world)
-
-    def state_dict(self) -> dict:
-        return {"consumed_samples": self.consumed_samples}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.consumed_samples = int(state["consumed_samples"])
 
 
 def collate_packed(samples: list[dict], pad_id: int, pad_to: int | None = None) -> dict[str, torch.Tensor]:

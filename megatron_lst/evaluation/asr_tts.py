@@ -5,8 +5,9 @@
 - ``unit_error_rate``: the same over unit sequences against the reference units of the sentence;
   by default runs of a repeated unit are collapsed first, so a slower or faster but otherwise
   identical rendition is not counted as errors.
-- ``tts_round_trip_wer``: the project's own ASR model transcribes the TTS model's units (no
-  external recogniser can be downloaded here), WER against the text the TTS model was given.
+- TTS round trip (tools/evaluate_asr_tts.py ``--asr-checkpoint``): the project's own ASR model
+  transcribes the TTS model's units (no external recogniser can be downloaded here), and
+  ``word_error_rate`` scores that against the text the TTS model was given.
 - ``generation_cost``: global-model steps and wall time per second of generated speech (25 units/s):
   the LST runs its global model once per patch, the baseline once per unit.
 """
@@ -106,14 +107,3 @@ def generation_cost_of(runs: Sequence, vocab) -> GenerationCost:
     steps = [steps for run in runs for steps in run.generated_global_positions]
     return generation_cost(units, steps, sum(run.seconds for run in runs))
 
-
-def tts_round_trip_wer(tts_generator, asr_generator, texts: Sequence[str], max_seconds: float = 20.0) -> dict:
-    """Synthesise ``texts`` with the TTS model, transcribe with the ASR model, score against ``texts``."""
-    from megatron_lst.inference.tasks import synthesize, transcribe
-
-    unit_lists, tts_runs = synthesize(tts_generator, texts, max_seconds=max_seconds)
-    transcripts, _ = transcribe(asr_generator, [units for units in unit_lists])
-    cost = generation_cost_of(tts_runs, tts_generator.tokenizer.vocab)
-    return {"wer": word_error_rate(texts, transcripts), "units": unit_lists, "transcripts": transcripts,
-            "global_steps_per_second": cost.global_steps_per_second,
-            "wall_seconds_per_second": cost.wall_seconds_per_second}

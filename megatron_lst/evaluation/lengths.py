@@ -19,7 +19,7 @@ from megatron_lst.evaluation.scoring import ScoringSequence
 
 def patch_counter(patching, tokenizer) -> Callable[[ScoringSequence], int]:
     """``measure`` for ``SequenceBuilder``: the number of patches of one sequence under ``patching``
-    (a PatchingConfig, model_scorer.scoring_patching_config)."""
+    (a PatchingConfig, training.checkpoint_loading.fixed_patching_config)."""
     from megatron_lst.evaluation.model_scorer import scoring_patch_lengths
 
     def count(sequence: ScoringSequence) -> int:

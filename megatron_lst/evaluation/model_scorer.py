@@ -1,10 +1,7 @@
 """A :class:`~megatron_lst.evaluation.scoring.TokenScorer` backed by a trained checkpoint.
 
-Evaluation runs in one process at TP = PP = 1: the model is built as the training task builds it
-and ``load_checkpoint`` reads the weights through ``dist_checkpointing``, which reshards a checkpoint
-saved at any TP/PP to this layout. The run's own configuration is read from the checkpoint's common
-state (``config``, the repr of ``Config.to_dict()``), so the evaluator needs no training flags;
-only the tokenizer path may be overridden when the checkpoint moved machines.
+Evaluation runs in one process at TP = PP = 1 on the model, run config and tokenizer that
+training/checkpoint_loading.py reads from the checkpoint (shared with generation and conversion).
 
 Both model families reduce to one function, next-token logits of a right-padded batch:
 
@@ -24,162 +21,21 @@ log-probs; for LST the pad tokens are text-like, each its own patch after the re
 
 from __future__ import annotations
 
-import ast
-import dataclasses
-import os
-import socket
-import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
 import torch
-from megatron.core import dist_checkpointing
 
-from megatron_lst.export.folder import is_export_folder, load_exported_weights, read_export_common
-from megatron_lst.models.config import ModelConfig
 from megatron_lst.patching import PatchingConfig, compute_patches
 from megatron_lst.patching.padding import merge_padding_patches
-from megatron_lst.tokenizer import JointTokenizer, text_model_difference
-from megatron_lst.training.arguments import SECTIONS, Config, config_from_values
-from megatron_lst.training.checkpointing import iteration_dir, load_checkpoint, resolve_iteration
-from megatron_lst.training.initialize import initialize_distributed
-from megatron_lst.unit_bpe_tokenizer import UnitBPETokenizer, check_saved_layout
+from megatron_lst.tokenizer import JointTokenizer
+from megatron_lst.training.arguments import Config
+from megatron_lst.training.checkpoint_loading import fixed_patching_config, load_model
+from megatron_lst.training.registry import spec_of
 
 # (tokens [B, L], segment_ids [B, L] or None, is_silence [B, L] or None) -> logits [B, L - 1, V]
 NextTokenLogits = Callable[..., torch.Tensor]
-SCORING_PATCHINGS = ("static", "aligned")
-
-
-def checkpoint_iteration_dir(root: str | Path, iteration: Optional[int] = None) -> Path:
-    """The latest (or given) checkpoint folder of ``root``, verified against its manifest before
-    anything in it is read; a tool asked for one checkpoint does not fall back to another
-    (``CheckpointError`` names the file that failed)."""
-    iteration = resolve_iteration(root, iteration)
-    if iteration is None:
-        raise FileNotFoundError(f"{root} holds no checkpoint (no 'latest' pointer)")
-    return iteration_dir(root, iteration)
-
-
-def read_common_state(root: str | Path, iteration: Optional[int] = None) -> dict:
-    return dist_checkpointing.load_common_state_dict(str(checkpoint_iteration_dir(root, iteration)))
-
-
-def check_vocabulary(common: dict, tokenizer: JointTokenizer) -> None:
-    """Refuse a tokenizer whose id layout differs from the one the model was trained with."""
-    if "vocab_layout" not in common:
-        if isinstance(tokenizer, UnitBPETokenizer):
-            raise ValueError("the checkpoint records no vocab_layout, so its unit BPE cannot be checked")
-        return
-    saved = ast.literal_eval(common["vocab_layout"])
-    # the unit BPE first: another BPE also changes num_units, and its error names the BPE
-    check_saved_layout(saved, tokenizer, "checkpoint")
-    for name in ("text_vocab_size", "num_units", "spare_units"):
-        if saved.get(name) != getattr(tokenizer.vocab, name):
-            raise ValueError(f"the tokenizer gives {name} = {getattr(tokenizer.vocab, name)} but the model "
-                             f"was trained with {saved.get(name)}: pass the run's --tokenizer-model")
-    check_text_model(saved.get("text_model", {}), tokenizer)
-
-
-def check_text_model(saved: dict, tokenizer: JointTokenizer) -> None:
-    """Same pieces, not just the same size: a tokenizer of equal size but other pieces would score
-    (or generate) silently wrong. Checkpoints saved before the fingerprint existed get a warning."""
-    current = tokenizer.text_model.describe()
-    difference = text_model_difference(saved, current)
-    if difference is not None:
-        raise ValueError(f"the text tokenizer differs from the one the model was trained with: {difference}; "
-                         "pass the run's --tokenizer-model")
-    if "pieces_sha256" in current and "pieces_sha256" not in saved:
-        print(f"warning: the checkpoint records no tokenizer fingerprint (saved by an older version): cannot check "
-              f"that {current.get('path')} has the pieces the model was trained with", file=sys.stderr)
-
-
-def check_checkpoint_shapes(checkpoint_dir: str | Path, model: torch.nn.Module) -> None:
-    """Every tensor the model expects must be in the checkpoint with the same global shape; a run
-    config that builds another model (edited, or another version's defaults) is named tensor by
-    tensor instead of failing deep inside the loader."""
-    from megatron.core.dist_checkpointing.dict_utils import nested_values
-    from megatron.core.dist_checkpointing.mapping import ShardedTensor
-
-    saved = dist_checkpointing.load_tensors_metadata(str(checkpoint_dir))
-    for expected in nested_values(model.sharded_state_dict()):
-        if not isinstance(expected, ShardedTensor):
-            continue
-        stored = saved.get(expected.key)
-        if stored is None:
-            raise ValueError(f"{checkpoint_dir}: {expected.key}: not in the checkpoint, but the model built from "
-                             f"its run config has it (shape {tuple(expected.global_shape)})")
-        if tuple(stored.global_shape) != tuple(expected.global_shape):
-            raise ValueError(f"{checkpoint_dir}: {expected.key}: checkpoint shape {tuple(stored.global_shape)}, "
-                             f"model shape {tuple(expected.global_shape)} (the run config builds another model)")
-
-
-def config_from_checkpoint(root: str | Path, iteration: Optional[int] = None,
-                           tokenizer_model: Optional[str] = None, unit_bpe: Optional[str] = None) -> Config:
-    """The training run's Config, re-laid for single-process evaluation (TP = PP = 1, fp32 on CPU).
-    ``root`` may also be an exported folder (tools/convert_checkpoint.py to-hf / to-safetensors)."""
-    common = read_export_common(root) if is_export_folder(root) else read_common_state(root, iteration)
-    if "config" not in common:
-        raise KeyError(f"{root}: the checkpoint's common state has no 'config'; it was not written by pretrain_lst.py")
-    saved = ast.literal_eval(common["config"])
-    values = dict(saved["model_config"])
-    for section in SECTIONS:
-        values.update(saved.get(section, {}))
-    known = {f.name for cls in (ModelConfig, *SECTIONS.values()) for f in dataclasses.fields(cls)}
-    dropped = sorted(set(values) - known)
-    if dropped:  # a checkpoint from an older version of the code: its settings we no longer have
-        print(f"note: ignoring settings this version does not know: {dropped}", file=sys.stderr)
-    values = {name: value for name, value in values.items() if name in known}
-    values["extra"] = saved.get("extra", {})
-    values.update(tensor_model_parallel_size=1, pipeline_model_parallel_size=1, sequence_parallel=False,
-                  use_distributed_optimizer=False, load=str(root), save=None)
-    if not torch.cuda.is_available():
-        values["bf16"] = False
-    if tokenizer_model is not None:
-        values["tokenizer_model"] = tokenizer_model
-    if unit_bpe is not None:  # a moved BPE file; its content hash is still checked (check_vocabulary)
-        values["unit_bpe"] = unit_bpe
-    return config_from_values(values)
-
-
-def initialize_single_process(seed: int) -> None:
-    """TP = PP = 1 process groups. Outside torchrun, rendezvous on a free port, and only for the
-    moment of initialisation: a port inherited from a parent (a test runner, a training script), or
-    one left in the environment for children, may still be held."""
-    if torch.distributed.is_initialized() or "WORLD_SIZE" in os.environ:
-        initialize_distributed(1, 1, seed=seed)
-        return
-    saved = {name: os.environ.get(name) for name in ("MASTER_ADDR", "MASTER_PORT")}
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        os.environ["MASTER_PORT"] = str(probe.getsockname()[1])
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    try:
-        initialize_distributed(1, 1, seed=seed)
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
-def build_task(config: Config):
-    """The training task of the run; it owns the tokenizer and the model builder."""
-    if config.train.model == "baseline":
-        from megatron_lst.training.baseline_task import BaselineTask
-
-        return BaselineTask(config)
-    if config.train.model == "bpe-baseline":
-        from megatron_lst.training.bpe_baseline_task import BPEBaselineTask
-
-        return BPEBaselineTask(config)
-    if config.train.model == "lst":
-        from megatron_lst.training.lst_task import LSTTask
-
-        return LSTTask(config)
-    raise ValueError(f"unknown model {config.train.model!r} in the checkpoint's config")
 
 
 def baseline_logits(model: torch.nn.Module) -> NextTokenLogits:
@@ -191,15 +47,6 @@ def baseline_logits(model: torch.nn.Module) -> NextTokenLogits:
         return model(tokens, positions, None)[:, :-1]
 
     return logits
-
-
-def scoring_patching_config(config: Config, patching: str = "static") -> PatchingConfig:
-    """The run's PatchingConfig (patch size, silence mode, cap, marker folding, patch boundary) with
-    the strategy fixed to ``static`` or ``aligned``: at evaluation no row is drawn at random."""
-    if patching not in SCORING_PATCHINGS:
-        raise ValueError(f"scoring patches 'static' or 'aligned', not {patching!r}")
-    run = config.patching.to_patching_config(config.train.train_iters, config.data.seed)
-    return replace(run, strategy=patching)
 
 
 def scoring_patch_lengths(tokens: torch.Tensor, patching: PatchingConfig, tokenizer: JointTokenizer,
@@ -237,49 +84,15 @@ def lst_logits(model: torch.nn.Module, config: Config, tokenizer: JointTokenizer
                patching: str = "static") -> NextTokenLogits:
     """The run's patching settings with the strategy ``static`` (default) or ``aligned``. Rows are
     right-padded with PAD (``CheckpointScorer``); a row's padding is one patch, as in training."""
-    return patched_lst_logits(model, scoring_patching_config(config, patching), tokenizer)
+    return patched_lst_logits(model, fixed_patching_config(config, patching), tokenizer)
 
 
 def next_token_logits(model: torch.nn.Module, config: Config, tokenizer: JointTokenizer,
                       patching: str = "static") -> NextTokenLogits:
-    """``patching`` applies to LST only; baselines are not patched and ignore it."""
-    if config.train.model == "lst":
+    """``patching`` applies to patched models (LST) only; the others ignore it."""
+    if spec_of(config).patched:
         return lst_logits(model, config, tokenizer, patching)
     return baseline_logits(model)
-
-
-def load_model(root: str | Path, iteration: Optional[int] = None, tokenizer_model: Optional[str] = None,
-               unit_bpe: Optional[str] = None) -> tuple[torch.nn.Module, Config, JointTokenizer, torch.device]:
-    """The trained model (eval mode, TP = PP = 1, on GPU when there is one), its run's config and
-    tokenizer; shared by scoring and generation (megatron_lst/inference/loading.py). For the BPE
-    baseline the tokenizer holds the run's unit BPE, so speech items are scored as its pieces."""
-    if is_export_folder(root):
-        return load_exported_model(root, tokenizer_model, unit_bpe)
-    config = config_from_checkpoint(root, iteration, tokenizer_model, unit_bpe)
-    initialize_single_process(config.data.seed)
-    task = build_task(config)
-    check_vocabulary(read_common_state(root, iteration), task.tokenizer)
-    model = task.build_model(config, True, True)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model.to(device)
-    check_checkpoint_shapes(checkpoint_iteration_dir(root, iteration), model)
-    if load_checkpoint(root, model, optimizer=None, scheduler=None, iteration=iteration, load_rng=False) is None:
-        raise FileNotFoundError(f"nothing to load in {root}")
-    return model.eval(), config, task.tokenizer, device
-
-
-def load_exported_model(folder: str | Path, tokenizer_model: Optional[str] = None, unit_bpe: Optional[str] = None
-                        ) -> tuple[torch.nn.Module, Config, JointTokenizer, torch.device]:
-    """``load_model`` for an exported folder: the model is built from the folder's JSON run config and
-    loaded from its safetensors, with the folder's own tokenizer copy (unless one is given)."""
-    config = config_from_checkpoint(folder, None, tokenizer_model, unit_bpe)
-    initialize_single_process(config.data.seed)
-    task = build_task(config)
-    check_vocabulary(read_export_common(folder), task.tokenizer)
-    model = task.build_model(config, True, True)
-    load_exported_weights(model, folder)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return model.to(device).eval(), config, task.tokenizer, device
 
 
 class CheckpointScorer:

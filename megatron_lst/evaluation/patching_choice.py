@@ -2,7 +2,7 @@
 
 The paper's aligned-patching rows were scored with word alignments at test time, its static and
 curriculum rows without (docs/method.md §6). Aligned scoring needs word times on every speech part
-(``segments``, evaluation/FORMAT.md) and only makes sense for a model that saw aligned patches in
+(``segments``, megatron_lst/evaluation/FORMAT.md) and only makes sense for a model that saw aligned patches in
 training, so ``auto`` takes aligned exactly when both hold and static otherwise. The choice is a
 pure function of the request, the checkpoint's training settings and the items, so it is tested
 without a model; the reason travels into the results so a reader knows what each number means.
@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 from megatron_lst.evaluation.items import Item
+from megatron_lst.training.registry import model_spec
 
 REQUESTS = ("static", "aligned", "auto")
 ALIGNED_TRAINING = ("aligned", "mixed", "curriculum")
@@ -60,7 +61,7 @@ def choose_patching(requested: str, model: str, trained_with: Optional[str], ite
     be neither row of the paper's table."""
     if requested not in REQUESTS:
         raise ValueError(f"--patching must be one of {REQUESTS}, got {requested!r}")
-    if model != "lst":
+    if not model_spec(model).patched:
         note = (f"--patching {requested} ignored: a {model} checkpoint is not patched" if requested != "auto"
                 else None)
         return PatchingChoice(NOT_PATCHED, requested, f"{model} models read every token; nothing is patched", note)

@@ -106,10 +106,11 @@ class PromptCachedScorer:
         return results
 
 
-def prompt_cached_scorer(model: torch.nn.Module, family: str, tokenizer, device: torch.device,
+def prompt_cached_scorer(model: torch.nn.Module, patched: bool, tokenizer, device: torch.device,
                          patching=None) -> tuple[Optional[PromptCachedScorer], str]:
-    """(the scorer, '') or (None, why not) for a loaded model of ``family`` (``lst`` or a baseline)."""
-    if family == "lst":
+    """(the scorer, '') or (None, why not) for a loaded model; ``patched``: its registry entry
+    groups speech into patches (LST), else it is a plain decoder (the baselines)."""
+    if patched:
         from megatron_lst.inference.lst_stepper import LSTStepper
 
         try:

@@ -6,7 +6,7 @@ units never depend on the prompt. The units come from the demo corpus's saved lo
 so they are the units the model was trained on. A part's text is normalised first
 (``demo.normalise``), as corpus text was before synthesis.
 
-Every part also gets its word times as ``segments`` (evaluation/FORMAT.md): espeak-ng reports each
+Every part also gets its word times as ``segments`` (megatron_lst/evaluation/FORMAT.md): espeak-ng reports each
 word's samples, which become unit frames and word/silence segments through the same two functions
 that turn the demo corpus's speech into training segments (``demo.alignment.frame_spans``, then
 ``data.speech_layout.segment_bounds``), so aligned scoring sees the segmentation training saw.

@@ -71,18 +71,20 @@ def switch_token_nll(scorer, sequences: Sequence[SwitchSequence], batch_size: in
 
 def evaluate_switch_tokens(checkpoint: str, segments: Sequence[dict], batch_size: int = 8) -> dict:
     """``{switch: {patch rule: scores}}`` for an LST checkpoint, ``{switch: {"none": scores}}`` for a baseline."""
-    from megatron_lst.evaluation.model_scorer import CheckpointScorer, lst_logits, load_model, next_token_logits
+    from megatron_lst.evaluation.model_scorer import CheckpointScorer, lst_logits, next_token_logits
+    from megatron_lst.training.checkpoint_loading import load_model
+    from megatron_lst.training.registry import spec_of
 
     model, config, tokenizer, device = load_model(checkpoint)
-    patch_size = config.patching.patch_size
-    sequences = switch_sequences(segments, tokenizer, patch_size if config.train.model == "lst" else 1)
-    if config.train.model == "lst":
+    spec = spec_of(config)
+    sequences = switch_sequences(segments, tokenizer, spec.units_per_step(config.patching.patch_size))
+    if spec.patched:
         rules = {rule: lst_logits(model, dataclasses.replace(
             config, patching=dataclasses.replace(config.patching, patch_boundary=rule)), tokenizer)
             for rule in PATCH_BOUNDARIES}
     else:
         rules = {"none": next_token_logits(model, config, tokenizer)}
-    trained = getattr(config.patching, "patch_boundary", "paper") if config.train.model == "lst" else None
+    trained = config.patching.patch_boundary if spec.patched else None
     results = {"model": config.train.model, "trained_patch_boundary": trained}
     for switch, items in sequences.items():
         results[switch] = {rule: switch_token_nll(CheckpointScorer(logits, model, tokenizer, device), items, batch_size)

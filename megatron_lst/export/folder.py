@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
@@ -28,7 +28,6 @@ from megatron_lst.export.hf_llama import (TE_FUSED_NORMS, check_llama_shaped, fr
                                           rename_norms, to_llama_state)
 from megatron_lst.export.tokenizer_files import tokenizer_paths, write_tokenizer_files
 from megatron_lst.tokenizer import JointTokenizer
-from megatron_lst.training.arguments import Config
 from megatron_lst.utils.atomic import atomic_folder
 
 META_FILE = "megatron_lst.json"
@@ -54,7 +53,7 @@ def special_ids(tokenizer: JointTokenizer) -> dict:
     return {"bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id, "pad_token_id": tokenizer.pad_id}
 
 
-def write_export(model: torch.nn.Module, state: dict[str, torch.Tensor], config: Config, tokenizer: JointTokenizer,
+def write_export(model: torch.nn.Module, state: dict[str, torch.Tensor], config: Any, tokenizer: JointTokenizer,
                  output: str | Path, progress: dict, source: str) -> Path:
     """Export ``model`` (its consolidated ``state``) with ``config``'s settings and ``tokenizer`` into ``output``."""
     from safetensors.torch import save_file
@@ -111,7 +110,7 @@ def read_export_meta(folder: str | Path) -> dict:
 
 def read_export_common(folder: str | Path) -> dict:
     """The folder's metadata in the shape of a checkpoint's common state (``config`` and ``vocab_layout``
-    as reprs), with the tokenizer paths pointing at the folder's own copies."""
+    as JSON text), with the tokenizer paths pointing at the folder's own copies."""
     meta = read_export_meta(folder)
     config = json.loads(json.dumps(meta["config"]))  # a copy
     text_model, unit_bpe = tokenizer_paths(Path(folder))
@@ -120,9 +119,9 @@ def read_export_common(folder: str | Path) -> dict:
         data["tokenizer_model"] = str(text_model.resolve())
     if unit_bpe is not None:
         data["unit_bpe"] = str(unit_bpe.resolve())
-    common = {"config": repr(config)}
+    common = {"config": json.dumps(config)}
     if "vocab_layout" in meta:
-        common["vocab_layout"] = repr(meta["vocab_layout"])
+        common["vocab_layout"] = json.dumps(meta["vocab_layout"])
     return common
 
 

@@ -7,12 +7,15 @@ One frozen dataclass shared by the C++ wrapper (strategies.py) and the numpy ref
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, get_args
 
-STRATEGIES = ("static", "aligned", "mixed", "curriculum")
-SILENCE_MODES = ("sil_sep", "sil_merged")
-PATCH_BOUNDARIES = ("paper", "causal")
-FOLD_MODES = ("never", "static", "always")
+from megatron_lst.choices import FoldSpeechMarker, PatchBoundary, PatchingStrategy, SilenceMode, check_choices
+
+# the kernel numbers each choice by its place in these tuples (strategy_code, silence_code, fold_code)
+STRATEGIES = get_args(PatchingStrategy)
+SILENCE_MODES = get_args(SilenceMode)
+PATCH_BOUNDARIES = get_args(PatchBoundary)
+FOLD_MODES = get_args(FoldSpeechMarker)
 
 
 @dataclass(frozen=True)
@@ -51,32 +54,21 @@ class PatchingConfig:
     mixed_aligned_probability: probability that ``mixed`` patches a sequence aligned.
     """
 
-    strategy: str = "static"
+    strategy: PatchingStrategy = "static"
     patch_size: int = 4
-    silence_mode: str = "sil_sep"
+    silence_mode: SilenceMode = "sil_sep"
     max_patch_length: Optional[int] = None
-    fold_speech_marker: str = "static"
-    patch_boundary: str = "paper"
+    fold_speech_marker: FoldSpeechMarker = "static"
+    patch_boundary: PatchBoundary = "paper"
     tau1: float = 0.0
     tau2: float = 0.0
     seed: int = 0
     mixed_aligned_probability: float = 0.5
 
     def __post_init__(self) -> None:
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"PatchingConfig.strategy must be one of {STRATEGIES}, got {self.strategy!r}")
-        if self.silence_mode not in SILENCE_MODES:
-            raise ValueError(f"PatchingConfig.silence_mode must be one of {SILENCE_MODES}, got {self.silence_mode!r}")
         if isinstance(self.fold_speech_marker, bool):  # run configs saved when folding was a switch
             object.__setattr__(self, "fold_speech_marker", "always" if self.fold_speech_marker else "never")
-        if self.fold_speech_marker not in FOLD_MODES:
-            raise ValueError(
-                f"PatchingConfig.fold_speech_marker must be one of {FOLD_MODES}, got {self.fold_speech_marker!r}"
-            )
-        if self.patch_boundary not in PATCH_BOUNDARIES:
-            raise ValueError(
-                f"PatchingConfig.patch_boundary must be one of {PATCH_BOUNDARIES}, got {self.patch_boundary!r}"
-            )
+        check_choices(self, flag_names=False)
         if int(self.patch_size) != self.patch_size or self.patch_size < 1:
             raise ValueError(f"PatchingConfig.patch_size must be an integer >= 1, got {self.patch_size}")
         if self.max_patch_length is not None and self.max_patch_length < 1:

@@ -18,22 +18,47 @@ from typing import Any, Optional
 
 import yaml
 
+from megatron_lst.choices import (BlendWeighting, DataMode, DistributedBackend, Engine, FoldSpeechMarker,
+                                  LocalAttentionImpl, LrDecayStyle, NanPolicy, PatchBoundary, PatchingStrategy,
+                                  RecomputeGranularity, SilenceMode, TransformerImpl, check_choices, literal_choices)
 from megatron_lst.models.config import MODEL_FLAVOURS, ModelConfig, model_flavour
+from megatron_lst.training.registry import MODELS, ModelName, model_spec
+
+# Global batches whose samples are sorted together by token count. On a demo-like blend (33%
+# speech-text by samples, --seq-length 256, micro-batch 4, global batch 8; bench/bench_bucketing.py)
+# index order pads 53% of the tokens, one global batch 34%, 4 about 10%, 16 about 3%: only the
+# micro-batches that straddle the text -> speech jump of a window mix lengths.
+DEFAULT_BUCKET_WINDOW = 16
 
 
-MODELS = ("lst", "baseline", "bpe-baseline")
-GPT_MODELS = ("baseline", "bpe-baseline")  # megatron-core GPTModel over the joint stream (no patches)
+def micro_batches_per_step(global_batch_size: int, micro_batch_size: int, data_parallel_size: int = 1) -> int:
+    """Micro-batches each data-parallel rank runs per optimizer step; ValueError (naming the flags)
+    when the global batch is not a whole number of micro-batches on every rank."""
+    if micro_batch_size < 1 or data_parallel_size < 1 or global_batch_size % (micro_batch_size * data_parallel_size):
+        raise ValueError(f"--global-batch-size {global_batch_size} is not divisible by --micro-batch-size x "
+                         f"data-parallel size = {micro_batch_size} x {data_parallel_size}")
+    return global_batch_size // (micro_batch_size * data_parallel_size)
+
+
+class Section:
+    """A config section: its ``Literal`` fields hold one of their choices (checked on construction,
+    so a YAML file, a saved run config and the command line are refused alike)."""
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+
+
 
 
 @dataclass
-class ParallelConfig:
+class ParallelConfig(Section):
     tensor_model_parallel_size: int = field(default=1, metadata={"help": "tensor-parallel ranks (TP)"})
     pipeline_model_parallel_size: int = field(default=1, metadata={"help": "pipeline stages (PP)"})
     sequence_parallel: bool = field(default=False, metadata={"help": "sequence parallel with TP (GPU only)"})
     use_distributed_optimizer: bool = field(
         default=False, metadata={"help": "ZeRO-1 style sharded optimizer (GPU only in megatron-core)"}
     )
-    distributed_backend: Optional[str] = field(default=None, metadata={"help": "nccl or gloo (default: by device)"})
+    distributed_backend: Optional[DistributedBackend] = field(default=None, metadata={"help": "nccl or gloo (default: by device)"})
     decoder_first_pipeline_num_layers: Optional[int] = field(
         default=None,
         metadata={"help": "LST: global layers on the first pipeline stage, which also holds the patch encoder "
@@ -50,12 +75,14 @@ class ParallelConfig:
 
 
 @dataclass
-class OptimizerConfig:
+class OptimizerArgs(Section):
+    """The AdamW and LR-schedule flags (megatron-core's own ``OptimizerConfig`` is built from them)."""
+
     lr: float = field(default=4e-4, metadata={"help": "peak learning rate (paper: 4e-4)"})
     min_lr_ratio: float = field(default=0.01, metadata={"help": "cosine floor as a fraction of --lr (paper: 1%)"})
     lr_warmup_iters: int = field(default=2000, metadata={"help": "linear warm-up iterations (paper: 2000)"})
     lr_decay_iters: Optional[int] = field(default=None, metadata={"help": "decay length (default: --train-iters)"})
-    lr_decay_style: str = field(default="cosine", metadata={"help": "cosine, linear or constant"})
+    lr_decay_style: LrDecayStyle = field(default="cosine", metadata={"help": "cosine, linear or constant"})
     weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay (paper: 0.1)"})
     adam_beta1: float = field(default=0.9, metadata={"help": "AdamW beta1"})
     adam_beta2: float = field(default=0.95, metadata={"help": "AdamW beta2"})
@@ -64,7 +91,7 @@ class OptimizerConfig:
 
 
 @dataclass
-class DataConfig:
+class DataConfig(Section):
     data_path: list = field(
         default_factory=list,
         metadata={"help": "dataset prefixes, optionally weighted: '0.33 speech_prefix 0.67 text_prefix'"},
@@ -80,13 +107,13 @@ class DataConfig:
     global_batch_size: int = field(default=8, metadata={"help": "samples per optimizer step (all ranks)"})
     seed: int = field(default=1234, metadata={"help": "seed for initialisation, data order and patching"})
     data_cache_path: Optional[str] = field(default=None, metadata={"help": "where dataset index caches go"})
-    blend_weights: str = field(
+    blend_weights: BlendWeighting = field(
         default="tokens",
         metadata={"help": "what --data-path weights share out: tokens (the paper's 1:2 interleaved:text by "
                           "tokens; each dataset's sample weight is corrected by its tokens per sample) or samples "
                           "(megatron-core's plain sample draw)"},
     )
-    data_mode: str = field(
+    data_mode: DataMode = field(
         default="interleaved",
         metadata={"help": "how speech-text documents become streams: interleaved (pre-training), speech, text, "
                           "asr (speech then <t> transcript, loss on the transcript) or tts (text then <s> units, "
@@ -104,30 +131,44 @@ class DataConfig:
                           "code marks every text run (--no-text-document-marker: BOS text EOS); text-only runs "
                           "read megatron's GPTDataset streams unchanged"},
     )
+    num_workers: int = field(default=0, metadata={
+        "help": "DataLoader worker processes per rank (0: read in the training process)"})
+    bucket_window: int = field(default=DEFAULT_BUCKET_WINDOW, metadata={
+        "help": "LST on speech-text blends: the samples of this many consecutive global batches are grouped "
+                "into micro-batches of similar token counts, so rows need little padding (0: index order)"})
+
+    def micro_batches_per_step(self, data_parallel_size: int = 1) -> int:
+        return micro_batches_per_step(self.global_batch_size, self.micro_batch_size, data_parallel_size)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.num_workers < 0 or self.bucket_window < 0:
+            raise ValueError(f"--num-workers and --bucket-window must be >= 0, got {self.num_workers} and "
+                             f"{self.bucket_window}")
 
 
 @dataclass
-class TrainConfig:
-    model: str = field(default="baseline", metadata={
-        "help": "lst, baseline (GPT over raw units) or bpe-baseline (GPT over unit BPE pieces; needs --unit-bpe)"})
+class TrainConfig(Section):
+    model: ModelName = field(default="baseline", metadata={
+        "help": "; ".join(f"{spec.name}: {spec.help}" for spec in MODELS.values())})
     train_iters: int = field(default=100, metadata={"help": "optimizer steps to train"})
     train_flops: Optional[float] = field(default=None, metadata={"help": "stop when this many FLOPs were spent"})
     train_tokens: Optional[float] = field(default=None, metadata={"help": "stop when this many raw tokens were seen"})
     bf16: bool = field(default=False, metadata={"help": "bf16 params and compute (GPU)"})
-    transformer_impl: str = field(default="auto", metadata={"help": "auto, local (SDPA) or transformer_engine"})
-    local_attention_impl: str = field(
+    transformer_impl: TransformerImpl = field(default="auto", metadata={"help": "auto, local (SDPA) or transformer_engine"})
+    local_attention_impl: LocalAttentionImpl = field(
         default="auto",
         metadata={"help": "kernel of the LST's local attention: auto (FlexAttention on CUDA, blocked SDPA "
                           "elsewhere), flex or blocked; all are linear in tokens"},
     )
-    recompute_granularity: Optional[str] = field(default=None, metadata={"help": "activation recompute: full or selective"})
-    nan_policy: str = field(default="skip", metadata={"help": "on a NaN/Inf loss: skip the step or stop"})
+    recompute_granularity: Optional[RecomputeGranularity] = field(default=None, metadata={"help": "activation recompute: full or selective"})
+    nan_policy: NanPolicy = field(default="skip", metadata={"help": "on a NaN/Inf loss: skip the step or stop"})
     debug_inject_nan_iter: Optional[int] = field(
         default=None, metadata={"help": "testing aid: make the loss NaN at this iteration"}
     )
     skip_train: bool = field(default=False, metadata={"help": "only evaluate (after --load), do not train"})
     exit_interval: Optional[int] = field(default=None, metadata={"help": "exit after this iteration (saving first when --save is set)"})
-    engine: str = field(
+    engine: Engine = field(
         default="megatron", metadata={"help": "megatron (TP/PP/DP on megatron-core) or deepspeed (ZeRO data parallel)"}
     )
     deepspeed_config: Optional[str] = field(
@@ -140,7 +181,7 @@ class TrainConfig:
 
 
 @dataclass
-class CheckpointConfig:
+class CheckpointConfig(Section):
     save: Optional[str] = field(default=None, metadata={"help": "checkpoint directory to write"})
     load: Optional[str] = field(default=None, metadata={"help": "checkpoint directory to resume from"})
     save_interval: Optional[int] = field(default=None, metadata={"help": "save every N iterations"})
@@ -160,7 +201,7 @@ class CheckpointConfig:
 
 
 @dataclass
-class LoggingConfig:
+class LoggingConfig(Section):
     log_interval: int = field(default=10, metadata={"help": "iterations between log lines"})
     tensorboard_dir: Optional[str] = field(default=None, metadata={"help": "TensorBoard event directory"})
     eval_interval: int = field(default=100, metadata={"help": "iterations between validation runs"})
@@ -169,12 +210,12 @@ class LoggingConfig:
 
 
 @dataclass
-class PatchingArgs:
+class PatchingArgs(Section):
     """How LST groups speech units into patches (docs/method.md §3); ignored by the baseline."""
 
-    patching: str = field(default="static", metadata={"help": "static, aligned, mixed or curriculum"})
+    patching: PatchingStrategy = field(default="static", metadata={"help": "static, aligned, mixed or curriculum"})
     patch_size: int = field(default=4, metadata={"help": "speech units per static patch (paper's best: 4)"})
-    silence_mode: str = field(
+    silence_mode: SilenceMode = field(
         default="sil_sep", metadata={"help": "aligned: sil_sep (silence its own patch) or sil_merged (joins a word)"}
     )
     max_patch_length: Optional[int] = field(default=None, metadata={"help": "split longer patches (None = no cap)"})
@@ -188,13 +229,12 @@ class PatchingArgs:
         default=0.0,
         metadata={"help": "curriculum: all static from here (linear in between); same units as tau1"},
     )
-    fold_speech_marker: str = field(
+    fold_speech_marker: FoldSpeechMarker = field(
         default="static",
         metadata={"help": "when <s> joins the first patch of its speech span: static (rows patched static, the "
-                          "reference code's rule), always, never (<s> is a patch of its own)",
-                  "choices": ("never", "static", "always")},
+                          "reference code's rule), always, never (<s> is a patch of its own)"},
     )
-    patch_boundary: str = field(
+    patch_boundary: PatchBoundary = field(
         default="paper",
         metadata={"help": "paper: a speech span's short last patch closes where the span ends, so predicting "
                           "the token after it sees that patch (a one-token look-ahead, the paper's rule); "
@@ -228,13 +268,12 @@ class Config:
 
     model_config: ModelConfig
     parallel: ParallelConfig
-    optimizer: OptimizerConfig
+    optimizer: OptimizerArgs
     data: DataConfig
     train: TrainConfig
     checkpoint: CheckpointConfig
     logging: LoggingConfig
     patching: PatchingArgs = field(default_factory=PatchingArgs)
-    extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -242,7 +281,7 @@ class Config:
 
 SECTIONS = {
     "parallel": ParallelConfig,
-    "optimizer": OptimizerConfig,
+    "optimizer": OptimizerArgs,
     "data": DataConfig,
     "train": TrainConfig,
     "checkpoint": CheckpointConfig,
@@ -256,15 +295,17 @@ def _flag(name: str) -> str:
 
 
 def _base_type(annotation: Any) -> Any:
-    if isinstance(annotation, str):
-        annotation = eval(annotation, {"Optional": Optional, "list": list})  # dataclass string annotations
+    """The type a flag parses into: ``Optional[X]`` -> X; a ``Literal``'s choices are strings."""
+    if literal_choices(annotation) is not None:
+        return str
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
     return args[0] if args else annotation
 
 
 def _add_fields(group: argparse._ArgumentGroup, cls: type) -> None:
+    hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        kind = _base_type(f.type)
+        kind = _base_type(hints[f.name])
         help_text = f.metadata.get("help", "").replace("%", "%%")
         if kind is bool:
             group.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction,
@@ -273,7 +314,7 @@ def _add_fields(group: argparse._ArgumentGroup, cls: type) -> None:
             group.add_argument(_flag(f.name), dest=f.name, nargs="+", default=None, help=help_text)
         else:
             group.add_argument(_flag(f.name), dest=f.name, type=kind, default=None, help=help_text,
-                               choices=f.metadata.get("choices"))
+                               choices=literal_choices(hints[f.name]))
 
 
 def build_parser(description: str = "Pretrain LST or an interleaved baseline on megatron-core.") -> argparse.ArgumentParser:
@@ -318,13 +359,12 @@ def config_from_values(values: dict, flavour: Optional[str] = None) -> Config:
     for name, cls in SECTIONS.items():
         names = {f.name for f in dataclasses.fields(cls)}
         sections[name] = cls(**{k: values.pop(k) for k in list(values) if k in names})
-    extra = values.pop("extra", {}) or {}
     if values:
         raise ValueError(f"unknown configuration keys: {sorted(values)}")
     data = sections["data"]
     if isinstance(data.data_path, str):
         data.data_path = data.data_path.split()
-    return Config(model_config=model_flavour(flavour, **model_overrides), extra=extra, **sections)
+    return Config(model_config=model_flavour(flavour, **model_overrides), **sections)
 
 
 def parse_args(argv: Optional[list[str]] = None, extra_parser_hook=None) -> Config:
@@ -347,38 +387,24 @@ def parse_args(argv: Optional[list[str]] = None, extra_parser_hook=None) -> Conf
 def validate(config: Config, parser: Optional[argparse.ArgumentParser] = None) -> None:
     """Refuse settings that cannot work, with the reason."""
     problems = []
-    if config.train.model not in MODELS:
-        problems.append(f"--model must be one of {', '.join(MODELS)}, got {config.train.model!r}")
-    if config.train.model == "bpe-baseline" and not config.data.unit_bpe:
-        problems.append("--model bpe-baseline needs --unit-bpe MODEL (a unit BPE from tools/train_unit_bpe.py)")
-    if config.data.unit_bpe and config.train.model != "bpe-baseline":
-        problems.append(f"--unit-bpe is for --model bpe-baseline, not {config.train.model!r}")
-    if config.train.nan_policy not in ("skip", "stop"):
-        problems.append(f"--nan-policy must be skip or stop, got {config.train.nan_policy!r}")
-    if config.train.local_attention_impl not in ("auto", "flex", "blocked"):
-        problems.append(f"--local-attention-impl must be auto, flex or blocked, got {config.train.local_attention_impl!r}")
-    if config.train.transformer_impl not in ("auto", "local", "transformer_engine"):
-        problems.append(f"--transformer-impl must be auto, local or transformer_engine, got {config.train.transformer_impl!r}")
-    if config.train.engine not in ("megatron", "deepspeed"):
-        problems.append(f"--engine must be megatron or deepspeed, got {config.train.engine!r}")
-    if config.data.data_mode not in ("interleaved", "speech", "text", "asr", "tts"):
-        problems.append(f"--data-mode must be interleaved, speech, text, asr or tts, got {config.data.data_mode!r}")
-    if config.data.blend_weights not in ("tokens", "samples"):
-        problems.append(f"--blend-weights must be tokens or samples, got {config.data.blend_weights!r}")
+    spec = model_spec(config.train.model)
+    if spec.unit_bpe and not config.data.unit_bpe:
+        problems.append(f"--model {spec.name} needs --unit-bpe MODEL (a unit BPE from tools/train_unit_bpe.py)")
+    if config.data.unit_bpe and not spec.unit_bpe:
+        problems.append(f"--unit-bpe is for models over unit BPE pieces (bpe-baseline), not {spec.name!r}")
     ckpt = config.checkpoint
     if ckpt.override_opt_param_scheduler and ckpt.use_checkpoint_opt_param_scheduler:
         problems.append("--override-opt-param-scheduler and --use-checkpoint-opt-param-scheduler exclude each other")
     if ckpt.keep_last is not None and ckpt.keep_last < 1:
         problems.append(f"--keep-last must be >= 1, got {ckpt.keep_last}")
-    if config.data.global_batch_size % config.data.micro_batch_size:
-        problems.append(
-            f"--global-batch-size {config.data.global_batch_size} is not a multiple of "
-            f"--micro-batch-size {config.data.micro_batch_size}"
-        )
-    if config.train.model == "lst":
+    try:
+        config.data.micro_batches_per_step()  # the data-parallel size is checked once the world is known
+    except ValueError as error:
+        problems.append(str(error))
+    if spec.patched:
         shape = config.model_config
         if shape.encoder_num_layers < 1 or shape.decoder_num_layers < 1:
-            problems.append("--model lst needs --encoder-num-layers and --decoder-num-layers >= 1; "
+            problems.append(f"--model {spec.name} needs --encoder-num-layers and --decoder-num-layers >= 1; "
                             "a model without local modules is the baseline: use --model baseline")
         try:
             problems += check_curriculum_reaches_static(config)

@@ -10,12 +10,10 @@ from functools import partial
 from typing import Callable, Iterator, Optional
 
 import torch
-from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
-from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 
 from megatron_lst.data.blending import build_lst_datasets
 from megatron_lst.data.datasets import LSTDatasetConfig
-from megatron_lst.data.input_checks import parse_blend  # noqa: F401  (strict: positive finite weights)
+from megatron_lst.data.input_checks import parse_blend  # strict: positive finite weights
 from megatron_lst.data.sampler import collate_packed
 from megatron_lst.data.speech_documents import is_speech_text_dataset
 from megatron_lst.data.token_shares import dataset_names
@@ -27,25 +25,8 @@ from megatron_lst.models.specs import resolve_use_te, transformer_config
 from megatron_lst.tokenizer import JointTokenizer
 from megatron_lst.training.arguments import Config
 from megatron_lst.training.data_modes import answer_target_mask, interleave_config
-from megatron_lst.training.task import dataset_token_shares, masked_token_loss
-
-
-class MegatronTokenizerAdapter:
-    """The few tokenizer attributes megatron-core's GPTDataset reads."""
-
-    def __init__(self, tokenizer: JointTokenizer):
-        self.vocab_size = tokenizer.vocab_size
-        self.eod = tokenizer.eos_id
-        self.pad = tokenizer.pad_id
-        self.bos = tokenizer.bos_id
-        # megatron-core hashes this into the dataset cache key: a new vocabulary, a new cache
-        self.unique_identifiers = {"class": "JointTokenizer", **tokenizer.layout()}
-
-
-def load_tokenizer(config: Config) -> JointTokenizer:
-    if not config.data.tokenizer_model:
-        raise ValueError("--tokenizer-model is required (a SentencePiece .model or .tiktoken file)")
-    return JointTokenizer.from_file(config.data.tokenizer_model, num_units=config.data.num_units)
+from megatron_lst.training.task import dataset_token_shares
+from megatron_lst.training.task_common import gpt_text_datasets, load_tokenizer, modality_token_loss
 
 
 class BaselineTask:
@@ -106,23 +87,7 @@ class BaselineTask:
         if any(is_speech_text_dataset(prefix) for prefix in prefixes):
             return self._interleaved_datasets(config, prefixes, weights, train_samples, valid_samples)
         self.collate = None
-        dataset_config = GPTDatasetConfig(
-            random_seed=config.data.seed,
-            sequence_length=config.data.seq_length,
-            blend=(prefixes, weights),
-            split=config.data.split,
-            path_to_cache=config.data.data_cache_path,
-            tokenizer=MegatronTokenizerAdapter(self.tokenizer),
-            reset_position_ids=False,
-            reset_attention_mask=False,
-            eod_mask_loss=False,
-            create_attention_mask=False,
-            mmap_bin_files=True,
-        )
-        train, valid, _ = BlendedMegatronDatasetBuilder(
-            GPTDataset, [train_samples, valid_samples, 0], lambda: True, dataset_config
-        ).build()
-        return train, valid
+        return gpt_text_datasets(config, self.tokenizer, (prefixes, weights), train_samples, valid_samples)
 
     def speech_dataset_options(self) -> dict:
         """Extra ``LSTDatasetConfig`` fields for speech-text corpora (the BPE baseline's unit BPE)."""
@@ -251,17 +216,3 @@ def packed_token_loss(token_index: torch.Tensor, batch_size: int, seq_len: int, 
     """megatron loss_func for a packed micro-batch: the per-token loss [1, T + filler] back to the
     rows' [B, S] layout (zeros at PAD positions and for the filler), then ``loss_func``."""
     return loss_func(unpack_token_values(per_token_loss, token_index, batch_size, seq_len))
-
-
-def modality_token_loss(loss_mask: torch.Tensor, is_speech_target, per_token_loss: torch.Tensor,
-                        extra: Optional[dict] = None):
-    """The mean-over-tokens loss plus separate text and speech losses when the batch has speech,
-    and any ``extra`` reported metrics (the blend's token shares)."""
-    extra = dict(extra or {})
-    if is_speech_target is not None:
-        losses = per_token_loss.float()
-        speech = loss_mask * is_speech_target.float()
-        text = loss_mask - speech
-        extra["speech loss"] = torch.stack([(losses * speech).sum().detach(), speech.sum()])
-        extra["text loss"] = torch.stack([(losses * text).sum().detach(), text.sum()])
-    return masked_token_loss(loss_mask, per_token_loss, extra)

@@ -9,14 +9,15 @@ the saved ``vocab_layout`` and are checked on resume (``check_checkpoint``) and 
 
 from __future__ import annotations
 
-import ast
 import json
 from pathlib import Path
 
+from megatron_lst.data.input_checks import parse_blend
 from megatron_lst.data.speech_documents import is_speech_text_dataset
 from megatron_lst.data.speech_layout import metadata_path
 from megatron_lst.training.arguments import Config
-from megatron_lst.training.baseline_task import BaselineTask, parse_blend
+from megatron_lst.training.baseline_task import BaselineTask
+from megatron_lst.training.run_config import decode_saved
 from megatron_lst.unit_bpe_tokenizer import UnitBPETokenizer, check_saved_layout
 
 
@@ -55,7 +56,7 @@ class BPEBaselineTask(BaselineTask):
         """Called before a checkpoint's weights are loaded: same BPE, codebook and layout, or a clear error."""
         if "vocab_layout" not in common:
             raise ValueError(f"{source}: the checkpoint records no vocab_layout, so its unit BPE cannot be checked")
-        check_saved_layout(ast.literal_eval(common["vocab_layout"]), self.tokenizer, source)
+        check_saved_layout(decode_saved(common["vocab_layout"], "vocab_layout"), self.tokenizer, source)
 
 
 def check_data_codebook(prefix: str, num_units: int) -> None:

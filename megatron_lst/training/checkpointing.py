@@ -27,7 +27,7 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
-from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
+from megatron.core import dist_checkpointing, tensor_parallel
 
 from megatron_lst.training import collectives
 from megatron_lst.training.checkpoint_folder import choose_checkpoint
@@ -278,14 +278,3 @@ def load_common_state(root: str | os.PathLike, iteration: Optional[int] = None) 
         return None
     return dist_checkpointing.load_common_state_dict(str(iteration_dir(root, iteration)))
 
-
-def checkpoint_format_ok(path: str | os.PathLike) -> bool:
-    """True when ``path`` is a finished dist_checkpointing folder."""
-    return dist_checkpointing.check_is_distributed_checkpoint(str(path))
-
-
-def pipeline_and_tensor_ranks() -> tuple[int, int]:
-    return (
-        parallel_state.get_pipeline_model_parallel_rank(),
-        parallel_state.get_tensor_model_parallel_rank(),
-    )

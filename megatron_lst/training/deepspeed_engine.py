@@ -44,6 +44,7 @@ from megatron_lst.training.checkpointing import restore_rng, save_rng_file
 from megatron_lst.training.initialize import destroy_distributed, initialize_distributed, print_rank_0
 from megatron_lst.training.loop import StepResult, TrainState
 from megatron_lst.training.metrics import MetricsLogger
+from megatron_lst.training.run_config import encode_saved
 from megatron_lst.training.sampler import build_data_iterator
 from megatron_lst.training.scheduler_resume import load_scheduler_state
 
@@ -191,10 +192,7 @@ class DeepSpeedTrainer:
         self.rank = torch.distributed.get_rank()
         self.dp_size = torch.distributed.get_world_size()
         data = config.data
-        if data.global_batch_size % (data.micro_batch_size * self.dp_size):
-            raise ValueError(f"--global-batch-size {data.global_batch_size} is not divisible by "
-                             f"--micro-batch-size x data-parallel size = {data.micro_batch_size} x {self.dp_size}")
-        self.num_microbatches = data.global_batch_size // (data.micro_batch_size * self.dp_size)
+        self.num_microbatches = data.micro_batches_per_step(self.dp_size)
         self.task = task_factory(config)
         without_fused_weight_gradients(self.task)
         module = self.task.build_model(config, True, True)
@@ -219,7 +217,7 @@ class DeepSpeedTrainer:
         """Micro-batches from ``consumed`` samples on (DP only: every rank reads); ``step`` keys validation."""
         data = self.config.data
         return build_data_iterator(dataset, consumed, data.micro_batch_size, self.rank, self.dp_size,
-                                   data.global_batch_size, num_workers=int(self.config.extra.get("num_workers", 0)),
+                                   data.global_batch_size, num_workers=data.num_workers,
                                    collate_fn=getattr(self.task, "collate", None),
                                    sampling=getattr(self.task, "sampling", None), step=step)
 
@@ -294,11 +292,11 @@ class DeepSpeedTrainer:
         tag = f"iter_{self.state.iteration:07d}"
         temp_tag = collectives.broadcast_object(f"{tag}.tmp-{uuid.uuid4().hex[:8]}", src=0)
         client_state = {**self.state.to_common(), "scheduler": self.scheduler.state_dict(),
-                        "config": repr(self.config.to_dict()), "engine": "deepspeed"}
+                        "config": encode_saved(self.config.to_dict()), "engine": "deepspeed"}
         if hasattr(self.task, "state"):
             client_state["task_state"] = self.task.state()
         if hasattr(self.task, "tokenizer"):
-            client_state["vocab_layout"] = repr(self.task.tokenizer.layout())
+            client_state["vocab_layout"] = encode_saved(self.task.tokenizer.layout())
         self.engine.save_checkpoint(root, tag=temp_tag, client_state=client_state, save_latest=False)
         temp_dir, final_dir = Path(root) / temp_tag, Path(root) / tag
         save_rng_file(temp_dir / f"rng_rank_{self.rank}.pt", self.dp_size)

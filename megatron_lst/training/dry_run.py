@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from typing import Optional
 
 from megatron_lst.models.flops import gpt_training_flops, lst_training_flops
-from megatron_lst.training.arguments import GPT_MODELS, Config
+from megatron_lst.training.arguments import Config
+from megatron_lst.training.registry import spec_of
 
 # Paper's mix (docs/method.md §5): per 3.00 baseline positions 0.77 are speech units.
 SPEECH_TOKEN_FRACTION = 0.77 / 3.0
@@ -66,7 +67,7 @@ def resolve_layout(config: Config, world_size: int) -> ParallelLayout:
     heads = {"global attention heads": shape.num_attention_heads}
     if shape.num_query_groups:
         heads["global query groups"] = shape.num_query_groups
-    if config.train.model == "lst":
+    if spec_of(config).patched:  # the patch encoder and decoder are split over TP too
         heads["encoder attention heads"] = shape.encoder_num_attention_heads
         heads["decoder attention heads"] = shape.decoder_num_attention_heads
     for name, count in heads.items():
@@ -75,11 +76,11 @@ def resolve_layout(config: Config, world_size: int) -> ParallelLayout:
     if shape.num_layers % pp:
         problems.append(f"global layers ({shape.num_layers}) are not divisible by PP={pp}")
     dp = max(world_size // (tp * pp), 1)
-    if not problems and data.global_batch_size % (data.micro_batch_size * dp):
-        problems.append(
-            f"global batch {data.global_batch_size} is not divisible by micro-batch x DP = "
-            f"{data.micro_batch_size} x {dp}"
-        )
+    if not problems:
+        try:
+            data.micro_batches_per_step(dp)
+        except ValueError as error:
+            problems.append(str(error))
     if config.train.engine == "deepspeed" and (tp > 1 or pp > 1):
         problems.append("--engine deepspeed is data parallel only: use TP=PP=1 (ZeRO shards the states)")
     if problems:
@@ -92,7 +93,7 @@ def vocab_size(config: Config) -> tuple[int, str]:
     if config.data.tokenizer_model and os.path.isfile(config.data.tokenizer_model):
         from megatron_lst.tokenizer import JointTokenizer
 
-        if config.train.model == "bpe-baseline" and config.data.unit_bpe and os.path.isfile(config.data.unit_bpe):
+        if spec_of(config).unit_bpe and config.data.unit_bpe and os.path.isfile(config.data.unit_bpe):
             from megatron_lst.unit_bpe_tokenizer import UnitBPETokenizer  # speech slots: BPE pieces
 
             size = UnitBPETokenizer.from_files(config.data.tokenizer_model, config.data.unit_bpe,
@@ -132,7 +133,7 @@ def parameter_counts(config: Config, vocab: int) -> dict[str, int]:
     global_layers = shape.num_layers * layer_parameters(
         hidden, shape.ffn_size(), shape.num_attention_heads, shape.num_query_groups, shape.swiglu
     )
-    if config.train.model in GPT_MODELS:
+    if not spec_of(config).patched:
         counts = {"embedding": vocab * hidden, "global": global_layers + hidden, "output": vocab * hidden}
     else:
         enc, dec = shape.encoder_hidden_size, shape.decoder_hidden_size
@@ -162,25 +163,34 @@ def stage_parameters(config: Config, counts: dict[str, int]) -> int:
 
 def speech_compression(config: Config) -> float:
     """Raw tokens per global position under the paper's mix (1.0 for the baseline)."""
-    if config.train.model in GPT_MODELS:
+    if not spec_of(config).patched:
         return 1.0
     positions_per_token = (1 - SPEECH_TOKEN_FRACTION) + SPEECH_TOKEN_FRACTION / config.patching.patch_size
     return 1.0 / positions_per_token
 
 
 def flops_per_step(config: Config, vocab: int) -> dict[str, float]:
-    """Training FLOPs of one optimizer step, per module, for the global batch."""
+    """Training FLOPs of one optimizer step, per module, for the global batch (the model's registry entry)."""
+    return spec_of(config).flops_per_step(config, vocab)
+
+
+def gpt_step_flops(config: Config, vocab: int) -> dict[str, float]:
+    """A GPT over the joint stream: one position per token."""
     shape, data = config.model_config, config.data
-    if config.train.model in GPT_MODELS:
-        total = gpt_training_flops(
-            num_tokens=data.global_batch_size * data.seq_length, seq_len=data.seq_length,
-            num_layers=shape.num_layers, hidden_size=shape.hidden_size, ffn_hidden_size=shape.ffn_size(),
-            num_attention_heads=shape.num_attention_heads, vocab_size=vocab,
-            num_query_groups=shape.num_query_groups, gated_mlp=shape.swiglu,
-        )
-        return {"global": total, "total": total}
+    total = gpt_training_flops(
+        num_tokens=data.global_batch_size * data.seq_length, seq_len=data.seq_length,
+        num_layers=shape.num_layers, hidden_size=shape.hidden_size, ffn_hidden_size=shape.ffn_size(),
+        num_attention_heads=shape.num_attention_heads, vocab_size=vocab,
+        num_query_groups=shape.num_query_groups, gated_mlp=shape.swiglu,
+    )
+    return {"global": total, "total": total}
+
+
+def lst_step_flops(config: Config, vocab: int) -> dict[str, float]:
+    """The LST: ``--seq-length`` patches, holding the raw tokens the paper's mix compresses into them."""
+    data = config.data
     tokens = int(round(data.seq_length * speech_compression(config)))
-    return lst_training_flops(shape, data.global_batch_size, tokens, data.seq_length, vocab)
+    return lst_training_flops(config.model_config, data.global_batch_size, tokens, data.seq_length, vocab)
 
 
 def activation_bytes(config: Config, layout: ParallelLayout, vocab: int) -> float:
@@ -200,7 +210,7 @@ def activation_bytes(config: Config, layout: ParallelLayout, vocab: int) -> floa
     layers = shape.num_layers / pp * in_flight
     logits = seq * micro * vocab * 4 / tp  # fp32 logits for the cross-entropy on the last stage
     local = 0.0
-    if train.model == "lst":
+    if spec_of(config).patched:
         tokens = seq * speech_compression(config) * micro
         for width, count in ((shape.encoder_hidden_size, shape.encoder_num_layers),
                              (shape.decoder_hidden_size, shape.decoder_num_layers)):
@@ -303,7 +313,7 @@ def format_plan(config: Config, result: dict) -> str:
         f"{layout.micro_batches_per_step} micro-batches of {layout.micro_batch_size} per DP rank per step",
         f"raw tokens per step: {result['tokens_per_step']:.4g}"
         + (f" (assumed speech compression {speech_compression(config):.3f} tokens/position)"
-           if config.train.model == "lst" else ""),
+           if spec_of(config).patched else ""),
         "FLOPs per step: " + ", ".join(f"{name} {value:.4g}" for name, value in flops.items()),
         f"FLOPs for --train-iters {config.train.train_iters}: {flops['total'] * config.train.train_iters:.4g}",
         *budget_lines(config, flops["total"], result["tokens_per_step"]),

@@ -43,9 +43,7 @@ def hardware_problems(config: Config) -> list[str]:
     if train.local_attention_impl == "flex" and not cuda:
         problems.append("--local-attention-impl flex trains on CUDA only (FlexAttention has no CPU backward); "
                         "use auto or blocked")
-    if train.recompute_granularity not in (None, "full", "selective"):
-        problems.append(f"--recompute-granularity must be full or selective, got {train.recompute_granularity!r}")
-    elif train.recompute_granularity and not cuda:
+    if train.recompute_granularity and not cuda:  # its choices are checked with the flags (arguments.py)
         problems.append("--recompute-granularity needs a GPU: megatron-core's activation checkpoint saves and "
                         "restores the CUDA RNG state")
     return problems

@@ -31,6 +31,7 @@ from megatron_lst.training.checkpointing import (iteration_dir, load_checkpoint,
                                                  resolve_iteration, save_checkpoint, write_latest)
 from megatron_lst.training.initialize import initialize_distributed, print_rank_0
 from megatron_lst.training.metrics import MetricsLogger
+from megatron_lst.training.run_config import encode_saved
 from megatron_lst.training.sampler import build_data_iterator
 from megatron_lst.training.scheduler_resume import load_scheduler_state
 from megatron_lst.training.signals import PreemptionHandler
@@ -149,13 +150,7 @@ class Trainer:
         self.task: TrainingTask = task_factory(config)
         self.dp_rank = parallel_state.get_data_parallel_rank()
         self.dp_size = parallel_state.get_data_parallel_world_size()
-        micro_per_step = config.data.micro_batch_size * self.dp_size
-        if config.data.global_batch_size % micro_per_step:
-            raise ValueError(
-                f"--global-batch-size {config.data.global_batch_size} is not divisible by "
-                f"--micro-batch-size x data-parallel size = {config.data.micro_batch_size} x {self.dp_size}"
-            )
-        self.num_microbatches = config.data.global_batch_size // micro_per_step
+        self.num_microbatches = config.data.micro_batches_per_step(self.dp_size)
         self.model = self._build_model()
         self.optimizer = self._build_optimizer()
         self.scheduler = self._build_scheduler()
@@ -242,7 +237,7 @@ class Trainer:
         cfg = self.config
         return tensor_parallel_data_iterator(lambda: build_data_iterator(
             dataset, consumed, cfg.data.micro_batch_size, self.dp_rank, self.dp_size, cfg.data.global_batch_size,
-            num_workers=int(cfg.extra.get("num_workers", 0)),
+            num_workers=cfg.data.num_workers,
             collate_fn=getattr(self.task, "collate", None),
             sampling=getattr(self.task, "sampling", None),
             step=step,
@@ -308,12 +303,12 @@ class Trainer:
         if not self.config.checkpoint.save:
             return
         common = self.state.to_common()
-        common["config"] = repr(self.config.to_dict())
+        common["config"] = encode_saved(self.config.to_dict())
         common["batch_layout"] = batch_layout(self.config.data)
         if hasattr(self.task, "state"):
             common["task_state"] = self.task.state()
         if hasattr(self.task, "tokenizer"):
-            common["vocab_layout"] = repr(self.task.tokenizer.layout())
+            common["vocab_layout"] = encode_saved(self.task.tokenizer.layout())
         ckpt = self.config.checkpoint
         path = save_checkpoint(ckpt.save, self.state.iteration, _unwrap(self.model), self.optimizer, self.scheduler,
                                common)

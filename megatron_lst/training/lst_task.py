@@ -23,6 +23,7 @@ from torch.utils.data import default_collate
 
 from megatron_lst.data.blending import build_lst_datasets
 from megatron_lst.data.datasets import LSTDatasetConfig
+from megatron_lst.data.input_checks import parse_blend
 from megatron_lst.data.sampler import collate_packed
 from megatron_lst.data.speech_documents import is_speech_text_dataset
 from megatron_lst.data.token_shares import dataset_names
@@ -36,16 +37,11 @@ from megatron_lst.patching import PatchingConfig, compute_patches
 from megatron_lst.patching.padding import merge_padding_patches
 from megatron_lst.tokenizer import JointTokenizer, VocabLayout
 from megatron_lst.training.arguments import Config, run_patching_config
-from megatron_lst.training.baseline_task import BaselineTask, load_tokenizer, modality_token_loss, parse_blend
 from megatron_lst.training.data_modes import answer_target_mask, interleave_config
 from megatron_lst.training.sampler import SamplingOptions
 from megatron_lst.training.task import dataset_token_shares
+from megatron_lst.training.task_common import gpt_text_datasets, load_tokenizer, modality_token_loss
 
-# Global batches whose samples are sorted together by token count. On a demo-like blend (33%
-# speech-text by samples, --seq-length 256, micro-batch 4, global batch 8; bench/bench_bucketing.py)
-# index order pads 53% of the tokens, one global batch 34%, 4 about 10%, 16 about 3%: only the
-# micro-batches that straddle the text -> speech jump of a window mix lengths.
-DEFAULT_BUCKET_WINDOW = 16
 SAMPLE_KEY_FIELDS = ("sample_index", "step")
 
 
@@ -207,7 +203,7 @@ class LSTTask:
         prefixes, weights = parse_blend(config.data.data_path)
         self.dataset_names = tuple(dataset_names(prefixes)) if len(prefixes) > 1 else ()
         if not any(is_speech_text_dataset(prefix) for prefix in prefixes):
-            train, valid = BaselineTask(config, self.tokenizer).build_datasets(config, train_samples, valid_samples)
+            train, valid = gpt_text_datasets(config, self.tokenizer, (prefixes, weights), train_samples, valid_samples)
             self.collate = gpt_samples_to_lst_batch
             self.sampling = SamplingOptions()  # rows of seq_length + 1 tokens: nothing to key or bucket
             return train, valid
@@ -229,8 +225,8 @@ class LSTTask:
         self.reports_modalities = True
         self.collate = partial(collate_lst_samples, bos_id=self.tokenizer.bos_id, pad_id=self.tokenizer.pad_id,
                                patching=self.patching, vocab=self.tokenizer.vocab)
-        window = int(config.extra.get("bucket_window", DEFAULT_BUCKET_WINDOW))
-        self.sampling = SamplingOptions(attach_keys=True, bucket_window=window, seed=config.data.seed)
+        self.sampling = SamplingOptions(attach_keys=True, bucket_window=config.data.bucket_window,
+                                        seed=config.data.seed)
         return train, valid
 
     # ------------------------------------------------------------------ training hooks

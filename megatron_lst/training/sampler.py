@@ -28,6 +28,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from megatron_lst.data.bucketing import bucketed_microbatches, sample_token_counts
+from megatron_lst.training.arguments import micro_batches_per_step
 
 
 class SampleKey(NamedTuple):
@@ -82,9 +83,7 @@ class PretrainingBatchSampler:
             raise ValueError(f"no samples to train on (total_samples={total_samples})")
         if not 0 <= data_parallel_rank < data_parallel_size:
             raise ValueError(f"data-parallel rank {data_parallel_rank} not in [0, {data_parallel_size})")
-        if micro_batch_size < 1 or global_batch_size % (micro_batch_size * data_parallel_size):
-            raise ValueError(f"global batch {global_batch_size} is not a multiple of micro-batch {micro_batch_size} "
-                             f"x data-parallel size {data_parallel_size}")
+        micro_batches_per_step(global_batch_size, micro_batch_size, data_parallel_size)
         if consumed_samples % global_batch_size:
             raise ValueError(f"consumed samples {consumed_samples} is not a whole number of global batches of "
                              f"{global_batch_size}: steps would not line up with the data order")

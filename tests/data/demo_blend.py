@@ -18,7 +18,8 @@ from megatron_lst.data.datasets import LSTDatasetConfig
 from megatron_lst.data.interleave import InterleaveConfig
 from megatron_lst.patching import PatchingConfig
 from megatron_lst.tokenizer import JointTokenizer
-from megatron_lst.training.lst_task import DEFAULT_BUCKET_WINDOW, collate_lst_samples
+from megatron_lst.training.arguments import DEFAULT_BUCKET_WINDOW
+from megatron_lst.training.lst_task import collate_lst_samples
 from megatron_lst.training.sampler import SamplingOptions, build_data_iterator
 
 ROOT = Path(__file__).resolve().parents[2]

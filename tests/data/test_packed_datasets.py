@@ -12,9 +12,10 @@ import pytest
 from megatron_lst.data.blending import blend_from_data_path, build_lst_datasets
 from megatron_lst.data.datasets import LSTDatasetConfig
 from megatron_lst.data.packing import PackingConfig, count_global_positions, plan_packing
-from megatron_lst.data.sampler import ResumableBatchSampler, collate_packed
+from megatron_lst.data.sampler import collate_packed
 from megatron_lst.data.synthetic import random_aligned_records, random_sentence
 from megatron_lst.tokenizer import JointTokenizer
+from megatron_lst.training.sampler import PretrainingBatchSampler
 
 TOOL = Path(__file__).resolve().parents[2] / "tools" / "preprocess_data.py"
 
@@ -91,19 +92,14 @@ def test_blend_follows_weights_and_resume_is_exact(corpora, sentencepiece_model)
     text_sample = train[int(np.flatnonzero(dataset_ids == 1)[0])]
     assert not text_sample["is_speech"].any()
 
-    def batches(sampler, count):
-        iterator = iter(sampler)
-        return [collate_packed([train[i] for i in next(iterator)], tokenizer.pad_id, pad_to=256) for _ in range(count)]
+    def batches(dataset, consumed_samples, count):
+        sampler = iter(PretrainingBatchSampler(len(dataset), consumed_samples, 4, 0, 1, 4))
+        return [collate_packed([dataset[key.index] for key in next(sampler)], tokenizer.pad_id, pad_to=256)
+                for _ in range(count)]
 
-    uninterrupted = batches(ResumableBatchSampler(len(train), 4), 10)
-    first = ResumableBatchSampler(len(train), 4)
-    batches(first, 6)
-    state = first.state_dict()
+    uninterrupted = batches(train, 0, 10)
     rebuilt, _, _ = build_lst_datasets(make_config(tokenizer, blend), [300, 0, 0])
-    train = rebuilt
-    resumed_sampler = ResumableBatchSampler(len(train), 4)
-    resumed_sampler.load_state_dict(state)
-    resumed = batches(resumed_sampler, 4)
+    resumed = batches(rebuilt, 6 * 4, 4)  # a resumed run: a rebuilt dataset, six steps of 4 consumed
     for expected, got in zip(uninterrupted[6:], resumed):
         for name in expected:
             assert np.array_equal(expected[name].numpy(), got[name].numpy()), name

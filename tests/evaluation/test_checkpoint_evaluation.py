@@ -38,7 +38,7 @@ def scorer(tp2_checkpoint):
 
 
 def test_checkpoint_config_is_read_back_at_tp1(tp2_checkpoint, text_corpus):
-    from megatron_lst.evaluation.model_scorer import config_from_checkpoint
+    from megatron_lst.training.checkpoint_loading import config_from_checkpoint
 
     config = config_from_checkpoint(tp2_checkpoint)
     assert config.train.model == "baseline" and config.parallel.tensor_model_parallel_size == 1
@@ -111,7 +111,7 @@ def test_cli_reads_a_storycloze_csv_and_whole_sequence_scores_equal_cached(tp2_c
 
 
 def test_a_tokenizer_of_another_size_is_refused(tp2_checkpoint, tmp_path):
-    from megatron_lst.evaluation.model_scorer import check_vocabulary, read_common_state
+    from megatron_lst.training.checkpoint_loading import check_vocabulary, read_common_state
     from megatron_lst.tokenizer import JointTokenizer, train_sentencepiece
 
     other = train_sentencepiece([f"line {i} of other text" for i in range(50)], tmp_path / "other", vocab_size=40)
@@ -121,10 +121,9 @@ def test_a_tokenizer_of_another_size_is_refused(tp2_checkpoint, tmp_path):
 
 def test_a_tokenizer_of_the_same_size_but_other_pieces_is_refused(tp2_checkpoint, text_corpus, tmp_path):
     """Same size passes the layout check; the pieces' fingerprint saved with the run does not."""
-    import ast
     import random
 
-    from megatron_lst.evaluation.model_scorer import check_text_model, check_vocabulary, read_common_state
+    from megatron_lst.training.checkpoint_loading import check_text_model, check_vocabulary, read_common_state
     from megatron_lst.tokenizer import JointTokenizer, train_sentencepiece
 
     common = read_common_state(tp2_checkpoint)
@@ -137,7 +136,7 @@ def test_a_tokenizer_of_the_same_size_but_other_pieces_is_refused(tp2_checkpoint
     with pytest.raises(ValueError, match="pieces_sha256"):
         check_vocabulary(common, other)
     check_vocabulary(common, JointTokenizer.from_file(text_corpus.tokenizer_model))  # the run's own: fine
-    saved = ast.literal_eval(common["vocab_layout"])["text_model"]
+    saved = json.loads(common["vocab_layout"])["text_model"]  # written as JSON
     old = {key: value for key, value in saved.items() if key != "pieces_sha256"}  # an older checkpoint
     check_text_model(old, other)  # cannot tell: warns instead
 
@@ -146,7 +145,7 @@ def test_a_checkpoint_of_another_shape_names_the_tensor_and_both_shapes(tp2_chec
     from megatron.core import dist_checkpointing
     from megatron.core.dist_checkpointing.mapping import ShardedTensor
 
-    from megatron_lst.evaluation.model_scorer import check_checkpoint_shapes, checkpoint_iteration_dir
+    from megatron_lst.training.checkpoint_loading import check_checkpoint_shapes, checkpoint_iteration_dir
 
     folder = checkpoint_iteration_dir(tp2_checkpoint)
     key, stored = next((k, v) for k, v in dist_checkpointing.load_tensors_metadata(str(folder)).items()

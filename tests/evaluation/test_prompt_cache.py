@@ -63,7 +63,7 @@ def scorers(family: str, patching: PatchingConfig):
     else:
         model = build_baseline()
         whole = CheckpointScorer(baseline_logits(model), model, tokenizer, device)
-    cached, why = prompt_cached_scorer(model, family, tokenizer, device, patching if family == "lst" else None)
+    cached, why = prompt_cached_scorer(model, family == "lst", tokenizer, device, patching if family == "lst" else None)
     assert cached is not None, why
     return whole, cached
 
@@ -145,6 +145,6 @@ def test_an_lst_length_cap_counts_patches(one_thread):
 
 def test_an_lst_the_stepper_cannot_run_falls_back_with_the_reason(one_thread):
     model = build_lst(cross_attn_window_encoder=2)
-    scorer, why = prompt_cached_scorer(model, "lst", toy_tokenizer(), torch.device("cpu"), PatchingConfig())
+    scorer, why = prompt_cached_scorer(model, True, toy_tokenizer(), torch.device("cpu"), PatchingConfig())
     assert scorer is None and "--cross-attn-window-encoder 1" in why
     assert isinstance(scorers("baseline", PatchingConfig())[1], PromptCachedScorer)

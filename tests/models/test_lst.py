@@ -323,4 +323,4 @@ def test_patch_boundary_flag_reaches_the_patching_config(capsys):
     assert parse_args(["--model", "lst"]).patching.patch_boundary == "paper"
     with pytest.raises(SystemExit):
         parse_args(["--model", "lst", "--patch-boundary", "lookahead"])
-    assert "patch_boundary must be one of" in capsys.readouterr().err
+    assert "--patch-boundary: invalid choice: 'lookahead'" in capsys.readouterr().err

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import importlib.util
 import json
 
@@ -26,11 +25,12 @@ def checkpoint_logits(root, model_name: str, tokens: torch.Tensor) -> torch.Tens
 
     from megatron_lst.training.checkpointing import iteration_dir, load_checkpoint, read_latest_iteration
     from megatron_lst.training.initialize import destroy_distributed
-    from tools.convert_checkpoint import build_model, config_from_saved, init_single_process
+    from megatron_lst.training.checkpoint_loading import initialize_single_process
+    from tools.convert_checkpoint import build_model, single_process_config
 
     common = dist_checkpointing.load_common_state_dict(str(iteration_dir(root, read_latest_iteration(root))))
-    config = config_from_saved(ast.literal_eval(common["config"]))
-    init_single_process()
+    config = single_process_config(common["config"])
+    initialize_single_process(config.data.seed, backend="gloo")
     try:
         model = build_model(config).eval()
         load_checkpoint(root, model, load_rng=False)
@@ -93,13 +93,13 @@ def assert_evaluates_the_same(original_root, converted_root, tmp_path) -> None:
 
 def test_saved_config_rebuilds_for_one_process_and_drops_unknown_keys():
     from megatron_lst.training.arguments import parse_args
-    from tools.convert_checkpoint import config_from_saved
+    from tools.convert_checkpoint import single_process_config
 
     trained = parse_args(["--model-flavour", "420m", "--model", "lst", "--tensor-model-parallel-size", "2",
                           "--patch-size", "3", "--save", "ckpt"])
     saved = trained.to_dict()
     saved["train"]["field_from_a_newer_release"] = 1
-    rebuilt = config_from_saved(saved, tokenizer_model="other.model")
+    rebuilt = single_process_config(saved, tokenizer_model="other.model")
     assert rebuilt.model_config == trained.model_config and rebuilt.patching == trained.patching
     assert rebuilt.parallel.tensor_model_parallel_size == 1 and rebuilt.checkpoint.save is None
     assert rebuilt.data.tokenizer_model == "other.model"

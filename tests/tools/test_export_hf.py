@@ -23,9 +23,9 @@ def tiny_config(sentencepiece_model: str, model: str = "baseline", *flags: str):
 
 def trained_like_model(config):
     """The run's model with every weight redrawn large, so that a mis-mapped tensor changes the logits."""
-    from megatron_lst.evaluation.model_scorer import build_task
+    from megatron_lst.training.registry import spec_of
 
-    task = build_task(config)
+    task = spec_of(config).build_task(config)
     model = task.build_model(config, True, True).eval()
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():

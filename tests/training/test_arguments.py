@@ -50,12 +50,55 @@ def test_shipped_configs_parse(name):
 def test_bad_settings_are_refused_with_the_reason(tmp_path, capsys):
     with pytest.raises(SystemExit):
         parse_args(["--global-batch-size", "10", "--micro-batch-size", "4"])
-    assert "not a multiple of --micro-batch-size 4" in capsys.readouterr().err
+    assert "--global-batch-size 10 is not divisible by --micro-batch-size x data-parallel size = 4 x 1" in capsys.readouterr().err
     bad = tmp_path / "bad.yaml"
     bad.write_text("no_such_flag: 3\n")
     with pytest.raises(SystemExit):
         parse_args(["--config", str(bad)])
     assert "unknown configuration keys: ['no_such_flag']" in capsys.readouterr().err
+
+
+def test_every_literal_field_is_a_flag_with_its_choices_and_is_checked_on_construction(tmp_path, capsys):
+    import dataclasses
+    import typing
+
+    from megatron_lst.choices import literal_choices
+    from megatron_lst.training.arguments import SECTIONS, config_from_values
+
+    actions = {action.dest: action for action in build_parser()._actions}
+    checked = 0
+    for cls in SECTIONS.values():
+        hints = typing.get_type_hints(cls)
+        for field in dataclasses.fields(cls):
+            choices = literal_choices(hints[field.name])
+            if choices is None:
+                continue
+            assert tuple(actions[field.name].choices) == choices, field.name
+            with pytest.raises(ValueError, match=f"--{field.name.replace('_', '-')} must be one of"):
+                config_from_values({field.name: "no-such-choice"})
+            checked += 1
+    assert checked >= 12  # model, engine, data_mode, patching, ... are all Literal-typed
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data:\n  data_mode: asr_tts\n")  # YAML bypasses argparse's choices, not the check
+    with pytest.raises(SystemExit):
+        parse_args(["--config", str(bad)])
+    assert "--data-mode must be one of interleaved, speech, text, asr, tts, got 'asr_tts'" in capsys.readouterr().err
+
+
+def test_data_loader_settings_are_data_flags():
+    config = parse_args(["--num-workers", "2", "--bucket-window", "4"])
+    assert (config.data.num_workers, config.data.bucket_window) == (2, 4)
+    with pytest.raises(SystemExit):
+        parse_args(["--num-workers", "-1"])
+
+
+def test_the_batch_check_is_one_function_that_names_the_flags():
+    from megatron_lst.training.arguments import micro_batches_per_step
+
+    assert micro_batches_per_step(16, 2, 4) == 2
+    with pytest.raises(ValueError, match="--global-batch-size 16 is not divisible .* = 3 x 2"):
+        micro_batches_per_step(16, 3, 2)
+    assert parse_args(["--global-batch-size", "8", "--micro-batch-size", "2"]).data.micro_batches_per_step(2) == 2
 
 
 CURRICULUM = ["--model", "lst", "--patching", "curriculum"]

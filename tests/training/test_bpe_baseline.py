@@ -7,7 +7,6 @@ meeting another BPE or codebook is refused naming the field.
 
 from __future__ import annotations
 
-import ast
 import json
 import subprocess
 import sys
@@ -159,11 +158,11 @@ def test_a_checkpoint_layout_of_another_bpe_is_refused_naming_the_field(hand_bpe
 
 def test_generation_refuses_a_bpe_baseline_and_the_bpe_defaults_to_the_papers_1k():
     from megatron_lst.data.unit_bpe import DEFAULT_UNIT_BPE_VOCAB
-    from megatron_lst.inference.loading import refuse_bpe_baseline
+    from megatron_lst.inference.loading import refuse_non_generating
 
     with pytest.raises(ValueError, match="generation does not support --model bpe-baseline"):
-        refuse_bpe_baseline("bpe-baseline", "ckpt")
-    refuse_bpe_baseline("baseline", "ckpt")
+        refuse_non_generating("bpe-baseline", "ckpt")
+    refuse_non_generating("baseline", "ckpt")
     assert DEFAULT_UNIT_BPE_VOCAB == 1000
     assert "default 1000" in run_tool("train_unit_bpe.py", ["--help"]).stdout
 
@@ -178,7 +177,8 @@ def test_bpe_baseline_trains_saves_and_is_scored_with_its_bpe(base_args, speech_
                                    "--vocab-size", "600"])
     run_tool("train_unit_bpe.py", ["--input", str(records), "--output-prefix", str(tmp_path / "other"),
                                    "--vocab-size", "560"])
-    from megatron_lst.evaluation.model_scorer import CheckpointScorer, read_common_state
+    from megatron_lst.evaluation.model_scorer import CheckpointScorer
+    from megatron_lst.training.checkpoint_loading import read_common_state
 
     assert json.loads((tmp_path / "bpe.json").read_text())["num_units"] == 501  # the codebook travels with it
     save = tmp_path / "ckpt"
@@ -186,7 +186,7 @@ def test_bpe_baseline_trains_saves_and_is_scored_with_its_bpe(base_args, speech_
     args = [*base_args, "--model", "bpe-baseline", "--data-path", "0.5", speech_text_prefix, "0.5", text_prefix,
             "--train-iters", "2"]
     run_pretrain([*args, "--unit-bpe", str(tmp_path / "bpe.model"), "--save", str(save)])
-    layout = ast.literal_eval(read_common_state(save)["vocab_layout"])
+    layout = json.loads(read_common_state(save)["vocab_layout"])  # written as JSON
     assert layout["unit_bpe"]["pieces"] == 600 and layout["data_num_units"] == 501 and layout["num_units"] == 600
 
     units = [json.loads(line)["units"] for line in records.read_text().splitlines()[:3]]

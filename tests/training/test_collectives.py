@@ -176,14 +176,14 @@ def run_recorded_training(args: list[str], monkeypatch: pytest.MonkeyPatch, sign
     from megatron_lst.training.arguments import parse_args
     from megatron_lst.training.initialize import destroy_distributed
     from megatron_lst.training.loop import Trainer
-    from pretrain_lst import task_factory
+    from megatron_lst.training.registry import build_task
 
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
     monkeypatch.setenv("MASTER_PORT", str(free_port()))
     config = parse_args(args)
     recorder = CollectiveRecorder(monkeypatch)
     try:
-        trainer = Trainer(config, task_factory)
+        trainer = Trainer(config, build_task)
         real_step = trainer.train_step
 
         def step_with_signal():

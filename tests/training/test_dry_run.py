@@ -26,7 +26,7 @@ def test_layout_from_world_size_and_micro_batches():
         (["--tensor-model-parallel-size", "3"], 6, "global attention heads (4) are not divisible by TP=3"),
         (["--pipeline-model-parallel-size", "3"], 3, "global layers (2) are not divisible by PP=3"),
         (["--tensor-model-parallel-size", "2"], 3, "world size 3 is not divisible by TP x PP = 2 x 1"),
-        (["--micro-batch-size", "4", "--global-batch-size", "8"], 4, "global batch 8 is not divisible by micro-batch x DP = 4 x 4"),
+        (["--micro-batch-size", "4", "--global-batch-size", "8"], 4, "--global-batch-size 8 is not divisible by --micro-batch-size x data-parallel size = 4 x 4"),
         (["--model", "lst", "--encoder-num-attention-heads", "3", "--tensor-model-parallel-size", "2"], 2,
          "encoder attention heads (3) are not divisible by TP=2"),
         (["--engine", "deepspeed", "--tensor-model-parallel-size", "2"], 2, "--engine deepspeed is data parallel only"),

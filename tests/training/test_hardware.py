@@ -23,7 +23,6 @@ cpu_only = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU 
         (["--bf16"], "--bf16 uses megatron-core's mixed-precision optimizer"),
         (["--transformer-impl", "transformer_engine"], "needs CUDA and an importable transformer_engine"),
         (["--recompute-granularity", "full"], "saves and restores the CUDA RNG state"),
-        (["--recompute-granularity", "everything"], "must be full or selective"),
         (["--local-attention-impl", "flex"], "FlexAttention has no CPU backward"),
     ],
 )

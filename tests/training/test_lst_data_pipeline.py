@@ -30,9 +30,9 @@ def test_lst_tp2_reading_on_rank_0_with_workers_matches_tp1(base_args, speech_te
             "--patching", "mixed", "--patch-size", "4", "--train-iters", "4", "--global-batch-size", "8",
             "--eval-interval", "4", "--eval-iters", "1"]
     workers = tmp_path / "workers.yaml"
-    workers.write_text(yaml.safe_dump({"extra": {"num_workers": 2, "bucket_window": 2}}))
+    workers.write_text(yaml.safe_dump({"num_workers": 2, "bucket_window": 2}))
     in_process = tmp_path / "in_process.yaml"
-    in_process.write_text(yaml.safe_dump({"extra": {"num_workers": 0, "bucket_window": 2}}))
+    in_process.write_text(yaml.safe_dump({"num_workers": 0, "bucket_window": 2}))
     run_pretrain([*args, "--config", str(in_process), "--log-json", str(tmp_path / "tp1.jsonl")])
     run_pretrain([*args, "--config", str(workers), "--tensor-model-parallel-size", "2",
                   "--log-json", str(tmp_path / "tp2.jsonl")], nproc=2)

@@ -90,7 +90,7 @@ def assert_all_gone(processes: set[Process], within: float = 10.0) -> None:
 
 def trainer_args(base_args: list[str], save: Path, tmp_path: Path, resume: bool) -> list[str]:
     config = tmp_path / "workers.yaml"
-    config.write_text("extra:\n  num_workers: 2\n")  # DataLoader workers are children too
+    config.write_text("num_workers: 2\n")  # DataLoader workers are children too
     return [*base_args, "--config", str(config), "--train-iters", "100000", "--save", str(save), "--save-interval", "1",
             *(["--load", str(save)] if resume else [])]
 

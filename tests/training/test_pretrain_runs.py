@@ -4,14 +4,12 @@ crash safety of checkpoints, preemption and NaN handling (issue 2's acceptance t
 from __future__ import annotations
 
 import math
-import os
 import shutil
 import signal
 import subprocess
 import time
 from pathlib import Path
 
-import pytest
 
 from tests.conftest import child_env, pretrain_command, read_metrics, run_pretrain
 

@@ -54,7 +54,7 @@ def test_only_whole_global_batches_are_read_and_misaligned_resume_is_refused():
     assert len(sampler) == len(list(sampler)) == 10  # 5 steps; the last sample is never read
     with pytest.raises(ValueError, match="whole number of global batches"):
         PretrainingBatchSampler(40, 6, 2, 0, 1, 4)
-    with pytest.raises(ValueError, match="not a multiple"):
+    with pytest.raises(ValueError, match="is not divisible by --micro-batch-size x data-parallel size"):
         PretrainingBatchSampler(40, 0, 3, 0, 1, 4)
     with pytest.raises(ValueError, match="token_counts"):
         PretrainingBatchSampler(40, 0, 2, 0, 1, 4, bucket_window=2)
