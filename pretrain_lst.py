@@ -71,16 +71,9 @@ def train(argv: list[str] | None = None) -> int:
 
     check_hardware(config)
     check_inputs(config)
-    if config.train.engine == "deepspeed":
-        from megatron_lst.training.deepspeed_engine import run_deepspeed
+    from megatron_lst.training.loop import run_training  # either --engine: one loop
 
-        return run_deepspeed(config, task_factory)
-    from megatron_lst.training.initialize import destroy_distributed
-    from megatron_lst.training.loop import Trainer
-
-    trainer = Trainer(config, task_factory)
-    trainer.train()
-    destroy_distributed()
+    run_training(config, task_factory)
     return 0
 
 

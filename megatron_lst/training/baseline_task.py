@@ -27,7 +27,7 @@ from megatron_lst.models.specs import resolve_use_te, transformer_config
 from megatron_lst.tokenizer import JointTokenizer
 from megatron_lst.training.arguments import Config
 from megatron_lst.training.data_modes import answer_target_mask, interleave_config
-from megatron_lst.training.task import dataset_token_shares, masked_token_loss
+from megatron_lst.training.task import TaskData, TrainingTask, dataset_token_shares, masked_token_loss
 
 
 class MegatronTokenizerAdapter:
@@ -48,7 +48,7 @@ def load_tokenizer(config: Config) -> JointTokenizer:
     return JointTokenizer.from_file(config.data.tokenizer_model, num_units=config.data.num_units)
 
 
-class BaselineTask:
+class BaselineTask(TrainingTask):
     """Plain next-token prediction with megatron-core's GPTModel.
 
     On packed speech-text samples attention is block-causal over documents. With
@@ -59,7 +59,6 @@ class BaselineTask:
     """
 
     name = "baseline"
-    collate = None  # the DataLoader's default stacking suits GPTDataset items
     dataset_names: tuple[str, ...] = ()  # set by build_datasets for a blend: the realised token shares
 
     def __init__(self, config: Config, tokenizer: JointTokenizer | None = None,
@@ -100,12 +99,13 @@ class BaselineTask:
         initialize_by_global_name(model, config.data.seed, shape.init_method_std, shape.num_layers)
         return model
 
-    def build_datasets(self, config: Config, train_samples: int, valid_samples: int) -> tuple:
+    def build_datasets(self, config: Config, train_samples: int, valid_samples: int) -> TaskData:
+        """GPTDataset samples (the DataLoader's default stacking suits them), or for speech-text
+        blends the packed interleaved samples of ``_interleaved_datasets``."""
         prefixes, weights = parse_blend(config.data.data_path)
         self.dataset_names = tuple(dataset_names(prefixes)) if len(prefixes) > 1 else ()
         if any(is_speech_text_dataset(prefix) for prefix in prefixes):
             return self._interleaved_datasets(config, prefixes, weights, train_samples, valid_samples)
-        self.collate = None
         dataset_config = GPTDatasetConfig(
             random_seed=config.data.seed,
             sequence_length=config.data.seq_length,
@@ -122,13 +122,13 @@ class BaselineTask:
         train, valid, _ = BlendedMegatronDatasetBuilder(
             GPTDataset, [train_samples, valid_samples, 0], lambda: True, dataset_config
         ).build()
-        return train, valid
+        return TaskData(train, valid)
 
     def speech_dataset_options(self) -> dict:
         """Extra ``LSTDatasetConfig`` fields for speech-text corpora (the BPE baseline's unit BPE)."""
         return {}
 
-    def _interleaved_datasets(self, config, prefixes, weights, train_samples: int, valid_samples: int) -> tuple:
+    def _interleaved_datasets(self, config, prefixes, weights, train_samples: int, valid_samples: int) -> TaskData:
         """Speech-text blends: the same packed interleaved samples LST reads, one token per position.
 
         A sample holds ``seq_length + 1`` tokens (inputs plus the last target), like GPTDataset's.
@@ -150,10 +150,10 @@ class BaselineTask:
                                              weight_by=config.data.blend_weights)
         # sequence parallelism splits the packed length across the TP ranks: pad it to a multiple
         pad_to_multiple = config.parallel.tensor_model_parallel_size if config.parallel.sequence_parallel else 1
-        self.collate = partial(packed_to_gpt_batch, pad_id=self.tokenizer.pad_id, length=config.data.seq_length + 1,
-                               data_mode=config.data.data_mode, vocab=self.tokenizer.vocab,
-                               pack=self.pack_sequences, pad_to_multiple=pad_to_multiple)
-        return train, valid
+        collate = partial(packed_to_gpt_batch, pad_id=self.tokenizer.pad_id, length=config.data.seq_length + 1,
+                          data_mode=config.data.data_mode, vocab=self.tokenizer.vocab,
+                          pack=self.pack_sequences, pad_to_multiple=pad_to_multiple)
+        return TaskData(train, valid, collate)
 
     def forward_step(self, data_iterator: Iterator[dict], model: torch.nn.Module) -> tuple:
         batch = next(data_iterator)
