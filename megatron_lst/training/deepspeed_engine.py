@@ -243,4 +243,4 @@ class DeepSpeedEngine(Engine):
                                  ckpt.use_checkpoint_opt_param_scheduler, log=print_rank_0)
         if not ckpt.finetune:
             restore_rng(folder, "rng_rank_{rank}.pt", self.rank, self.layout.data, log=print_rank_0)
-        return {**client_state, "checkpoint_dir": str(path)}
+        return {**client_state, "checkpoint_dir": str(folder)}
