@@ -160,7 +160,8 @@ class DeepSpeedEngine(Engine):
         optimizer = torch.optim.AdamW(adamw_param_groups(module), lr=opt.lr, betas=(opt.adam_beta1, opt.adam_beta2),
                                       eps=opt.adam_eps, weight_decay=opt.weight_decay)
         self.ds_config = load_ds_config(config, layout.data)
-        self.model, self.optimizer, _, _ = deepspeed.initialize(model=module, optimizer=optimizer, config=self.ds_config)
+        self.model, self.optimizer, _, _ = deepspeed.initialize(model=module, optimizer=optimizer,
+                                                                config=self.ds_config)
         self.scheduler = build_scheduler(self.optimizer, config)
 
     # ------------------------------------------------------------------ steps
