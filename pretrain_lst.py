@@ -57,16 +57,9 @@ def train(argv: list[str] | None = None) -> int:
 
     check_hardware(config)
     check_inputs(config)
-    if config.train.engine == "deepspeed":
-        from megatron_lst.training.deepspeed_engine import run_deepspeed
+    from megatron_lst.training.loop import run_training  # either --engine: one loop
 
-        return run_deepspeed(config, build_task)
-    from megatron_lst.training.initialize import destroy_distributed
-    from megatron_lst.training.loop import Trainer
-
-    trainer = Trainer(config, build_task)
-    trainer.train()
-    destroy_distributed()
+    run_training(config, build_task)
     return 0
 
 

@@ -167,12 +167,13 @@ def training_config(model: str, args: argparse.Namespace, bf16: bool, use_te: bo
 def build_trainer(model: str, config, tokenizer: JointTokenizer):
     """The project's Trainer for ``model`` (DDP, megatron optimizer, scheduler), fed by ``feed``."""
     from megatron_lst.training.loop import Trainer
+    from megatron_lst.training.task import TaskData
 
     class SyntheticTrainer(Trainer):
         """``Trainer`` with its data replaced by one synthetic micro-batch repeated."""
 
         def _build_data(self) -> None:
-            self.train_dataset = self.valid_dataset = None
+            self.data = TaskData(train=None, valid=None)
             self.train_iterator = iter(())
 
         def feed(self, batch: dict, micro_batch_size: int) -> None:

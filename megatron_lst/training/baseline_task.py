@@ -25,11 +25,11 @@ from megatron_lst.models.specs import resolve_use_te, transformer_config
 from megatron_lst.tokenizer import JointTokenizer
 from megatron_lst.training.arguments import Config
 from megatron_lst.training.data_modes import answer_target_mask, interleave_config
-from megatron_lst.training.task import dataset_token_shares
+from megatron_lst.training.task import TaskData, TrainingTask, dataset_token_shares
 from megatron_lst.training.task_common import gpt_text_datasets, load_tokenizer, modality_token_loss
 
 
-class BaselineTask:
+class BaselineTask(TrainingTask):
     """Plain next-token prediction with megatron-core's GPTModel.
 
     On packed speech-text samples attention is block-causal over documents. With
@@ -40,7 +40,6 @@ class BaselineTask:
     """
 
     name = "baseline"
-    collate = None  # the DataLoader's default stacking suits GPTDataset items
     dataset_names: tuple[str, ...] = ()  # set by build_datasets for a blend: the realised token shares
 
     def __init__(self, config: Config, tokenizer: JointTokenizer | None = None,
@@ -81,19 +80,20 @@ class BaselineTask:
         initialize_by_global_name(model, config.data.seed, shape.init_method_std, shape.num_layers)
         return model
 
-    def build_datasets(self, config: Config, train_samples: int, valid_samples: int) -> tuple:
+    def build_datasets(self, config: Config, train_samples: int, valid_samples: int) -> TaskData:
+        """GPTDataset samples (the DataLoader's default stacking suits them), or for speech-text
+        blends the packed interleaved samples of ``_interleaved_datasets``."""
         prefixes, weights = parse_blend(config.data.data_path)
         self.dataset_names = tuple(dataset_names(prefixes)) if len(prefixes) > 1 else ()
         if any(is_speech_text_dataset(prefix) for prefix in prefixes):
             return self._interleaved_datasets(config, prefixes, weights, train_samples, valid_samples)
-        self.collate = None
-        return gpt_text_datasets(config, self.tokenizer, (prefixes, weights), train_samples, valid_samples)
+        return TaskData(*gpt_text_datasets(config, self.tokenizer, (prefixes, weights), train_samples, valid_samples))
 
     def speech_dataset_options(self) -> dict:
         """Extra ``LSTDatasetConfig`` fields for speech-text corpora (the BPE baseline's unit BPE)."""
         return {}
 
-    def _interleaved_datasets(self, config, prefixes, weights, train_samples: int, valid_samples: int) -> tuple:
+    def _interleaved_datasets(self, config, prefixes, weights, train_samples: int, valid_samples: int) -> TaskData:
         """Speech-text blends: the same packed interleaved samples LST reads, one token per position.
 
         A sample holds ``seq_length + 1`` tokens (inputs plus the last target), like GPTDataset's.
@@ -115,10 +115,10 @@ class BaselineTask:
                                              weight_by=config.data.blend_weights)
         # sequence parallelism splits the packed length across the TP ranks: pad it to a multiple
         pad_to_multiple = config.parallel.tensor_model_parallel_size if config.parallel.sequence_parallel else 1
-        self.collate = partial(packed_to_gpt_batch, pad_id=self.tokenizer.pad_id, length=config.data.seq_length + 1,
-                               data_mode=config.data.data_mode, vocab=self.tokenizer.vocab,
-                               pack=self.pack_sequences, pad_to_multiple=pad_to_multiple)
-        return train, valid
+        collate = partial(packed_to_gpt_batch, pad_id=self.tokenizer.pad_id, length=config.data.seq_length + 1,
+                          data_mode=config.data.data_mode, vocab=self.tokenizer.vocab,
+                          pack=self.pack_sequences, pad_to_multiple=pad_to_multiple)
+        return TaskData(train, valid, collate)
 
     def forward_step(self, data_iterator: Iterator[dict], model: torch.nn.Module) -> tuple:
         batch = next(data_iterator)

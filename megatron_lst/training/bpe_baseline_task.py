@@ -18,6 +18,7 @@ from megatron_lst.data.speech_layout import metadata_path
 from megatron_lst.training.arguments import Config
 from megatron_lst.training.baseline_task import BaselineTask
 from megatron_lst.training.run_config import decode_saved
+from megatron_lst.training.task import TaskData
 from megatron_lst.unit_bpe_tokenizer import UnitBPETokenizer, check_saved_layout
 
 
@@ -46,7 +47,7 @@ class BPEBaselineTask(BaselineTask):
     def speech_dataset_options(self) -> dict:
         return {"unit_bpe": self.config.data.unit_bpe}
 
-    def build_datasets(self, config: Config, train_samples: int, valid_samples: int) -> tuple:
+    def build_datasets(self, config: Config, train_samples: int, valid_samples: int) -> TaskData:
         prefixes, _ = parse_blend(config.data.data_path)
         for prefix in filter(is_speech_text_dataset, prefixes):
             check_data_codebook(prefix, config.data.num_units)

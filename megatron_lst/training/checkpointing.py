@@ -23,7 +23,7 @@ import random
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -78,18 +78,21 @@ def write_latest(root: str | os.PathLike, iteration: Optional[int]) -> None:
 
 
 def resolve_iteration(root: str | os.PathLike, iteration: Optional[int] = None, fallback: bool = False,
-                      log=print_rank_0) -> Optional[int]:
+                      log=print_rank_0, read_latest: Optional[Callable[[str | os.PathLike], Optional[int]]] = None
+                      ) -> Optional[int]:
     """The verified iteration to load from ``root``: ``iteration`` when given (refused if it does not
     verify), else what ``latest`` names, falling back to older checkpoints when ``fallback``
     (``--load``). None when ``root`` holds no checkpoint. Rank 0 decides and every rank gets its
-    answer, so the ranks agree and the files are hashed once."""
+    answer, so the ranks agree and the files are hashed once. ``read_latest`` reads the engine's
+    pointer (DeepSpeed names it differently); by default this module's."""
+    read_latest = read_latest or read_latest_pointer
 
     def decide() -> tuple[Optional[int], Optional[str]]:
         try:
             if iteration is not None:
                 verify_checkpoint(iteration_dir(root, iteration))
                 return iteration, None
-            return choose_checkpoint(root, read_latest_pointer(root), lambda it: iteration_dir(root, it),
+            return choose_checkpoint(root, read_latest(root), lambda it: iteration_dir(root, it),
                                      fallback, log), None
         except CheckpointError as error:
             return None, str(error)

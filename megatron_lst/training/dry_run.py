@@ -50,6 +50,19 @@ class ParallelLayout:
         return self.global_batch_size // (self.micro_batch_size * self.data)
 
 
+def pipeline_layer_problems(layers: int, pp: int, first: Optional[int], last: Optional[int]) -> list[str]:
+    """megatron-core's rule for the global layers over PP stages: ``first``/``last`` (LST's
+    ``--decoder-first/last-pipeline-num-layers``) fix the end stages, the rest split evenly."""
+    if pp == 1 or (first is None and last is None):
+        return [] if layers % pp == 0 else [f"global layers ({layers}) are not divisible by PP={pp}"]
+    fixed = [count for count in (first, last) if count is not None]
+    middle_stages, middle_layers = pp - len(fixed), layers - sum(fixed)
+    if middle_layers < 0 or (middle_stages == 0 and middle_layers) or (middle_stages and middle_layers % middle_stages):
+        return [f"global layers ({layers}) minus the first/last stages' {sum(fixed)} do not split evenly over the "
+                f"other {middle_stages} of PP={pp} stages"]
+    return []
+
+
 def planned_world_size(config: Config) -> int:
     """--world-size, else the launcher's WORLD_SIZE (torchrun sets nnodes x nproc-per-node), else 1."""
     if config.parallel.world_size:
@@ -73,8 +86,8 @@ def resolve_layout(config: Config, world_size: int) -> ParallelLayout:
     for name, count in heads.items():
         if count % tp:
             problems.append(f"{name} ({count}) are not divisible by TP={tp}")
-    if shape.num_layers % pp:
-        problems.append(f"global layers ({shape.num_layers}) are not divisible by PP={pp}")
+    problems += pipeline_layer_problems(shape.num_layers, pp, parallel.decoder_first_pipeline_num_layers,
+                                        parallel.decoder_last_pipeline_num_layers)
     dp = max(world_size // (tp * pp), 1)
     if not problems:
         try:

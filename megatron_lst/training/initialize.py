@@ -14,17 +14,13 @@ import numpy as np
 import torch
 from megatron.core import parallel_state, tensor_parallel
 
+from megatron_lst.training.arguments import Config
 from megatron_lst.training.cpu_compat import apply_cpu_patches
+from megatron_lst.training.dry_run import ParallelLayout, resolve_layout
 
 
-def initialize_distributed(
-    tensor_model_parallel_size: int = 1,
-    pipeline_model_parallel_size: int = 1,
-    backend: str | None = None,
-    seed: int = 1234,
-    timeout_minutes: int = 30,
-) -> None:
-    """Initialise torch.distributed, megatron's parallel state and all RNGs (idempotent)."""
+def start_process_group(backend: str | None = None, timeout_minutes: int = 30) -> bool:
+    """torch.distributed's default group (idempotent); True when running on CPU (cpu_compat applied)."""
     on_cpu = apply_cpu_patches()
     if not torch.distributed.is_initialized():
         rank = int(os.environ.get("RANK", "0"))
@@ -39,6 +35,18 @@ def initialize_distributed(
             world_size=world_size,
             timeout=timedelta(minutes=timeout_minutes),
         )
+    return on_cpu
+
+
+def initialize_distributed(
+    tensor_model_parallel_size: int = 1,
+    pipeline_model_parallel_size: int = 1,
+    backend: str | None = None,
+    seed: int = 1234,
+    timeout_minutes: int = 30,
+) -> None:
+    """Initialise torch.distributed, megatron's parallel state and all RNGs (idempotent)."""
+    start_process_group(backend, timeout_minutes)
     world_size = torch.distributed.get_world_size()
     model_parallel = tensor_model_parallel_size * pipeline_model_parallel_size
     if world_size % model_parallel:
@@ -52,6 +60,17 @@ def initialize_distributed(
             pipeline_model_parallel_size=pipeline_model_parallel_size,
         )
     set_seed(seed)
+
+
+def initialize_parallel(config: Config) -> ParallelLayout:
+    """A training run's start: the process group, then the layout its flags ask for at this world
+    size (checked as ``--dry-run`` checks it: every broken rule in one message), then megatron's
+    parallel state for that layout and the seeds. The loop and both engines read the layout."""
+    start_process_group(config.parallel.distributed_backend)
+    layout = resolve_layout(config, torch.distributed.get_world_size())
+    initialize_distributed(layout.tensor, layout.pipeline, backend=config.parallel.distributed_backend,
+                           seed=config.data.seed)
+    return layout
 
 
 def set_seed(seed: int) -> None:

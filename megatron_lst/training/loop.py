@@ -1,111 +1,41 @@
-"""The training loop: thin, on megatron-core's DDP, optimizer, scheduler and pipeline schedules.
+"""The training loop, one for both engines: data, NaN policy, logs, validation, checkpoints, signals.
 
-One step = ``get_forward_backward_func()`` over the step's micro-batches (gradient
-accumulation, 1F1B under PP), a global NaN/Inf check of the loss, then the megatron optimizer
-(grad clipping inside) and ``OptimizerParamScheduler``. Around it: periodic validation, log
-lines and TensorBoard scalars, atomic checkpoints, stop conditions (iterations, FLOPs budget,
-token budget, SIGTERM/SIGUSR1 from a scheduler) and exact resume.
+The engine (``training/engine.py``: megatron-core DDP/distributed optimizer with TP/PP schedules,
+or DeepSpeed ZeRO) owns the model, optimizer and schedule and runs a step's micro-batches; this
+loop owns everything around them, so both engines share it: the data order (keyed by consumed
+samples, exact on resume), counting tokens and FLOPs, the reduction of the reported metrics, the
+NaN/Inf policy (skip the step and count it, or stop), log lines and TensorBoard scalars, periodic
+validation, atomic checkpoints on a cadence with the ``--save`` folder rules, stop conditions
+(iterations, FLOPs budget, token budget, SIGTERM/SIGUSR1 from a scheduler) and exact resume.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
 from typing import Iterator, Optional
 
 import torch
 from megatron.core import parallel_state
-from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
-from megatron.core.optimizer import OptimizerConfig as MegatronOptimizerConfig
-from megatron.core.optimizer import get_megatron_optimizer
-from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
-from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from megatron_lst.training import collectives
 from megatron_lst.training.arguments import Config
 from megatron_lst.training.batch_broadcast import tensor_parallel_data_iterator
 from megatron_lst.training.checkpoint_folder import prepare_save_folder, prune_checkpoints, same_folder
 from megatron_lst.training.checkpoint_manifest import CheckpointError
-from megatron_lst.training.checkpointing import (iteration_dir, load_checkpoint, load_common_state, read_latest_pointer,
-                                                 resolve_iteration, save_checkpoint, write_latest)
-from megatron_lst.training.initialize import initialize_distributed, print_rank_0
+from megatron_lst.training.checkpointing import iteration_dir, resolve_iteration
+from megatron_lst.training.engine import Engine, build_engine
+from megatron_lst.training.initialize import initialize_parallel, print_rank_0
 from megatron_lst.training.metrics import MetricsLogger
+from megatron_lst.training.sampler import SamplingOptions, build_data_iterator
 from megatron_lst.training.run_config import encode_saved
-from megatron_lst.training.sampler import build_data_iterator
-from megatron_lst.training.scheduler_resume import load_scheduler_state
 from megatron_lst.training.signals import PreemptionHandler
-from megatron_lst.training.task import SHARE_PREFIX, TrainingTask
-
-
-@dataclass
-class TrainState:
-    """Everything about progress that a checkpoint must carry for an exact resume."""
-
-    iteration: int = 0
-    consumed_samples: int = 0
-    flops_so_far: float = 0.0
-    tokens_so_far: float = 0.0
-    skipped_iterations: int = 0
-    # raw tokens each blended dataset supplied so far (from the steps' "share <name>" metrics)
-    tokens_by_dataset: dict = field(default_factory=dict)
-
-    def to_common(self) -> dict:
-        return {
-            "iteration": self.iteration,
-            "consumed_samples": self.consumed_samples,
-            "flops_so_far": self.flops_so_far,
-            "tokens_so_far": self.tokens_so_far,
-            "skipped_iterations": self.skipped_iterations,
-            "tokens_by_dataset": dict(self.tokens_by_dataset),
-        }
-
-    def restore(self, saved: dict) -> None:
-        """Take the progress fields back from a checkpoint's common state (what ``to_common`` wrote)."""
-        for key, current in self.to_common().items():
-            setattr(self, key, type(current)(saved.get(key) or type(current)()))
-
-    def token_shares_so_far(self) -> dict[str, float]:
-        """Each blended dataset's share of the raw tokens trained on since the run began."""
-        total = sum(self.tokens_by_dataset.values())
-        return {name: tokens / total for name, tokens in sorted(self.tokens_by_dataset.items())} if total else {}
-
-    def advance(self, result: "StepResult", global_batch_size: int) -> None:
-        """Count one finished step (either engine): samples consumed, FLOPs, raw tokens, skips."""
-        self.iteration += 1
-        self.consumed_samples += global_batch_size
-        self.flops_so_far += result.flops
-        self.tokens_so_far += result.tokens
-        self.skipped_iterations += int(result.skipped)
-        for name, share in result.metrics.items():
-            if name.startswith(SHARE_PREFIX):  # per-step shares are lumpy (bucketing): the running total is not
-                dataset = name[len(SHARE_PREFIX):]
-                self.tokens_by_dataset[dataset] = self.tokens_by_dataset.get(dataset, 0.0) + share * result.tokens
-
-    def budget_reached(self, train) -> Optional[str]:
-        """Why training must stop now (``--train-iters``, ``--train-flops``, ``--train-tokens``), or None."""
-        if self.iteration >= train.train_iters:
-            return f"reached --train-iters {train.train_iters}"
-        if train.train_flops is not None and self.flops_so_far >= train.train_flops:
-            return f"reached --train-flops {train.train_flops:.3g}"
-        if train.train_tokens is not None and self.tokens_so_far >= train.train_tokens:
-            return f"reached --train-tokens {train.train_tokens:.3g}"
-        return None
-
-
-@dataclass
-class StepResult:
-    metrics: dict = field(default_factory=dict)
-    grad_norm: Optional[float] = None
-    skipped: bool = False
-    tokens: float = 0.0
-    positions: float = 0.0
-    flops: float = 0.0
-    flops_by_module: dict = field(default_factory=dict)
+from megatron_lst.training.task import TaskData, TrainingTask
+from megatron_lst.training.train_state import StepResult, TrainState
 
 
 class CountingIterator:
-    """Passes micro-batches through to megatron while adding up their tokens and FLOPs."""
+    """Passes micro-batches through to the engine while adding up their tokens and FLOPs."""
 
     def __init__(self, iterator: Iterator[dict], task: TrainingTask):
         self.iterator = iterator
@@ -122,38 +52,25 @@ class CountingIterator:
         batch = next(self.iterator)
         self.tokens += self.task.batch_tokens(batch)
         self.positions += self.task.batch_positions(batch)
-        if hasattr(self.task, "flops_breakdown"):  # LST: encoder / global / decoder separately
-            for module, flops in self.task.flops_breakdown(batch).items():
+        breakdown = self.task.flops_breakdown(batch)  # LST: encoder / global / decoder separately
+        if breakdown is None:
+            self.flops += self.task.batch_flops(batch)
+        else:
+            for module, flops in breakdown.items():
                 self.flops_by_module[module] = self.flops_by_module.get(module, 0.0) + flops
             self.flops = self.flops_by_module["total"]
-        else:
-            self.flops += self.task.batch_flops(batch)
         return batch
 
 
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    return model.module if isinstance(model, DistributedDataParallel) else model
-
-
 class Trainer:
-    """Builds the parallel model, optimizer and data for a task; runs and resumes training."""
+    """Builds the engine and the data for a task; runs and resumes training."""
 
     def __init__(self, config: Config, task_factory):
         self.config = config
-        parallel = config.parallel
-        initialize_distributed(
-            parallel.tensor_model_parallel_size,
-            parallel.pipeline_model_parallel_size,
-            backend=parallel.distributed_backend,
-            seed=config.data.seed,
-        )
+        self.layout = initialize_parallel(config)
         self.task: TrainingTask = task_factory(config)
         self.dp_rank = parallel_state.get_data_parallel_rank()
-        self.dp_size = parallel_state.get_data_parallel_world_size()
-        self.num_microbatches = config.data.micro_batches_per_step(self.dp_size)
-        self.model = self._build_model()
-        self.optimizer = self._build_optimizer()
-        self.scheduler = self._build_scheduler()
+        self.engine: Engine = build_engine(config, self.task, self.layout)
         self.state = TrainState()
         self._resumed_layout: Optional[dict] = None  # the batch sizes of the checkpoint resumed from
         self._loaded_iteration: Optional[int] = None  # kept by --keep-last while this run lasts
@@ -162,71 +79,31 @@ class Trainer:
         self._prepare_save_folder()
         self._build_data()
 
-    # ---------------------------------------------------------------- construction
-    def _build_model(self) -> DistributedDataParallel:
-        module = self.task.build_model(
-            self.config,
-            pre_process=parallel_state.is_pipeline_first_stage(),
-            post_process=parallel_state.is_pipeline_last_stage(),
-        )
-        if not torch.cuda.is_available():
-            module = module.cpu()
-        else:
-            module = module.cuda()
-        tconfig = module.config
-        ddp_config = DistributedDataParallelConfig(
-            grad_reduce_in_fp32=True,
-            overlap_grad_reduce=False,
-            use_distributed_optimizer=self.config.parallel.use_distributed_optimizer,
-        )
-        model = DistributedDataParallel(config=tconfig, ddp_config=ddp_config, module=module)
-        tconfig.finalize_model_grads_func = finalize_model_grads
-        tconfig.no_sync_func = model.no_sync
-        return model
+    @property
+    def num_microbatches(self) -> int:
+        return self.layout.micro_batches_per_step
 
-    def _build_optimizer(self):
-        opt, train = self.config.optimizer, self.config.train
-        megatron_config = MegatronOptimizerConfig(
-            optimizer="adam",
-            lr=opt.lr,
-            min_lr=opt.lr * opt.min_lr_ratio,
-            weight_decay=opt.weight_decay,
-            adam_beta1=opt.adam_beta1,
-            adam_beta2=opt.adam_beta2,
-            adam_eps=opt.adam_eps,
-            clip_grad=opt.clip_grad,
-            bf16=train.bf16,
-            params_dtype=torch.bfloat16 if train.bf16 else torch.float32,
-            use_distributed_optimizer=self.config.parallel.use_distributed_optimizer,
-        )
-        return get_megatron_optimizer(megatron_config, [self.model])
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.engine.model
 
-    def _build_scheduler(self) -> OptimizerParamScheduler:
-        opt, data = self.config.optimizer, self.config.data
-        decay_iters = opt.lr_decay_iters or self.config.train.train_iters
-        warmup = min(opt.lr_warmup_iters, max(decay_iters - 1, 0))
-        return OptimizerParamScheduler(
-            self.optimizer,
-            init_lr=0.0,
-            max_lr=opt.lr,
-            min_lr=opt.lr * opt.min_lr_ratio,
-            lr_warmup_steps=warmup * data.global_batch_size,
-            lr_decay_steps=decay_iters * data.global_batch_size,
-            lr_decay_style=opt.lr_decay_style,
-            start_wd=opt.weight_decay,
-            end_wd=opt.weight_decay,
-            wd_incr_steps=decay_iters * data.global_batch_size,
-            wd_incr_style="constant",
-        )
+    @property
+    def optimizer(self):
+        return self.engine.optimizer
 
+    @property
+    def scheduler(self):
+        return self.engine.scheduler
+
+    # ---------------------------------------------------------------- data
     def _build_data(self) -> None:
         cfg = self.config
         train_samples = cfg.train.train_iters * cfg.data.global_batch_size
         # validation re-reads the same first samples at every run, so its losses are comparable
         valid_samples = max(cfg.logging.eval_iters * cfg.data.global_batch_size, 1)
-        self.train_dataset, self.valid_dataset = self.task.build_datasets(cfg, train_samples, valid_samples)
-        check_resumed_batch_layout(self._resumed_layout, cfg.data, getattr(self.task, "sampling", None))
-        self.train_iterator = self._iterator(self.train_dataset, self.state.consumed_samples)
+        self.data: TaskData = self.task.build_datasets(cfg, train_samples, valid_samples)
+        check_resumed_batch_layout(self._resumed_layout, cfg.data, self.data.sampling)
+        self.train_iterator = self._iterator(self.data.train, self.state.consumed_samples)
 
     def _iterator(self, dataset, consumed: int, step: Optional[int] = None) -> Iterator[dict]:
         """Micro-batches from ``consumed`` samples on; ``step`` keys them all (validation).
@@ -236,10 +113,10 @@ class Trainer:
         """
         cfg = self.config
         return tensor_parallel_data_iterator(lambda: build_data_iterator(
-            dataset, consumed, cfg.data.micro_batch_size, self.dp_rank, self.dp_size, cfg.data.global_batch_size,
+            dataset, consumed, cfg.data.micro_batch_size, self.dp_rank, self.layout.data, cfg.data.global_batch_size,
             num_workers=cfg.data.num_workers,
-            collate_fn=getattr(self.task, "collate", None),
-            sampling=getattr(self.task, "sampling", None),
+            collate_fn=self.data.collate,
+            sampling=self.data.sampling,
             step=step,
         ))
 
@@ -249,27 +126,15 @@ class Trainer:
         ckpt = self.config.checkpoint
         if not ckpt.load:
             return
-        iteration = resolve_iteration(ckpt.load, fallback=True)
+        iteration = resolve_iteration(ckpt.load, fallback=True, read_latest=self.engine.read_latest)
         if iteration is None:
             print_rank_0(f"no checkpoint found in {ckpt.load}; starting from scratch")
             return
-        no_optim = ckpt.no_load_optim or ckpt.finetune
-        if hasattr(self.task, "check_checkpoint"):  # e.g. the BPE baseline: same unit BPE, before any weight loads
-            self.task.check_checkpoint(load_common_state(ckpt.load, iteration), f"--load {ckpt.load}")
-        loaded = load_checkpoint(
-            ckpt.load,
-            _unwrap(self.model),
-            optimizer=None if no_optim else self.optimizer,
-            scheduler=None if no_optim else self.scheduler,
-            iteration=iteration,
-            load_rng=not ckpt.finetune,
-            load_scheduler=lambda scheduler, saved: load_scheduler_state(
-                scheduler, saved, ckpt.override_opt_param_scheduler, ckpt.use_checkpoint_opt_param_scheduler,
-                log=print_rank_0),
-        )
+        # e.g. the BPE baseline: the same unit BPE, before any weight loads
+        self.task.check_checkpoint(self.engine.read_common(ckpt.load, iteration), f"--load {ckpt.load}")
+        loaded = self.engine.load(ckpt.load, iteration)
         if not ckpt.finetune:
-            self.state.restore(loaded)
-            self.task_state_loaded(loaded)
+            self.state.load_state_dict(loaded)
             self._resumed_layout = loaded.get("batch_layout")
         self._loaded_iteration = iteration
         print_rank_0(f"loaded {loaded['checkpoint_dir']} at iteration {self.state.iteration}")
@@ -289,29 +154,27 @@ class Trainer:
         if torch.distributed.get_rank() == 0:
             problem = prepare_save_folder(
                 save, self.state.iteration, self._resumes_save_folder(), self.config.checkpoint.overwrite_save,
-                lambda: read_latest_pointer(save), lambda it: iteration_dir(save, it),
-                lambda it: write_latest(save, it), log=print_rank_0)
+                lambda: self.engine.read_latest(save), lambda it: iteration_dir(save, it),
+                lambda it: self.engine.write_latest(save, it), log=print_rank_0)
         problem = collectives.broadcast_object(problem, src=0)
         if problem is not None:
             raise CheckpointError(problem)
 
-    def task_state_loaded(self, loaded: dict) -> None:
-        if hasattr(self.task, "load_state"):
-            self.task.load_state(loaded.get("task_state"))
+    def common_state(self) -> dict:
+        """What every checkpoint carries beside the engine's states: progress, the run config, the batch
+        sizes (which fix the data order) and the vocabulary layout."""
+        return {
+            **self.state.state_dict(),
+            "config": encode_saved(self.config.to_dict()),
+            "batch_layout": batch_layout(self.config.data),
+            "vocab_layout": encode_saved(self.task.tokenizer.layout()),
+        }
 
     def save(self) -> None:
-        if not self.config.checkpoint.save:
-            return
-        common = self.state.to_common()
-        common["config"] = encode_saved(self.config.to_dict())
-        common["batch_layout"] = batch_layout(self.config.data)
-        if hasattr(self.task, "state"):
-            common["task_state"] = self.task.state()
-        if hasattr(self.task, "tokenizer"):
-            common["vocab_layout"] = encode_saved(self.task.tokenizer.layout())
         ckpt = self.config.checkpoint
-        path = save_checkpoint(ckpt.save, self.state.iteration, _unwrap(self.model), self.optimizer, self.scheduler,
-                               common)
+        if not ckpt.save:
+            return
+        path = self.engine.save(ckpt.save, self.state.iteration, self.common_state())
         print_rank_0(f"saved checkpoint {path}")
         if ckpt.keep_last and torch.distributed.get_rank() == 0:
             protect = [self._loaded_iteration] if self._resumes_save_folder() else []
@@ -319,17 +182,6 @@ class Trainer:
                               log=print_rank_0)
 
     # ---------------------------------------------------------------- one step
-    def _forward_backward(self, iterator: Iterator[dict], num_microbatches: int, forward_only: bool):
-        return get_forward_backward_func()(
-            forward_step_func=self.task.forward_step,
-            data_iterator=iterator,
-            model=[self.model],
-            num_microbatches=num_microbatches,
-            seq_length=self.config.data.seq_length,
-            micro_batch_size=self.config.data.micro_batch_size,
-            forward_only=forward_only,
-        )
-
     def _reduce_metrics(self, losses: list[dict]) -> dict:
         """Sum [sum, count] pairs over micro-batches, DP ranks and PP (last stage has them).
 
@@ -349,52 +201,47 @@ class Trainer:
         sums = _broadcast_from_last_stage(totals).tolist()
         return {name: sums[i][0] / max(sums[i][1], 1.0) for i, name in enumerate(names)}
 
-    def train_step(self) -> StepResult:
+    def _review(self, losses: list[dict]) -> tuple[dict, bool]:
+        """The NaN policy, the same for both engines: the step's reduced metrics, and whether its
+        update must be discarded (``--nan-policy skip``); ``stop`` raises instead."""
         cfg = self.config
-        self.model.zero_grad_buffer()
-        self.optimizer.zero_grad()
-        counted = CountingIterator(self.train_iterator, self.task)
-        losses = self._forward_backward(counted, self.num_microbatches, forward_only=False)
         metrics = self._reduce_metrics(losses)
-        if cfg.train.debug_inject_nan_iter is not None and self.state.iteration + 1 == cfg.train.debug_inject_nan_iter:
+        iteration = self.state.iteration + 1
+        if cfg.train.debug_inject_nan_iter is not None and iteration == cfg.train.debug_inject_nan_iter:
             metrics["lm loss"] = float("nan")
-        result = StepResult(metrics=metrics, tokens=counted.tokens, positions=counted.positions, flops=counted.flops)
-        if not math.isfinite(metrics.get("lm loss", 0.0)):
-            result.skipped = True
-            print_rank_0(
-                f"iteration {self.state.iteration + 1}: loss is {metrics['lm loss']} (NaN/Inf); "
-                + ("skipping this step" if cfg.train.nan_policy == "skip" else "stopping (--nan-policy stop)")
-            )
-            if cfg.train.nan_policy == "stop":
-                raise FloatingPointError(f"non-finite loss at iteration {self.state.iteration + 1}")
-            self.optimizer.zero_grad()
-        else:
-            update_successful, grad_norm, _ = self.optimizer.step()
-            result.grad_norm = grad_norm
-            if update_successful:
-                self.scheduler.step(increment=cfg.data.global_batch_size)
-            else:
-                result.skipped = True
+        if math.isfinite(metrics.get("lm loss", 0.0)):
+            return metrics, False
+        print_rank_0(f"iteration {iteration}: loss is {metrics['lm loss']} (NaN/Inf); "
+                     + ("skipping this step" if cfg.train.nan_policy == "skip" else "stopping (--nan-policy stop)"))
+        if cfg.train.nan_policy == "stop":
+            raise FloatingPointError(f"non-finite loss at iteration {iteration}")
+        return metrics, True
+
+    def train_step(self) -> StepResult:
+        counted = CountingIterator(self.train_iterator, self.task)
+        outcome = self.engine.train_step(counted, self.num_microbatches, self._review)
+        if not outcome.skipped:
+            self.engine.scheduler.step(increment=self.config.data.global_batch_size)
         modules = sorted(counted.flops_by_module)
-        result.tokens, result.positions, result.flops, *module_flops = collectives.all_reduce_values(
-            [result.tokens, result.positions, result.flops, *(counted.flops_by_module[m] for m in modules)],
+        tokens, positions, flops, *module_flops = collectives.all_reduce_values(
+            [counted.tokens, counted.positions, counted.flops, *(counted.flops_by_module[m] for m in modules)],
             parallel_state.get_data_parallel_group(), what="step token and FLOP counts",
         )
-        result.flops_by_module = dict(zip(modules, module_flops))
-        return result
+        return StepResult(metrics=outcome.metrics, grad_norm=outcome.grad_norm, skipped=outcome.skipped,
+                          tokens=tokens, positions=positions, flops=flops,
+                          flops_by_module=dict(zip(modules, module_flops)))
 
     def evaluate(self) -> dict:
         cfg = self.config
-        if cfg.logging.eval_iters <= 0 or self.valid_dataset is None:
+        if cfg.logging.eval_iters <= 0 or self.data.valid is None:
             return {}
-        self.model.eval()
+        self.engine.train_mode(False)
         # validation re-reads the first samples each time, keyed with the step at which it runs
-        iterator = self._iterator(self.valid_dataset, 0, step=self.state.iteration)
+        iterator = self._iterator(self.data.valid, 0, step=self.state.iteration)
         losses: list[dict] = []
-        with torch.no_grad():
-            for _ in range(cfg.logging.eval_iters):
-                losses += self._forward_backward(iterator, self.num_microbatches, forward_only=True) or []
-        self.model.train()
+        for _ in range(cfg.logging.eval_iters):
+            losses += self.engine.eval_losses(iterator, self.num_microbatches)
+        self.engine.train_mode(True)
         return self._reduce_metrics(losses)
 
     # ---------------------------------------------------------------- the loop
@@ -405,7 +252,7 @@ class Trainer:
             self.metrics.close()
             return self.state
         handler = PreemptionHandler()
-        self.model.train()
+        self.engine.train_mode(True)
         interval_time, interval_tokens, interval_positions = 0.0, 0.0, 0.0
         reason = self.state.budget_reached(cfg.train)
         while reason is None:
@@ -416,7 +263,7 @@ class Trainer:
             state.advance(result, cfg.data.global_batch_size)
             interval_tokens += result.tokens
             interval_positions += result.positions
-            lr = self.optimizer.param_groups[0]["lr"]
+            lr = self.engine.learning_rate()
             self.metrics.step(state, result, lr)
             if state.iteration % cfg.logging.log_interval == 0:
                 self.metrics.log_line(state, result, lr, interval_time, interval_tokens, cfg.logging.log_interval,
@@ -441,16 +288,25 @@ class Trainer:
         return self.state
 
 
+def run_training(config: Config, task_factory) -> TrainState:
+    """``pretrain_lst.py``'s training run, either engine: train, then take the process groups down."""
+    from megatron_lst.training.initialize import destroy_distributed
+
+    state = Trainer(config, task_factory).train()
+    destroy_distributed()
+    return state
+
+
 def batch_layout(data) -> dict:
     """The batch sizes that fix which samples each step reads (saved in every checkpoint)."""
     return {"micro_batch_size": data.micro_batch_size, "global_batch_size": data.global_batch_size}
 
 
-def check_resumed_batch_layout(saved: Optional[dict], data, sampling) -> None:
+def check_resumed_batch_layout(saved: Optional[dict], data, sampling: Optional[SamplingOptions]) -> None:
     """Refuse to resume a bucketed run with other batch sizes: its buckets (windows of global
     batches cut into micro-batches) would be cut differently, so the remaining steps would repeat
     some samples and skip others instead of continuing the run exactly."""
-    if not saved or sampling is None or not getattr(sampling, "bucket_window", 0):
+    if not saved or sampling is None or not sampling.bucket_window:
         return
     current = batch_layout(data)
     if saved != current:

@@ -39,7 +39,7 @@ from megatron_lst.tokenizer import JointTokenizer, VocabLayout
 from megatron_lst.training.arguments import Config, run_patching_config
 from megatron_lst.training.data_modes import answer_target_mask, interleave_config
 from megatron_lst.training.sampler import SamplingOptions
-from megatron_lst.training.task import dataset_token_shares
+from megatron_lst.training.task import TaskData, TrainingTask, dataset_token_shares
 from megatron_lst.training.task_common import gpt_text_datasets, load_tokenizer, modality_token_loss
 
 SAMPLE_KEY_FIELDS = ("sample_index", "step")
@@ -150,7 +150,7 @@ def patch_lengths_of(batch: dict) -> torch.Tensor:
     return batch["patch_lengths"]
 
 
-class LSTTask:
+class LSTTask(TrainingTask):
     """Next-token prediction with the Latent Speech-Text Transformer."""
 
     name = "lst"
@@ -172,8 +172,6 @@ class LSTTask:
             recompute=config.train.recompute_granularity,
         )
         self.transformer_config = self.global_config
-        self.collate = None
-        self.sampling = SamplingOptions()  # set by build_datasets: keys and bucketing for the sampler
         self.reports_modalities = False  # text and speech losses, for speech-text corpora
 
     # ------------------------------------------------------------------ model and data
@@ -190,7 +188,7 @@ class LSTTask:
                 local.attention_implementation = config.train.local_attention_impl
         return model
 
-    def build_datasets(self, config: Config, train_samples: int, valid_samples: int) -> tuple:
+    def build_datasets(self, config: Config, train_samples: int, valid_samples: int) -> TaskData:
         """``--seq-length`` counts global positions.
 
         Text-only blends: megatron's GPTDataset, seq_length tokens (+1 target), one patch each,
@@ -204,9 +202,8 @@ class LSTTask:
         self.dataset_names = tuple(dataset_names(prefixes)) if len(prefixes) > 1 else ()
         if not any(is_speech_text_dataset(prefix) for prefix in prefixes):
             train, valid = gpt_text_datasets(config, self.tokenizer, (prefixes, weights), train_samples, valid_samples)
-            self.collate = gpt_samples_to_lst_batch
-            self.sampling = SamplingOptions()  # rows of seq_length + 1 tokens: nothing to key or bucket
-            return train, valid
+            # rows of seq_length + 1 tokens: nothing to key or bucket
+            return TaskData(train, valid, gpt_samples_to_lst_batch)
         positions = config.data.seq_length + 1
         dataset_config = LSTDatasetConfig(
             random_seed=config.data.seed,
@@ -223,11 +220,10 @@ class LSTTask:
         train, valid, _ = build_lst_datasets(dataset_config, [train_samples, valid_samples, 0],
                                              weight_by=config.data.blend_weights)
         self.reports_modalities = True
-        self.collate = partial(collate_lst_samples, bos_id=self.tokenizer.bos_id, pad_id=self.tokenizer.pad_id,
-                               patching=self.patching, vocab=self.tokenizer.vocab)
-        self.sampling = SamplingOptions(attach_keys=True, bucket_window=config.data.bucket_window,
-                                        seed=config.data.seed)
-        return train, valid
+        collate = partial(collate_lst_samples, bos_id=self.tokenizer.bos_id, pad_id=self.tokenizer.pad_id,
+                          patching=self.patching, vocab=self.tokenizer.vocab)
+        return TaskData(train, valid, collate, SamplingOptions(attach_keys=True, bucket_window=config.data.bucket_window,
+                                                               seed=config.data.seed))
 
     # ------------------------------------------------------------------ training hooks
     def forward_step(self, data_iterator: Iterator[dict], model: torch.nn.Module) -> tuple:
@@ -235,12 +231,9 @@ class LSTTask:
         tokens = batch["tokens"].long()
         inputs, targets = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
         pad_id = self.tokenizer.pad_id
-        loss_mask = (targets != pad_id).float()
+        loss_mask = self.loss_mask(batch)
         labels = torch.where(targets == pad_id, torch.zeros_like(targets), targets)
         documents = batch.get("document_ids")
-        answer_mask = answer_target_mask(tokens, documents, self.config.data.data_mode, self.tokenizer.vocab)
-        if answer_mask is not None:
-            loss_mask = loss_mask * answer_mask
         if documents is not None:
             documents = documents[:, :-1].contiguous()
         device = next(model.parameters()).device
@@ -253,8 +246,19 @@ class LSTTask:
             shares["aligned rows"] = aligned_speech_rows(batch["aligned"], batch["is_speech"], device)
         return output, partial(modality_token_loss, loss_mask.to(device), is_speech_target, extra=shares)
 
+    def loss_mask(self, batch: dict) -> torch.Tensor:
+        """[B, N] float: the targets the loss averages over (not PAD; only the answer's in asr/tts modes)."""
+        tokens = batch["tokens"].long()
+        loss_mask = (tokens[:, 1:] != self.tokenizer.pad_id).float()
+        answer_mask = answer_target_mask(tokens, batch.get("document_ids"), self.config.data.data_mode,
+                                         self.tokenizer.vocab)
+        return loss_mask if answer_mask is None else loss_mask * answer_mask
+
     def batch_tokens(self, batch: dict) -> int:
         return int((batch["tokens"][:, 1:] != self.tokenizer.pad_id).sum())
+
+    def loss_tokens(self, batch: dict) -> int:
+        return int(self.loss_mask(batch).sum())
 
     def batch_positions(self, batch: dict) -> int:
         """Real patches: a padded row's last patch holds its padding and is not counted."""

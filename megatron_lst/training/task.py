@@ -8,36 +8,80 @@ and data-parallel ranks and divide once (a per-token mean over the whole global 
 
 from __future__ import annotations
 
-from functools import partial
-from typing import Callable, Iterator, Protocol, Sequence
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
 
 from megatron_lst.training.arguments import Config
+from megatron_lst.training.sampler import SamplingOptions
 
 SHARE_PREFIX = "share "  # reported metric "share <dataset name>": that dataset's fraction of the step's tokens
 
 
-class TrainingTask(Protocol):
-    name: str
+@dataclass
+class TaskData:
+    """What ``build_datasets`` returns: the map-style datasets (items are dicts of arrays) and how the
+    sampler must deliver them. ``collate`` turns a micro-batch's samples into the batch
+    ``forward_step`` reads (None: the DataLoader's default stacking); ``sampling`` says whether the
+    items carry their sample keys and how they are bucketed (``training/sampler.py``)."""
 
+    train: Any
+    valid: Any
+    collate: Optional[Callable[[list], dict]] = None
+    sampling: SamplingOptions = field(default_factory=SamplingOptions)
+
+
+class TrainingTask(ABC):
+    """Everything the trainer calls on a model family; a family overrides the defaults it needs.
+
+    The first six methods have no sensible default. ``loss_tokens``, ``flops_breakdown`` and
+    ``check_checkpoint`` do: the trainer calls all of them on every task, so no caller has to ask
+    whether a task has them.
+    """
+
+    name: str
+    tokenizer: Any  # the joint vocabulary; its ``layout()`` is saved with every checkpoint
+
+    @abstractmethod
     def build_model(self, config: Config, pre_process: bool, post_process: bool) -> torch.nn.Module:
         """One pipeline stage of the model (all of it without PP)."""
 
-    def build_datasets(self, config: Config, train_samples: int, valid_samples: int) -> tuple:
-        """(train, valid) map-style datasets whose items are dicts of arrays."""
+    @abstractmethod
+    def build_datasets(self, config: Config, train_samples: int, valid_samples: int) -> TaskData:
+        """The train and validation datasets and how to batch them."""
 
+    @abstractmethod
     def forward_step(self, data_iterator: Iterator[dict], model: torch.nn.Module) -> tuple:
         """megatron's forward_step_func: returns (output_tensor, loss_func)."""
 
+    @abstractmethod
     def batch_flops(self, batch: dict) -> float:
         """Training FLOPs (forward + backward) of one micro-batch."""
 
+    @abstractmethod
     def batch_tokens(self, batch: dict) -> int:
         """Raw tokens (text tokens + speech units) in one micro-batch."""
 
+    @abstractmethod
     def batch_positions(self, batch: dict) -> int:
         """Global-model positions in one micro-batch: patches for LST, tokens for the baseline."""
+
+    def loss_tokens(self, batch: dict) -> int:
+        """Target tokens the loss of ``batch`` averages over. An engine that divides each
+        micro-batch's loss by the global batch's count before its backward (DeepSpeed) needs it up
+        front. By default the raw tokens; a task whose loss mask drops some of them overrides it."""
+        return self.batch_tokens(batch)
+
+    def flops_breakdown(self, batch: dict) -> Optional[dict[str, float]]:
+        """Training FLOPs of one micro-batch per module, with a ``total``; None when the model is one
+        module (then ``batch_flops`` is the total)."""
+        return None
+
+    def check_checkpoint(self, common: dict, source: str) -> None:
+        """Called with a checkpoint's common state before any of its weights load: raise when the
+        checkpoint cannot continue this run (another vocabulary, say). Nothing to check by default."""
 
 
 def masked_token_loss(loss_mask: torch.Tensor, per_token_loss: torch.Tensor, extra: dict | None = None):
@@ -76,8 +120,3 @@ def dataset_token_shares(dataset_ids: torch.Tensor | None, row_tokens: torch.Ten
     per_dataset.index_add_(0, dataset_ids.reshape(-1).to(tokens.device).long(), tokens)
     pairs = torch.stack([per_dataset, tokens.sum().expand(len(names))], dim=1).float().to(device)
     return {f"{SHARE_PREFIX}{name}": pairs[index] for index, name in enumerate(names)}
-
-
-def forward_with_loss(model_call: Callable[[], torch.Tensor], loss_mask: torch.Tensor) -> tuple:
-    """Run the model and pair its per-token loss output with ``masked_token_loss``."""
-    return model_call(), partial(masked_token_loss, loss_mask)

@@ -76,8 +76,8 @@ def test_speech_spans_are_bpe_pieces_in_the_training_batch(hand_bpe, text_corpus
                          "--data-path", str(tmp_path / "hand_speech_document"), "--split", "100,0,0",
                          "--seq-length", "6", "--micro-batch-size", "1", "--global-batch-size", "1"])
     task = BPEBaselineTask(config)
-    train, _ = task.build_datasets(config, 2, 0)
-    batch = task.collate([train[0]])
+    data = task.build_datasets(config, 2, 0)
+    batch = data.collate([data.train[0]])
     tok = task.tokenizer
     pieces = [PIECES[(1, 2, 1, 2)], PIECES[(3,)], PIECES[(1, 2)], PIECES[(4,)]]
     expected = [tok.bos_id, tok.speech_marker_id, *(tok.unit_offset + p for p in pieces), tok.eos_id]

@@ -95,3 +95,14 @@ def test_dry_run_flag_prints_the_plan_without_training(capsys):
     assert "--train-flops 1e+20 lasts about" in out
     assert main(["--config", "examples/configs/7b.yaml", "--dry-run", "--world-size", "6"]) == 2
     assert "not divisible by TP x PP = 4 x 1" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("layers, pp, first, last, ok", [
+    (4, 2, None, None, True), (3, 2, None, None, False),
+    (3, 2, 1, None, True),  # the first stage (with the patch encoder) takes 1, the last 2
+    (3, 2, 1, 1, False), (4, 3, 1, 1, True), (5, 3, 1, 1, True), (5, 4, 1, 1, False), (1, 2, 2, None, False),
+])
+def test_uneven_pipeline_stages_follow_megatron_cores_rule(layers, pp, first, last, ok):
+    from megatron_lst.training.dry_run import pipeline_layer_problems
+
+    assert (pipeline_layer_problems(layers, pp, first, last) == []) == ok
