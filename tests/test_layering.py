@@ -84,6 +84,6 @@ def test_the_check_sees_an_upward_import(tmp_path):
     (fake / "inference").mkdir()
     (fake / "inference" / "side.py").write_text("import megatron_lst.evaluation.model_scorer\n")
     assert upward_imports(fake) == [
-        "megatron_lst/inference/side.py:1: inference (layer 5) imports evaluation (layer 5)",
-        "megatron_lst/training/bad.py:2: training (layer 4) imports evaluation (layer 5)",
+        "megatron_lst/inference/side.py:1: inference (layer 5) imports evaluation (layer 6)",
+        "megatron_lst/training/bad.py:2: training (layer 4) imports evaluation (layer 6)",
     ]
