@@ -14,6 +14,8 @@ from typing import Iterator, Optional
 
 import torch
 
+from megatron_lst.training import collectives
+
 
 def rank_and_world() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -26,10 +28,8 @@ def gather_in_order(records: dict[int, Optional[dict]], count: int) -> list[Opti
     item order, on every rank (all_gather_object: the records are small python objects)."""
     rank, world = rank_and_world()
     if world > 1:
-        parts: list[dict] = [{} for _ in range(world)]
-        torch.distributed.all_gather_object(parts, records)
         merged: dict[int, Optional[dict]] = {}
-        for part in parts:
+        for part in collectives.all_gather_object(records):
             merged.update(part)
         records = merged
     missing = [index for index in range(count) if index not in records]

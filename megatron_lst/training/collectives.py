@@ -115,6 +115,14 @@ def broadcast_object(obj: Any, src: int, group: Optional[dist.ProcessGroup] = No
     return holder[0]
 
 
+def all_gather_object(obj: Any, group: Optional[dist.ProcessGroup] = None) -> list:
+    """Every rank's ``obj`` (picklable), in rank order, on every rank of ``group``. Under NCCL torch
+    stages the pickles on the current CUDA device, which ``initialize_distributed`` set from LOCAL_RANK."""
+    parts: list = [None] * dist.get_world_size(group)
+    dist.all_gather_object(parts, obj, group=group)
+    return parts
+
+
 def barrier(group: Optional[dist.ProcessGroup] = None) -> None:
     """Wait until every rank of ``group`` gets here.
 
