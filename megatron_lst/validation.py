@@ -201,6 +201,23 @@ def require_positive_finite(value: float, name: str) -> float:
     return float(value)
 
 
+@contextmanager
+def input_errors_from(*kinds: type[BaseException], file: Optional[str | Path] = None,
+                      field: Optional[str] = None) -> Iterator[None]:
+    """Treat the listed exceptions raised inside the block as bad input (InputError, one line).
+
+    For code that cannot know an error is the user's: a loader deep inside raises
+    ``FileNotFoundError`` for a tokenizer path the user gave (or the checkpoint recorded), which a
+    tool, knowing where the path came from, reports as bad input instead of a traceback.
+    """
+    try:
+        yield
+    except InputError:
+        raise
+    except kinds as error:
+        raise InputError(str(error), file=file, field=field) from None
+
+
 def report(error: BaseException) -> None:
     """Print the one line a CLI shows for bad input."""
     print(f"error: {error}", file=sys.stderr)

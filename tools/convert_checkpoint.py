@@ -31,7 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from megatron_lst.models.config import ModelConfig  # noqa: E402
 from megatron_lst.training.arguments import SECTIONS, Config, config_from_values  # noqa: E402
+from megatron_lst.training.checkpoint_manifest import CheckpointError  # noqa: E402
 from megatron_lst.utils.atomic import atomic_folder  # noqa: E402
+from megatron_lst.validation import InputError, exit_on_input_error, input_errors_from  # noqa: E402
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -111,11 +113,23 @@ def check_export_folder(output: str | os.PathLike) -> None:
     if not output.exists():
         return
     if not output.is_dir():
-        raise ValueError(f"--output {output} exists and is not a folder")
+        raise InputError(f"{output} exists and is not a folder", field="--output")
     others = sorted(entry.name for entry in output.iterdir() if entry.name not in (WEIGHTS_FILE, CONFIG_FILE))
     if others:
-        raise ValueError(f"--output {output} holds other files ({', '.join(others[:3])}): the export replaces the "
-                         "folder whole, so give a new or an earlier export's folder")
+        raise InputError(f"{output} holds other files ({', '.join(others[:3])}): the export replaces the "
+                         "folder whole, so give a new or an earlier export's folder", field="--output")
+
+
+def check_import_folder(save: str | os.PathLike) -> None:
+    """Refuse a --save folder that already holds checkpoints: the import would overwrite one of them
+    or move 'latest' back (as pretrain_lst.py refuses without --overwrite-save)."""
+    from megatron_lst.training.checkpoint_folder import complete_iterations
+    from megatron_lst.training.checkpointing import LATEST_FILE
+
+    held = complete_iterations(save)
+    if held or (Path(save) / LATEST_FILE).exists():
+        listed = f"checkpoint(s) {', '.join(map(str, held))}" if held else LATEST_FILE
+        raise InputError(f"{save} already holds {listed}: give an empty or new folder", field="--save")
 
 
 def megatron_to_safetensors(load: str, output: str, iteration: Optional[int], tokenizer_model: Optional[str]) -> Path:
@@ -123,7 +137,9 @@ def megatron_to_safetensors(load: str, output: str, iteration: Optional[int], to
 
     iteration = resolve_iteration(load, iteration)  # verified against its manifest before anything is read
     if iteration is None:
-        raise FileNotFoundError(f"{load}: no completed checkpoint (no latest_checkpointed_iteration.txt)")
+        what = "no completed checkpoint (no latest_checkpointed_iteration.txt)" if Path(load).is_dir() else \
+            "no such checkpoint folder"
+        raise CheckpointError(what, file=load)
     common = load_common_state(load, iteration)
     config = config_from_saved(ast.literal_eval(common["config"]), tokenizer_model)
     init_single_process()
@@ -187,27 +203,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@exit_on_input_error  # a refused checkpoint or output, a missing file: one line, exit 2
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    from megatron_lst.training.checkpoint_manifest import CheckpointError
     from megatron_lst.training.initialize import destroy_distributed
 
-    if args.command != "from-safetensors":
-        try:
-            check_export_folder(args.output)
-        except ValueError as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 2
+    if args.command == "from-safetensors":
+        check_import_folder(args.save)
+    else:
+        check_export_folder(args.output)
     try:
-        if args.command == "to-safetensors":
-            written = megatron_to_safetensors(args.load, args.output, args.iteration, args.tokenizer_model)
-        elif args.command == "from-safetensors":
-            written = safetensors_to_megatron(args.input, args.save, args.tokenizer_model)
-        else:
-            written = deepspeed_to_safetensors(args.load, args.output, args.tag, args.tokenizer_model)
-    except CheckpointError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        # a missing checkpoint file, export file or tokenizer (checkpoints are verified before any read)
+        with input_errors_from(FileNotFoundError):
+            if args.command == "to-safetensors":
+                written = megatron_to_safetensors(args.load, args.output, args.iteration, args.tokenizer_model)
+            elif args.command == "from-safetensors":
+                written = safetensors_to_megatron(args.input, args.save, args.tokenizer_model)
+            else:
+                written = deepspeed_to_safetensors(args.load, args.output, args.tag, args.tokenizer_model)
     finally:
         destroy_distributed()
     print(f"wrote {written}")

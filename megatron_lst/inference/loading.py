@@ -20,6 +20,7 @@ from megatron_lst.inference.lst_stepper import LSTStepper
 from megatron_lst.inference.uncached import UncachedBaselineStepper, UncachedLSTStepper
 from megatron_lst.tokenizer import JointTokenizer
 from megatron_lst.training.arguments import Config
+from megatron_lst.validation import InputError
 
 
 def refuse_bpe_baseline(model: str, root) -> None:
@@ -27,7 +28,7 @@ def refuse_bpe_baseline(model: str, root) -> None:
     tokens in units; a BPE baseline emits pieces of several units each, so it would silently
     overrun them. It is refused rather than generated with wrong budgets."""
     if model == "bpe-baseline":
-        raise ValueError(f"{root}: generation does not support --model bpe-baseline checkpoints (its speech tokens "
+        raise InputError(f"{root}: generation does not support --model bpe-baseline checkpoints (its speech tokens "
                          "are unit BPE pieces, and the unit budgets count raw units); score it with tools/evaluate.py")
 
 

@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from megatron_lst.data.jsonl_records import RecordError, load_json_object, text_field
+from megatron_lst.validation import InputError
 
 WAV_SUFFIX = ".wav"
 NAME_MAX_BYTES = 255  # the longest file name common Linux file systems take
 
 
-class PromptFileError(ValueError):
+class PromptFileError(InputError):
     """A bad input file; the message is one line naming the file, the line and the field."""
 
 
