@@ -269,10 +269,6 @@ def convert_args(world, folder, root):
     return ["to-safetensors", "--load", str(root), "--output", str(output)]
 
 
-def refused(target: Path) -> list[str]:
-    return [str(target)]
-
-
 def speech_line(units) -> dict:
     record = random_aligned_records(1, seed=2)[0]
     return {**record, "units": units}
@@ -334,28 +330,6 @@ CASES: dict[str, tuple[str, bool, Builder]] = {
     "generate a tokenizer of the same size but other pieces": ("generate.py", True, lambda world, folder: (
         [*generate_args(world, folder, world.checkpoint), "--tokenizer-model", world.other_tokenizer],
         ["--tokenizer-model: the text tokenizer differs", "pieces_sha256"])),
-    "evaluate a bit-flipped shard": ("evaluate.py", False, checkpoint_case(
-        evaluate_args, "bit flip", lambda t: [str(t), "its SHA-256 does not match"])),
-    "evaluate a garbage latest pointer": ("evaluate.py", False, checkpoint_case(
-        evaluate_args, "garbage latest", lambda t: [str(t), "expected an iteration number, found 'garbage'"])),
-    "evaluate a missing checkpoint folder": ("evaluate.py", False, checkpoint_case(
-        evaluate_args, "missing", lambda t: [f"{t}: no such checkpoint folder"])),
-    "generate a truncated common.pt": ("generate.py", False, checkpoint_case(
-        generate_args, "truncated common.pt", lambda t: [str(t), "truncated after the write"])),
-    "generate a missing checkpoint folder": ("generate.py", False, checkpoint_case(
-        generate_args, "missing", lambda t: [f"{t}: no such checkpoint folder"])),
-    "evaluate_asr_tts a truncated rng file": ("evaluate_asr_tts.py", False, checkpoint_case(
-        asr_tts_args, "truncated rng", lambda t: [str(t), "truncated after the write"])),
-    "evaluate_asr_tts a missing checkpoint": ("evaluate_asr_tts.py", False, checkpoint_case(
-        asr_tts_args, "missing", lambda t: [f"{t}: no such checkpoint folder"])),
-    "evaluate_switch_tokens a bit-flipped shard": ("evaluate_switch_tokens.py", False, checkpoint_case(
-        switch_args, "bit flip", lambda t: [str(t), "its SHA-256 does not match"])),
-    "evaluate_switch_tokens a missing checkpoint": ("evaluate_switch_tokens.py", False, checkpoint_case(
-        switch_args, "missing", lambda t: [f"{t}: no such checkpoint folder"])),
-    "convert a pickle payload in .metadata": ("convert_checkpoint.py", False, checkpoint_case(
-        convert_args, "pickle in .metadata", lambda t: [str(t), "manifest.json"])),
-    "convert a missing checkpoint": ("convert_checkpoint.py", False, checkpoint_case(
-        convert_args, "missing", lambda t: [f"{t}: no such checkpoint folder"])),
     "convert into a --save that holds checkpoints": ("convert_checkpoint.py", False, lambda world, folder: (
         ["from-safetensors", "--input", str(folder / "export"), "--save", str(world.copy_checkpoint(folder))],
         ["--save: ", "already holds checkpoint(s) 2, 4"])),
@@ -411,6 +385,21 @@ CASES: dict[str, tuple[str, bool, Builder]] = {
         lambda world, folder: [world.speech_prefix], "--model", "lst", "--num-units", "100",
         expect=lambda world, folder: [f"{world.speech_prefix}.json: num_units: 501", "--num-units 100"])),
 }
+
+
+# every tool that reads a checkpoint, on every way a checkpoint can be refused
+CHECKPOINT_TOOLS = {"evaluate.py": evaluate_args, "generate.py": generate_args, "evaluate_asr_tts.py": asr_tts_args,
+                    "evaluate_switch_tokens.py": switch_args, "convert_checkpoint.py": convert_args}
+REFUSALS = {
+    "bit flip": lambda target: [str(target), "its SHA-256 does not match"],
+    "truncated common.pt": lambda target: [str(target), "truncated after the write"],
+    "truncated rng": lambda target: [str(target), "truncated after the write"],
+    "pickle in .metadata": lambda target: [str(target), "manifest.json"],
+    "garbage latest": lambda target: [str(target), "expected an iteration number, found 'garbage'"],
+    "missing": lambda target: [f"{target}: no such checkpoint folder"],
+}
+CASES.update({f"{tool[:-3]} {how}": (tool, False, checkpoint_case(args, how, expect))
+              for tool, args in CHECKPOINT_TOOLS.items() for how, expect in REFUSALS.items()})
 
 
 def run_tool(tool: str, argv: list[str], in_subprocess: bool, folder: Path, capsys) -> tuple[int, str]:
