@@ -59,7 +59,7 @@ def _check_units(record: dict) -> None:
 
 def read_prompt_records(path: str | os.PathLike, task: str, names_wavs: bool) -> list[PromptRecord]:
     """Every record of ``path`` (blank lines skipped), checked for ``task`` ("continue", "tts",
-    "asr"); with ``names_wavs`` the ids must be distinct plain file names."""
+    "asr"); with ``names_wavs`` the ids must be distinct plain file names; at least one record."""
     path = Path(path)
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
@@ -89,4 +89,6 @@ def read_prompt_records(path: str | os.PathLike, task: str, names_wavs: bool) ->
         except RecordError as error:
             raise PromptFileError(f"{path}:{number}: {error}") from None
         records.append(PromptRecord(record, record_id, number))
+    if not records:  # an empty output would replace an earlier one
+        raise PromptFileError(f"{path}: no prompts: the input file holds no record")
     return records

@@ -334,6 +334,12 @@ CASES: dict[str, tuple[str, bool, Builder]] = {
         ["from-safetensors", "--input", str(folder / "export"), "--save", str(world.copy_checkpoint(folder))],
         ["--save: ", "already holds checkpoint(s) 2, 4"])),
     # --- tool flags and inputs ------------------------------------------------------------------
+    "benchmark without items": ("evaluate.py", False, lambda world, folder: (
+        ["--checkpoint", str(world.checkpoint), "--benchmark", str(write_jsonl(folder / "bench.jsonl", [""])),
+         "--output", earlier_output(folder)], [f"{folder / 'bench.jsonl'}: no items"])),
+    "generate without prompts": ("generate.py", False, lambda world, folder: (
+        ["continue", "--checkpoint", str(world.checkpoint), "--input", str(write_jsonl(folder / "p.jsonl", ["  "])),
+         "--output", earlier_output(folder, "o.jsonl")], [f"{folder / 'p.jsonl'}: no prompts"])),
     "generate --batch-size 0": ("generate.py", False, lambda world, folder: (
         [*generate_args(world, folder, world.checkpoint), "--batch-size", "0"], ["--batch-size: must be >= 1"])),
     "generate --temperature nan": ("generate.py", False, lambda world, folder: (
