@@ -33,7 +33,7 @@ from megatron_lst.models.config import ModelConfig  # noqa: E402
 from megatron_lst.training.arguments import SECTIONS, Config, config_from_values  # noqa: E402
 from megatron_lst.training.checkpoint_manifest import CheckpointError  # noqa: E402
 from megatron_lst.utils.atomic import atomic_folder  # noqa: E402
-from megatron_lst.validation import InputError, exit_on_input_error, input_errors_from  # noqa: E402
+from megatron_lst.validation import ArgumentParser, InputError, exit_on_input_error, input_errors_from  # noqa: E402
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -184,7 +184,7 @@ def deepspeed_to_safetensors(load: str, output: str, tag: Optional[str], tokeniz
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     to_st = commands.add_parser("to-safetensors", help="megatron dist checkpoint -> consolidated safetensors")
     to_st.add_argument("--load", required=True, help="checkpoint root (holds latest_checkpointed_iteration.txt)")

@@ -33,11 +33,11 @@ from megatron_lst.evaluation.patching_choice import REQUESTS, choose_patching  #
 from megatron_lst.evaluation.scoring import DIRECTIONS, SequenceBuilder  # noqa: E402
 from megatron_lst.evaluation.story_completion import evaluate_items, format_report  # noqa: E402
 from megatron_lst.utils.atomic import write_text_atomic  # noqa: E402
-from megatron_lst.validation import exit_on_input_error  # noqa: E402
+from megatron_lst.validation import ArgumentParser, exit_on_input_error  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="the --save folder of a training run")
     parser.add_argument("--iteration", type=int, default=None, help="which saved iteration (default: latest)")
     parser.add_argument("--benchmark", required=True, help="benchmark jsonl (see evaluation/FORMAT.md)")

@@ -27,7 +27,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from megatron_lst.data.segments import heldout_segments as segments  # noqa: E402
-from megatron_lst.validation import exit_on_input_error, input_errors_from, require_positive_finite  # noqa: E402
+from megatron_lst.validation import (ArgumentParser, exit_on_input_error, input_errors_from,  # noqa: E402
+                                     require_positive_finite)
 from megatron_lst.evaluation.asr_tts import (  # noqa: E402
     UNIT_RATE,
     generation_cost_of,
@@ -70,7 +71,7 @@ def conditioning_nll(generator, prompts: list[list[int]], answers: list[list[int
 
 @exit_on_input_error  # a bad held-out line: one line naming file, line and field, exit 2
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", choices=("asr", "tts"), required=True, help="which direction to evaluate")
     parser.add_argument("--checkpoint", required=True, help="the model to evaluate (pretrain_lst.py --save dir)")
     parser.add_argument("--asr-checkpoint", default=None, help="tts: an ASR model for the round-trip WER")

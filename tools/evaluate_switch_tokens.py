@@ -22,12 +22,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from megatron_lst.data.segments import heldout_segments  # noqa: E402
 from megatron_lst.evaluation.switch_tokens import evaluate_switch_tokens  # noqa: E402
 from megatron_lst.utils.atomic import write_text_atomic  # noqa: E402
-from megatron_lst.validation import InputError, exit_on_input_error, input_errors_from  # noqa: E402
+from megatron_lst.validation import ArgumentParser, InputError, exit_on_input_error, input_errors_from  # noqa: E402
 
 
 @exit_on_input_error  # a bad held-out line, flag or checkpoint: one line naming file, line and field; exit 2
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="a run's checkpoint folder (--save of pretrain_lst.py)")
     parser.add_argument("--heldout", required=True, help="held-out aligned speech jsonl (units and word times)")
     parser.add_argument("--segment-words", type=int, default=8, help="words per scored segment")

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from megatron_lst.demo.hubert_units import FRAME_REDUCTIONS  # noqa: E402
 from megatron_lst.utils.atomic import atomic_file  # noqa: E402
-from megatron_lst.validation import InputError, exit_on_input_error, input_errors_from  # noqa: E402
+from megatron_lst.validation import ArgumentParser, InputError, exit_on_input_error, input_errors_from  # noqa: E402
 
 
 def read_wav(path: Path) -> tuple[np.ndarray, int]:
@@ -49,8 +49,8 @@ def wav_files(inputs: list[str]) -> list[Path]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="+", help="wav files, or folders searched for *.wav")
     parser.add_argument("--output", required=True,
                         help="jsonl to write: one {\"id\": file stem, \"units\": [...]} per file")

@@ -38,12 +38,12 @@ from megatron_lst.inference.tasks import (  # noqa: E402
     tts_prompt,
 )
 from megatron_lst.utils.atomic import atomic_file  # noqa: E402
-from megatron_lst.validation import (InputError, exit_on_input_error, input_errors_from,  # noqa: E402
+from megatron_lst.validation import (ArgumentParser, InputError, exit_on_input_error, input_errors_from,  # noqa: E402
                                      require_positive_finite)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("task", choices=("continue", "tts", "asr"),
                         help="continue: same modality as the prompt; tts: text -> units; asr: units -> text")
     parser.add_argument("--checkpoint", required=True, help="a pretrain_lst.py --save directory")

@@ -32,13 +32,14 @@ from megatron_lst.demo.corpus import QUICK_CONFIG, CorpusConfig, build_corpus  #
 from megatron_lst.demo.espeak import DEFAULT_VOICES  # noqa: E402
 from megatron_lst.demo.text_source import SOURCES  # noqa: E402
 from megatron_lst.demo.units import FrontEndConfig  # noqa: E402
-from megatron_lst.validation import InputError, exit_on_input_error, require_positive_finite  # noqa: E402
+from megatron_lst.validation import (ArgumentParser, InputError, exit_on_input_error,  # noqa: E402
+                                     require_positive_finite)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     defaults = CorpusConfig()
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="demo_out/corpus",
                         help="folder for the corpus files (default: %(default)s)")
     parser.add_argument("--quick", action="store_true",

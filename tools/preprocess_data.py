@@ -53,7 +53,7 @@ from megatron_lst.data.speech_layout import (  # noqa: E402
     metadata_path,
     speech_dataset_prefix,
 )
-from megatron_lst.validation import InputError, report  # noqa: E402
+from megatron_lst.validation import ArgumentParser, InputError, report  # noqa: E402
 
 EXIT_BAD_INPUT = 2
 CHUNK_LINES = 64
@@ -61,7 +61,7 @@ MAX_REPORTED_ERRORS = 20
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", required=True, help="jsonl file, one document per line")
     parser.add_argument("--output-prefix", required=True, help="path prefix of the output files")
     parser.add_argument("--tokenizer-model", required=True,

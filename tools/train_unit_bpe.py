@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from megatron_lst.data.jsonl_records import parse_units  # noqa: E402
 from megatron_lst.data.unit_bpe import DEFAULT_UNIT_BPE_VOCAB, train_unit_bpe  # noqa: E402
-from megatron_lst.validation import InputError, at_line, exit_on_input_error, read_jsonl  # noqa: E402
+from megatron_lst.validation import ArgumentParser, InputError, at_line, exit_on_input_error, read_jsonl  # noqa: E402
 
 
 def read_unit_sequences(path: str, num_units: int) -> list[list[int]]:
@@ -38,7 +38,7 @@ def read_unit_sequences(path: str, num_units: int) -> list[list[int]]:
 
 @exit_on_input_error
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", required=True, help="aligned-speech jsonl")
     parser.add_argument("--output-prefix", required=True, help="writes PREFIX.model and PREFIX.vocab")
     parser.add_argument("--vocab-size", type=int, default=DEFAULT_UNIT_BPE_VOCAB, help="BPE pieces (default 1000)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import sys
 import typing
@@ -19,6 +20,7 @@ from typing import Any, Optional
 import yaml
 
 from megatron_lst.models.config import MODEL_FLAVOURS, ModelConfig, model_flavour
+from megatron_lst.validation import ArgumentParser
 
 
 MODELS = ("lst", "baseline", "bpe-baseline")
@@ -277,7 +279,7 @@ def _add_fields(group: argparse._ArgumentGroup, cls: type) -> None:
 
 
 def build_parser(description: str = "Pretrain LST or an interleaved baseline on megatron-core.") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--config", default=None, help="YAML file of flag values (sections or flat keys)")
     parser.add_argument("--model-flavour", default=None, choices=sorted(MODEL_FLAVOURS),
                         help="named model shape (debug, demo, 1b-mini, 420m, 1b, 7b)")
@@ -370,7 +372,18 @@ def validate(config: Config, parser: Optional[argparse.ArgumentParser] = None) -
         problems.append("--override-opt-param-scheduler and --use-checkpoint-opt-param-scheduler exclude each other")
     if ckpt.keep_last is not None and ckpt.keep_last < 1:
         problems.append(f"--keep-last must be >= 1, got {ckpt.keep_last}")
-    if config.data.global_batch_size % config.data.micro_batch_size:
+    data, optimizer = config.data, config.optimizer
+    for flag, value in (("--seq-length", data.seq_length), ("--micro-batch-size", data.micro_batch_size),
+                        ("--global-batch-size", data.global_batch_size), ("--train-iters", config.train.train_iters)):
+        if value < 1:  # 0 ends in a division by zero or an assertion deep inside (a SIGFPE for --seq-length)
+            problems.append(f"{flag} must be >= 1, got {value}")
+    if not (math.isfinite(optimizer.lr) and optimizer.lr >= 0):
+        problems.append(f"--lr must be a finite number >= 0, got {optimizer.lr}")
+    if not (math.isfinite(optimizer.min_lr_ratio) and 0 <= optimizer.min_lr_ratio <= 1):
+        problems.append(f"--min-lr-ratio must be in [0, 1], got {optimizer.min_lr_ratio}")
+    if optimizer.lr_warmup_iters < 0:
+        problems.append(f"--lr-warmup-iters must be >= 0, got {optimizer.lr_warmup_iters}")
+    if data.micro_batch_size >= 1 and config.data.global_batch_size % config.data.micro_batch_size:
         problems.append(
             f"--global-batch-size {config.data.global_batch_size} is not a multiple of "
             f"--micro-batch-size {config.data.micro_batch_size}"

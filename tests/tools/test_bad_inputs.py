@@ -370,7 +370,19 @@ CASES: dict[str, tuple[str, bool, Builder]] = {
         ["--log-mel: ", "x.npz"])),
     "make_demo_corpus --hours -1": ("make_demo_corpus.py", True, lambda world, folder: (
         ["--out", str(folder / "corpus"), "--hours", "-1"], ["--hours: must be a positive finite number"])),
+    "evaluate without --benchmark (argparse)": ("evaluate.py", False, lambda world, folder: (
+        ["--checkpoint", str(world.checkpoint), "--output", earlier_output(folder)],
+        ["the following arguments are required: --benchmark"])),
     # --- training --------------------------------------------------------------------------------
+    "pretrain --seq-length 0": ("pretrain_lst.py", False, pretrain_case(
+        lambda world, folder: [world.text_prefix], "--seq-length", "0",
+        expect=lambda world, folder: ["--seq-length must be >= 1, got 0"])),
+    "pretrain --lr nan": ("pretrain_lst.py", False, pretrain_case(
+        lambda world, folder: [world.text_prefix], "--lr", "nan",
+        expect=lambda world, folder: ["--lr must be a finite number >= 0, got nan"])),
+    "pretrain an unknown flag (argparse)": ("pretrain_lst.py", False, pretrain_case(
+        lambda world, folder: [world.text_prefix], "--no-such-flag", "3",
+        expect=lambda world, folder: ["unrecognized arguments: --no-such-flag 3"])),
     "pretrain a negative blend weight": ("pretrain_lst.py", False, pretrain_case(
         lambda world, folder: ["0.5", world.text_prefix, "-0.3", world.text_prefix],
         expect=lambda world, folder: [f"--data-path: weight '-0.3' of '{world.text_prefix}'"])),
