@@ -69,7 +69,7 @@ def conditioning_nll(generator, prompts: list[list[int]], answers: list[list[int
     return {"answer_nll": matched, "answer_nll_mismatched": mismatched, "conditioning_gain": mismatched - matched}
 
 
-@exit_on_input_error  # a bad held-out line: one line naming file, line and field, exit 2
+@exit_on_input_error  # a bad held-out line, flag or checkpoint: one line naming file, line and field; exit 2
 def main(argv=None) -> int:
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", choices=("asr", "tts"), required=True, help="which direction to evaluate")
