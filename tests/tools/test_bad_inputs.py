@@ -20,7 +20,8 @@ issue 14 case                                       test
 ==================================================  ==============================================
 pickle payload in rng/rank_0.pt during --load       test_resume_skips_garbage_latest_and_a_pickle_payload
                                                     (here), training/test_checkpoint_trust.py
-payload in .metadata during evaluate.py             test_checkpoint_trust::test_evaluate_refuses_a_tampered...
+payload in .metadata during evaluate.py             test_checkpoint_trust::test_evaluate_refuses_a_tampered...;
+                                                    every checkpoint tool x every refusal: here (CHECKPOINT_TOOLS)
 generate.py ids ``../x`` and absolute               tools/test_generate_ids.py
 bit flip in a shard: refused, resume falls back     test_checkpoint_trust::test_resume_falls_back_past_a_bit...
 truncated shard/common.pt/.metadata/RNG, missing    test_checkpoint_trust::test_truncated_files..., ::test_missing...
