@@ -35,16 +35,10 @@ def check_inputs(config: Config) -> None:
     check_training_data(config.data.data_path, text_model, config.data.num_units)
 
 
-@exit_on_input_error
+@exit_on_input_error  # bad data or flags, a refused checkpoint or --save folder (CheckpointError): one line, exit 2
 def main(argv: list[str] | None = None) -> int:
     orphans.install()  # no checkpoint writer or DataLoader worker outlives this process, even after kill -9
-    from megatron_lst.training.checkpoint_manifest import CheckpointError
-
-    try:
-        return train(argv)
-    except CheckpointError as error:  # a checkpoint refused, or a --save folder that would be overwritten
-        print(f"error: {error}", file=sys.stderr, flush=True)
-        return 2
+    return train(argv)
 
 
 def train(argv: list[str] | None = None) -> int:

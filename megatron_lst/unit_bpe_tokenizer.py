@@ -16,6 +16,7 @@ import numpy as np
 
 from megatron_lst.data.unit_bpe import UnitBPE
 from megatron_lst.tokenizer import JointTokenizer, TextModel, load_text_model
+from megatron_lst.validation import InputError
 
 
 class UnitBPETokenizer(JointTokenizer):
@@ -66,13 +67,13 @@ def check_saved_layout(saved: dict, tokenizer: JointTokenizer, source: str) -> N
     if saved_bpe is None or current_bpe is None:
         trained = "with the unit BPE " + saved_bpe["path"] if saved_bpe else "on raw unit ids, without a unit BPE"
         given = "the unit BPE " + current_bpe["path"] if current_bpe else "raw unit ids (no unit BPE)"
-        raise ValueError(f"{source}: the model was trained {trained}, but this run gives it {given}")
+        raise InputError(f"{source}: the model was trained {trained}, but this run gives it {given}")
     mismatches = [(f"unit_bpe.{name}", saved_bpe.get(name), current_bpe.get(name))
                   for name in ("sha256", "pieces", "num_units")]
     mismatches += [(name, saved.get(name), current.get(name))
                    for name in ("data_num_units", "text_vocab_size", "num_units", "spare_units")]
     problems = [f"{field}: checkpoint {old!r}, this run {new!r}" for field, old, new in mismatches if old != new]
     if problems:
-        raise ValueError(f"{source}: the checkpoint's unit BPE / vocabulary differs from this run's "
+        raise InputError(f"{source}: the checkpoint's unit BPE / vocabulary differs from this run's "
                          f"(checkpoint BPE {saved_bpe.get('path')}, this run {current_bpe.get('path')}): "
                          + "; ".join(problems))

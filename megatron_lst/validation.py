@@ -13,13 +13,14 @@ U+FFFD; ``NaN``/``Infinity`` literals are errors; a value of the wrong JSON type
 
 from __future__ import annotations
 
+import argparse
 import functools
 import json
 import math
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, NoReturn, Optional
 
 EXIT_BAD_INPUT = 2
 
@@ -199,6 +200,35 @@ def require_positive_finite(value: float, name: str) -> float:
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
         raise InputError(f"must be a positive finite number, got {value!r}", field=name)
     return float(value)
+
+
+@contextmanager
+def input_errors_from(*kinds: type[BaseException], file: Optional[str | Path] = None,
+                      field: Optional[str] = None) -> Iterator[None]:
+    """Treat the listed exceptions raised inside the block as bad input (InputError, one line).
+
+    For code that cannot know an error is the user's: a loader deep inside raises
+    ``FileNotFoundError`` for a tokenizer path the user gave (or the checkpoint recorded), which a
+    tool, knowing where the path came from, reports as bad input instead of a traceback.
+    """
+    try:
+        yield
+    except InputError:
+        raise
+    except kinds as error:
+        raise InputError(str(error), file=file, field=field) from None
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line too, ``error: PROG: message``, with exit status 2.
+
+    argparse prints the whole usage before the reason (77 lines for pretrain_lst.py), which buries
+    it; the usage stays one ``--help`` away. Subparsers are of the same class.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {self.prog}: {message} (--help lists the flags)", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
 
 
 def report(error: BaseException) -> None:

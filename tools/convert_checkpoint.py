@@ -32,9 +32,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from megatron_lst.training.arguments import Config  # noqa: E402
 from megatron_lst.training.checkpoint_loading import SINGLE_PROCESS, initialize_single_process  # noqa: E402
+from megatron_lst.training.checkpoint_manifest import CheckpointError  # noqa: E402
 from megatron_lst.training.registry import spec_of  # noqa: E402
 from megatron_lst.training.run_config import config_from_saved, encode_saved  # noqa: E402
 from megatron_lst.utils.atomic import atomic_folder  # noqa: E402
+from megatron_lst.validation import ArgumentParser, InputError, exit_on_input_error, input_errors_from  # noqa: E402
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -83,11 +85,23 @@ def check_export_folder(output: str | os.PathLike) -> None:
     if not output.exists():
         return
     if not output.is_dir():
-        raise ValueError(f"--output {output} exists and is not a folder")
+        raise InputError(f"{output} exists and is not a folder", field="--output")
     others = sorted(entry.name for entry in output.iterdir() if entry.name not in (WEIGHTS_FILE, CONFIG_FILE))
     if others:
-        raise ValueError(f"--output {output} holds other files ({', '.join(others[:3])}): the export replaces the "
-                         "folder whole, so give a new or an earlier export's folder")
+        raise InputError(f"{output} holds other files ({', '.join(others[:3])}): the export replaces the "
+                         "folder whole, so give a new or an earlier export's folder", field="--output")
+
+
+def check_import_folder(save: str | os.PathLike) -> None:
+    """Refuse a --save folder that already holds checkpoints: the import would overwrite one of them
+    or move 'latest' back (as pretrain_lst.py refuses without --overwrite-save)."""
+    from megatron_lst.training.checkpoint_folder import complete_iterations
+    from megatron_lst.training.checkpointing import LATEST_FILE
+
+    held = complete_iterations(save)
+    if held or (Path(save) / LATEST_FILE).exists():
+        listed = f"checkpoint(s) {', '.join(map(str, held))}" if held else LATEST_FILE
+        raise InputError(f"{save} already holds {listed}: give an empty or new folder", field="--save")
 
 
 def megatron_to_safetensors(load: str, output: str, iteration: Optional[int], tokenizer_model: Optional[str]) -> Path:
@@ -102,7 +116,9 @@ def read_megatron(load: str, iteration: Optional[int], tokenizer_model: Optional
 
     iteration = resolve_iteration(load, iteration)  # verified against its manifest before anything is read
     if iteration is None:
-        raise FileNotFoundError(f"{load}: no completed checkpoint (no latest_checkpointed_iteration.txt)")
+        what = "no completed checkpoint (no latest_checkpointed_iteration.txt)" if Path(load).is_dir() else \
+            "no such checkpoint folder"
+        raise CheckpointError(what, file=load)
     common = load_common_state(load, iteration)
     config = single_process_config(common["config"], tokenizer_model)
     initialize_single_process(config.data.seed, backend="gloo")  # conversion runs on CPU
@@ -163,7 +179,7 @@ def deepspeed_to_safetensors(load: str, output: str, tag: Optional[str], tokeniz
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     to_st = commands.add_parser("to-safetensors", help="megatron dist checkpoint -> consolidated safetensors")
     to_st.add_argument("--load", required=True, help="checkpoint root (holds latest_checkpointed_iteration.txt)")
@@ -187,39 +203,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@exit_on_input_error  # a refused checkpoint or output, a missing file: one line, exit 2
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    from megatron_lst.training.checkpoint_manifest import CheckpointError
     from megatron_lst.training.initialize import destroy_distributed
 
-    if args.command != "from-safetensors":
-        try:
-            if args.command == "to-hf":
-                from megatron_lst.export.folder import check_output_folder
+    if args.command == "from-safetensors":
+        check_import_folder(args.save)
+    elif args.command == "to-hf":
+        from megatron_lst.export.folder import check_output_folder
 
-                check_output_folder(args.output)
-            else:
-                check_export_folder(args.output)
-        except ValueError as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 2
+        with input_errors_from(ValueError, field="--output"):
+            check_output_folder(args.output)
+    else:
+        check_export_folder(args.output)
     try:
-        if args.command == "to-safetensors":
-            written = megatron_to_safetensors(args.load, args.output, args.iteration, args.tokenizer_model)
-        elif args.command == "from-safetensors":
-            written = safetensors_to_megatron(args.input, args.save, args.tokenizer_model)
-        elif args.command == "to-hf":
-            written = megatron_to_hf(args.load, args.output, args.iteration, args.tokenizer_model)
-        else:
-            written = deepspeed_to_safetensors(args.load, args.output, args.tag, args.tokenizer_model)
-    except CheckpointError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except ValueError as error:
-        if args.command != "to-hf":  # the other commands' ValueErrors are not yet audited as input errors
-            raise
-        print(f"error: {error}", file=sys.stderr)  # not Llama-shaped, or a tokenizer other than the run's
-        return 2
+        # a missing checkpoint file, export file or tokenizer (checkpoints are verified before any read)
+        with input_errors_from(FileNotFoundError):
+            if args.command == "to-safetensors":
+                written = megatron_to_safetensors(args.load, args.output, args.iteration, args.tokenizer_model)
+            elif args.command == "from-safetensors":
+                written = safetensors_to_megatron(args.input, args.save, args.tokenizer_model)
+            elif args.command == "to-hf":
+                with input_errors_from(ValueError):  # not Llama-shaped, or a tokenizer other than the run's
+                    written = megatron_to_hf(args.load, args.output, args.iteration, args.tokenizer_model)
+            else:
+                written = deepspeed_to_safetensors(args.load, args.output, args.tag, args.tokenizer_model)
     finally:
         destroy_distributed()
     print(f"wrote {written}")

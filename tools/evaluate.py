@@ -43,11 +43,11 @@ from megatron_lst.evaluation.scoring import DIRECTIONS, SequenceBuilder  # noqa:
 from megatron_lst.evaluation.story_completion import evaluate_items, format_report  # noqa: E402
 from megatron_lst.training.registry import MODELS  # noqa: E402
 from megatron_lst.utils.atomic import write_text_atomic  # noqa: E402
-from megatron_lst.validation import exit_on_input_error  # noqa: E402
+from megatron_lst.validation import ArgumentParser, exit_on_input_error  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True,
                         help="the --save folder of a training run, or an export folder (convert_checkpoint.py to-hf)")
     parser.add_argument("--iteration", type=int, default=None, help="which saved iteration (default: latest)")

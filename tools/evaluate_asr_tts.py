@@ -27,7 +27,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from megatron_lst.data.segments import heldout_segments as segments  # noqa: E402
-from megatron_lst.validation import exit_on_input_error  # noqa: E402
+from megatron_lst.validation import (ArgumentParser, exit_on_input_error, input_errors_from,  # noqa: E402
+                                     require_positive_finite)
 from megatron_lst.evaluation.asr_tts import (  # noqa: E402
     UNIT_RATE,
     generation_cost_of,
@@ -68,9 +69,9 @@ def conditioning_nll(generator, prompts: list[list[int]], answers: list[list[int
     return {"answer_nll": matched, "answer_nll_mismatched": mismatched, "conditioning_gain": mismatched - matched}
 
 
-@exit_on_input_error  # a bad held-out line: one line naming file, line and field, exit 2
+@exit_on_input_error  # a bad held-out line, flag or checkpoint: one line naming file, line and field; exit 2
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", choices=("asr", "tts"), required=True, help="which direction to evaluate")
     parser.add_argument("--checkpoint", required=True, help="the model to evaluate (pretrain_lst.py --save dir)")
     parser.add_argument("--asr-checkpoint", default=None, help="tts: an ASR model for the round-trip WER")
@@ -85,7 +86,11 @@ def main(argv=None) -> int:
     from megatron_lst.inference.tasks import asr_prompt, synthesize, transcribe, tts_prompt
 
     items = segments(args.heldout, args.segment_words, args.max_segments)
-    generator = CheckpointGenerator.from_checkpoint(args.checkpoint)
+    if args.max_seconds is not None:
+        require_positive_finite(args.max_seconds, "--max-seconds")
+    with input_errors_from(FileNotFoundError):  # a refused checkpoint is an InputError already
+        generator = CheckpointGenerator.from_checkpoint(args.checkpoint)
+        asr = CheckpointGenerator.from_checkpoint(args.asr_checkpoint) if args.asr_checkpoint else None
     tokenizer = generator.tokenizer
     texts = [item["text"] for item in items]
     result = {"task": args.task, "checkpoint": args.checkpoint, "segments": len(items), "model": generator.config.train.model}
@@ -105,8 +110,7 @@ def main(argv=None) -> int:
         result["global_steps_per_second"] = cost.global_steps_per_second
         result["wall_seconds_per_second"] = cost.wall_seconds_per_second
         result["mean_generated_seconds"] = float(np.mean([len(units) for units in unit_lists]) / UNIT_RATE)
-        if args.asr_checkpoint:
-            asr = CheckpointGenerator.from_checkpoint(args.asr_checkpoint)
+        if asr is not None:
             transcripts, _ = transcribe(asr, unit_lists)
             result["round_trip_wer"] = word_error_rate(texts, transcripts)
     print(json.dumps(result))

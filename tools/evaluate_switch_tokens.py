@@ -22,10 +22,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from megatron_lst.data.segments import heldout_segments  # noqa: E402
 from megatron_lst.evaluation.switch_tokens import evaluate_switch_tokens  # noqa: E402
 from megatron_lst.utils.atomic import write_text_atomic  # noqa: E402
+from megatron_lst.validation import ArgumentParser, InputError, exit_on_input_error, input_errors_from  # noqa: E402
 
 
+@exit_on_input_error  # a bad held-out line, flag or checkpoint: one line naming file, line and field; exit 2
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="a run's checkpoint folder (--save of pretrain_lst.py)")
     parser.add_argument("--heldout", required=True, help="held-out aligned speech jsonl (units and word times)")
     parser.add_argument("--segment-words", type=int, default=8, help="words per scored segment")
@@ -33,10 +35,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--output", default=None, help="also write the JSON here")
     args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        raise InputError(f"must be >= 1, got {args.batch_size}", field="--batch-size")
     segments = heldout_segments(args.heldout, args.segment_words, args.max_segments)
-    if not segments:
-        raise SystemExit(f"{args.heldout}: no segments of {args.segment_words} words")
-    result = {"segments": len(segments), **evaluate_switch_tokens(args.checkpoint, segments, args.batch_size)}
+    with input_errors_from(FileNotFoundError):  # a tokenizer the checkpoint names that is gone
+        scores = evaluate_switch_tokens(args.checkpoint, segments, args.batch_size)
+    result = {"segments": len(segments), **scores}
     text = json.dumps(result, indent=2)
     print(text)
     if args.output:

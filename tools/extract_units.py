@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from megatron_lst.demo.hubert_units import FRAME_REDUCTIONS  # noqa: E402
 from megatron_lst.utils.atomic import atomic_file  # noqa: E402
+from megatron_lst.validation import ArgumentParser, InputError, exit_on_input_error, input_errors_from  # noqa: E402
 
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
@@ -66,8 +67,8 @@ def audio_files(inputs: list[str]) -> list[Path]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="+", help="audio files, or folders searched for .wav/.flac/.ogg files")
     parser.add_argument("--output", required=True,
                         help="jsonl to write: one {\"id\": file stem, \"units\": [...]} per file")
@@ -91,25 +92,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+@exit_on_input_error  # a missing input, extractor or unreadable audio file: one line naming it, exit 2, nothing written
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    files = audio_files(args.inputs)
+    missing = [str(path) for path in files if not path.is_file()]
+    if missing or not files:
+        raise InputError("no such file" if missing else f"no audio files ({', '.join(AUDIO_SUFFIXES)}) found",
+                         file=missing[0] if missing else " ".join(args.inputs))
     if args.log_mel:
         from megatron_lst.demo.units import LogMelUnitExtractor
 
-        extractor = LogMelUnitExtractor.load(args.log_mel)
+        with input_errors_from(OSError, ValueError, KeyError, field="--log-mel"):
+            extractor = LogMelUnitExtractor.load(args.log_mel)
     else:
         from megatron_lst.demo.hubert_units import HubertUnitExtractor
 
-        extractor = HubertUnitExtractor(args.hubert, args.centroids, args.layer,
-                                        args.frame_reduction, args.device)
-    files = audio_files(args.inputs)
-    if not files:
-        print(f"no audio files ({', '.join(AUDIO_SUFFIXES)}) found in {' '.join(args.inputs)}", file=sys.stderr)
-        return 1
+        with input_errors_from(OSError, ValueError, field="--hubert"):
+            extractor = HubertUnitExtractor(args.hubert, args.centroids, args.layer,
+                                            args.frame_reduction, args.device)
     total_units = 0
     with atomic_file(args.output) as out:  # appears whole, or leaves an earlier output as it was
         for path in tqdm(files, unit="file", desc="units"):
-            waveform, sample_rate = read_audio(path)
+            # unreadable audio: scipy's "not understood", libsndfile's errors (RuntimeError subclasses)
+            with input_errors_from(OSError, EOFError, ValueError, RuntimeError, file=path):
+                waveform, sample_rate = read_audio(path)
             units = extractor.transform(waveform, sample_rate)
             total_units += len(units)
             out.write(json.dumps({"id": path.stem, "units": units.tolist()}) + "\n")

@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from megatron_lst.inference.generate import SPEECH, TEXT, GenerationConfig  # noqa: E402
-from megatron_lst.inference.prompt_records import WAV_SUFFIX, PromptFileError, read_prompt_records  # noqa: E402
+from megatron_lst.inference.prompt_records import WAV_SUFFIX, read_prompt_records  # noqa: E402
 from megatron_lst.inference.sampling import SamplingConfig  # noqa: E402
 from megatron_lst.inference.tasks import (  # noqa: E402
     asr_prompt,
@@ -37,10 +38,12 @@ from megatron_lst.inference.tasks import (  # noqa: E402
     tts_prompt,
 )
 from megatron_lst.utils.atomic import atomic_file  # noqa: E402
+from megatron_lst.validation import (ArgumentParser, InputError, exit_on_input_error, input_errors_from,  # noqa: E402
+                                     require_positive_finite)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("task", choices=("continue", "tts", "asr"),
                         help="continue: same modality as the prompt; tts: text -> units; asr: units -> text")
     parser.add_argument("--checkpoint", required=True,
@@ -82,31 +85,42 @@ def prompt_for(task: str, record: dict, tokenizer) -> tuple[list[int], str]:
     return text_prompt(tokenizer, record["text"]), TEXT
 
 
+def check_flags(args: argparse.Namespace) -> SamplingConfig:
+    """The numbers every generation depends on, before anything is read; the sampling they make."""
+    for name in ("batch_size", "max_new_tokens"):
+        if getattr(args, name) < 1:
+            raise InputError(f"must be >= 1, got {getattr(args, name)}", field="--" + name.replace("_", "-"))
+    if args.max_units is not None and args.max_units < 1:
+        raise InputError(f"must be >= 1, got {args.max_units}", field="--max-units")
+    if args.max_seconds is not None:
+        require_positive_finite(args.max_seconds, "--max-seconds")
+    if not math.isfinite(args.temperature):
+        raise InputError(f"must be a finite number >= 0, got {args.temperature}", field="--temperature")
+    with input_errors_from(ValueError):  # names the flag's value: "top_p must lie in (0, 1], got 2.0"
+        return SamplingConfig(args.temperature, args.top_k, args.top_p)
+
+
+@exit_on_input_error  # bad flags, input, vocoder or checkpoint: one line naming file, line and field; exit 2
 def main(argv=None) -> int:
     args = parse_args(argv)
+    sampling = check_flags(args)
     # the whole input is checked before the checkpoint loads or any output is opened
-    try:
-        records = read_prompt_records(args.input, args.task, names_wavs=bool(args.vocoder))
-    except PromptFileError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    from megatron_lst.inference.loading import CheckpointGenerator
-    from megatron_lst.training.checkpoint_manifest import CheckpointError
-
-    try:  # the checkpoint is verified against its manifest before anything in it is read
-        generator = CheckpointGenerator.from_checkpoint(args.checkpoint, args.iteration, args.tokenizer_model,
-                                                        use_cache=not args.no_cache)
-    except CheckpointError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
-    tokenizer = generator.tokenizer
+    records = read_prompt_records(args.input, args.task, names_wavs=bool(args.vocoder))
     vocoder = None
     wav_dir = Path(args.wav_dir or "wavs")
     if args.vocoder:
         from megatron_lst.inference.vocoder import load_vocoder, write_wav
 
-        vocoder = load_vocoder(args.vocoder)
-    sampling = SamplingConfig(args.temperature, args.top_k, args.top_p)
+        with input_errors_from(OSError, ValueError, field="--vocoder"):
+            vocoder = load_vocoder(args.vocoder)
+    from megatron_lst.inference.loading import CheckpointGenerator
+
+    # the checkpoint is verified against its manifest before anything in it is read; a tokenizer
+    # that is missing, or differs from the run's, is refused too
+    with input_errors_from(FileNotFoundError):  # "SentencePiece model not found: PATH"
+        generator = CheckpointGenerator.from_checkpoint(args.checkpoint, args.iteration, args.tokenizer_model,
+                                                        use_cache=not args.no_cache)
+    tokenizer = generator.tokenizer
     with atomic_file(args.output) as output:  # the output appears whole when every prompt is done
         for start in range(0, len(records), args.batch_size):
             batch = records[start:start + args.batch_size]

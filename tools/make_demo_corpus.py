@@ -32,12 +32,14 @@ from megatron_lst.demo.corpus import QUICK_CONFIG, CorpusConfig, build_corpus  #
 from megatron_lst.demo.espeak import DEFAULT_VOICES  # noqa: E402
 from megatron_lst.demo.text_source import SOURCES  # noqa: E402
 from megatron_lst.demo.units import FrontEndConfig  # noqa: E402
+from megatron_lst.validation import (ArgumentParser, InputError, exit_on_input_error,  # noqa: E402
+                                     require_positive_finite)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     defaults = CorpusConfig()
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="demo_out/corpus",
                         help="folder for the corpus files (default: %(default)s)")
     parser.add_argument("--quick", action="store_true",
@@ -95,8 +97,25 @@ def config_from_args(args: argparse.Namespace) -> CorpusConfig:
         front_end=front_end, seed=args.seed)
 
 
+def check_flags(args: argparse.Namespace) -> None:
+    """Refuse numbers that would build a wrong or empty corpus, before any synthesis (minutes of work)."""
+    if args.hours is not None:
+        require_positive_finite(args.hours, "--hours")
+    for flag, value, low in (("--min-rate", args.min_rate, 1), ("--max-rate", args.max_rate, args.min_rate),
+                             ("--max-sentences", args.max_sentences, 1), ("--num-units", args.num_units, 2),
+                             ("--pca-dim", args.pca_dim, 1), ("--workers", args.workers, 1)):
+        if value < low:
+            raise InputError(f"must be >= {low}, got {value}", field=flag)
+    if not 0 <= args.heldout_percent < 100:
+        raise InputError(f"must be in [0, 100), got {args.heldout_percent}", field="--heldout-percent")
+    if args.extractor and not Path(args.extractor).is_file():
+        raise InputError("no such file", file=args.extractor, field="--extractor")
+
+
+@exit_on_input_error
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    check_flags(args)
     config = config_from_args(args)
     manifest = build_corpus(config, args.out, workers=args.workers,
                             extractor_path=args.extractor, progress=not args.no_progress)

@@ -53,16 +53,15 @@ from megatron_lst.data.speech_layout import (  # noqa: E402
     metadata_path,
     speech_dataset_prefix,
 )
-from megatron_lst.validation import InputError, report  # noqa: E402
+from megatron_lst.validation import ArgumentParser, InputError, report  # noqa: E402
 
 EXIT_BAD_INPUT = 2
-EXIT_SETUP_ERROR = 1
 CHUNK_LINES = 64
 MAX_REPORTED_ERRORS = 20
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", required=True, help="jsonl file, one document per line")
     parser.add_argument("--output-prefix", required=True, help="path prefix of the output files")
     parser.add_argument("--tokenizer-model", required=True,
@@ -231,6 +230,12 @@ def check_flags(args: argparse.Namespace) -> None:
                          field="--unit-rate")
     if args.num_units < 1:
         raise InputError(f"must be >= 1 (the speech unit codebook size), got {args.num_units}", field="--num-units")
+    if args.workers < 1:
+        raise InputError(f"must be >= 1, got {args.workers}", field="--workers")
+    if args.segment_words < 0:
+        raise InputError(f"must be >= 0 (0: whole utterances), got {args.segment_words}", field="--segment-words")
+    if not Path(args.input).is_file():
+        raise InputError("no such file" if not Path(args.input).exists() else "not a file", file=args.input)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -240,15 +245,6 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as error:
         report(error)
         return EXIT_BAD_INPUT
-    if args.workers < 1:
-        print("error: --workers must be >= 1", file=sys.stderr)
-        return EXIT_SETUP_ERROR
-    if args.segment_words < 0:
-        print("error: --segment-words must be >= 0 (0: whole utterances)", file=sys.stderr)
-        return EXIT_SETUP_ERROR
-    if not Path(args.input).is_file():
-        print(f"error: input file not found: {args.input}", file=sys.stderr)
-        return EXIT_SETUP_ERROR
     config = PreprocessConfig(
         input_format=args.format or detect_input_format(args.input),
         reject_units=args.format is None,
@@ -262,9 +258,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         encoder = LineEncoder(config)
-    except (OSError, ValueError, RuntimeError) as error:
-        print(f"error: cannot load the tokenizer: {error}", file=sys.stderr)
-        return EXIT_SETUP_ERROR
+    except (OSError, ValueError, RuntimeError) as error:  # a missing or unreadable model (or unit BPE)
+        report(InputError(f"cannot load the tokenizer: {error}", field="--tokenizer-model"))
+        return EXIT_BAD_INPUT
     summary = RunSummary(config.input_format, config.unit_rate)
     outputs: OutputDatasets | None = None
     try:

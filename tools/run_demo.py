@@ -34,6 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from megatron_lst.demo.report import read_metrics, summarise_run  # noqa: E402
+from megatron_lst.validation import ArgumentParser  # noqa: E402
 
 
 STARTED = time.time()
@@ -447,7 +448,7 @@ def switch_section(switches: dict, rows: list[dict]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="demo_out", help="output folder (corpus, data, runs, report)")
     parser.add_argument("--quick", action="store_true", help="tiny corpus and short training (CI)")
     parser.add_argument("--iters", type=int, default=None, help="training iterations of the baseline (and of LST "

@@ -28,13 +28,14 @@ from megatron_lst.demo.espeak import espeak_available, get_espeak  # noqa: E402
 from megatron_lst.demo.units import LogMelUnitExtractor  # noqa: E402
 from megatron_lst.evaluation.items import read_items, write_items  # noqa: E402
 from megatron_lst.evaluation.speech import PartSynthesizer, Voice, synthesize_items, unit_count  # noqa: E402
+from megatron_lst.validation import ArgumentParser  # noqa: E402
 
 
 MIN_RATE, MAX_RATE = 80, 450  # espeak-ng's speaking rates, words per minute
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", required=True, help="benchmark jsonl with text on every part")
     parser.add_argument("--output", required=True, help="benchmark jsonl to write, with units and word times added")
     parser.add_argument("--extractor", required=True, help="unit_extractor.npz of the demo corpus")

@@ -19,10 +19,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from megatron_lst.training.checkpoint_manifest import MANIFEST_NAME, write_manifest  # noqa: E402
+from megatron_lst.validation import ArgumentParser  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folders", nargs="+", help="checkpoint folders (iter_NNNNNNN) to adopt")
     args = parser.parse_args(argv)
     for folder in map(Path, args.folders):

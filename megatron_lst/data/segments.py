@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from megatron_lst.data.jsonl_records import AlignedUtterance, parse_speech_record
-from megatron_lst.validation import at_line, read_jsonl
+from megatron_lst.validation import InputError, at_line, read_jsonl
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,12 @@ def segment_utterance(utterance: AlignedUtterance, config: SegmentConfig) -> lis
 def heldout_segments(path: str, words_per_segment: int, limit: int, unit_rate: float = 25.0) -> list[dict]:
     """Word groups of each utterance ({'text', 'units'}), cut exactly as ``tools/preprocess_data.py
     --segment-words`` cuts fine-tuning data, so evaluation examples look like training examples.
-    A bad line is an InputError naming its file, line and field."""
+    A bad line, a count below 1 or a file with no segment is an InputError naming the file, line
+    and field (or the flag)."""
+    if words_per_segment < 1:
+        raise InputError(f"must be >= 1, got {words_per_segment}", field="--segment-words")
+    if limit < 1:
+        raise InputError(f"must be >= 1, got {limit}", field="--max-segments")
     config = SegmentConfig.for_words(words_per_segment)
     out = []
     for number, record in read_jsonl(path):
@@ -77,4 +82,7 @@ def heldout_segments(path: str, words_per_segment: int, limit: int, unit_rate: f
                 for segment in segment_utterance(utterance, config)]
         if len(out) >= limit:
             break
+    if not out:
+        raise InputError(f"no segment of {words_per_segment} words: no utterance has {config.min_words} words or "
+                         "more", file=path)
     return out[:limit]

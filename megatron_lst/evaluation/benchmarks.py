@@ -26,7 +26,8 @@ from typing import Optional
 import numpy as np
 
 from megatron_lst.evaluation.items import Item, Part
-from megatron_lst.validation import InputError, at_line, is_int, json_type, read_jsonl, require_field, require_str
+from megatron_lst.validation import (ArgumentParser, InputError, at_line, is_int, json_type, read_jsonl, require_field,
+                                     require_str)
 
 PROMPT_SENTENCES = 4
 
@@ -146,12 +147,10 @@ def build_kind(args) -> list[Item]:
 
 def main(argv: Optional[list[str]] = None) -> int:
     """``python -m megatron_lst.evaluation.benchmarks --heldout DIR/heldout_documents.jsonl ...``"""
-    import argparse
-
     from megatron_lst.evaluation.items import write_items
 
-    parser = argparse.ArgumentParser(description="Build a text-only benchmark from held-out "
-                                                 "documents (add speech with tools/synthesize_benchmark.py).")
+    parser = ArgumentParser(description="Build a text-only benchmark from held-out "
+                                        "documents (add speech with tools/synthesize_benchmark.py).")
     parser.add_argument("--heldout", required=True, help="heldout_documents.jsonl of the demo corpus")
     parser.add_argument("--kind", choices=sorted(BENCHMARKS) + list(NEW_KINDS), default="storycloze",
                         help="storycloze: true 5th sentence vs 1 other; hellaswag: vs 3 others; "

@@ -209,7 +209,7 @@ class Item:
 def read_items(path: str | Path, num_units: Optional[int] = None) -> list[Item]:
     """All items of a benchmark file; any problem (malformed JSON, a field of the wrong type, a unit
     outside ``[0, num_units)`` when given, an id used twice) is an InputError naming the file, line
-    and field."""
+    and field. A file without items is an error too: its accuracies would be of nothing."""
     items = []
     first_line: dict[str, int] = {}
     for line_number, row in read_jsonl(path):
@@ -219,6 +219,8 @@ def read_items(path: str | Path, num_units: Optional[int] = None) -> list[Item]:
                 raise InputError(f"{item.id!r} is already the id of line {first_line[item.id]}", field="id")
         first_line[item.id] = line_number
         items.append(item)
+    if not items:
+        raise InputError("no items: the benchmark file holds no record", file=path)
     return items
 
 

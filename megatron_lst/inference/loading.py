@@ -22,6 +22,7 @@ from megatron_lst.tokenizer import JointTokenizer
 from megatron_lst.training.arguments import Config
 from megatron_lst.training.checkpoint_loading import config_from_checkpoint, fixed_patching_config, load_model
 from megatron_lst.training.registry import model_spec, spec_of
+from megatron_lst.validation import InputError
 
 
 def refuse_non_generating(model: str, root) -> None:
@@ -30,7 +31,7 @@ def refuse_non_generating(model: str, root) -> None:
     model whose speech tokens are anything else (unit BPE pieces) would silently overrun them."""
     spec = model_spec(model)
     if not spec.generates:
-        raise ValueError(f"{root}: generation does not support --model {spec.name} checkpoints: "
+        raise InputError(f"{root}: generation does not support --model {spec.name} checkpoints: "
                          f"{spec.generation_refusal}")
 
 

@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from megatron_lst.data.jsonl_records import RecordError, load_json_object, text_field
+from megatron_lst.validation import InputError
 
 WAV_SUFFIX = ".wav"
 NAME_MAX_BYTES = 255  # the longest file name common Linux file systems take
 
 
-class PromptFileError(ValueError):
+class PromptFileError(InputError):
     """A bad input file; the message is one line naming the file, the line and the field."""
 
 
@@ -58,7 +59,7 @@ def _check_units(record: dict) -> None:
 
 def read_prompt_records(path: str | os.PathLike, task: str, names_wavs: bool) -> list[PromptRecord]:
     """Every record of ``path`` (blank lines skipped), checked for ``task`` ("continue", "tts",
-    "asr"); with ``names_wavs`` the ids must be distinct plain file names."""
+    "asr"); with ``names_wavs`` the ids must be distinct plain file names; at least one record."""
     path = Path(path)
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
@@ -88,4 +89,6 @@ def read_prompt_records(path: str | os.PathLike, task: str, names_wavs: bool) ->
         except RecordError as error:
             raise PromptFileError(f"{path}:{number}: {error}") from None
         records.append(PromptRecord(record, record_id, number))
+    if not records:  # an empty output would replace an earlier one
+        raise PromptFileError(f"{path}: no prompts: the input file holds no record")
     return records

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import sys
 import typing
@@ -23,6 +24,7 @@ from megatron_lst.choices import (BlendWeighting, DataMode, DistributedBackend, 
                                   RecomputeGranularity, SilenceMode, TransformerImpl, check_choices, literal_choices)
 from megatron_lst.models.config import MODEL_FLAVOURS, ModelConfig, model_flavour
 from megatron_lst.training.registry import MODELS, ModelName, model_spec
+from megatron_lst.validation import ArgumentParser
 
 # Global batches whose samples are sorted together by token count. On a demo-like blend (33%
 # speech-text by samples, --seq-length 256, micro-batch 4, global batch 8; bench/bench_bucketing.py)
@@ -318,7 +320,7 @@ def _add_fields(group: argparse._ArgumentGroup, cls: type) -> None:
 
 
 def build_parser(description: str = "Pretrain LST or an interleaved baseline on megatron-core.") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--config", default=None, help="YAML file of flag values (sections or flat keys)")
     parser.add_argument("--model-flavour", default=None, choices=sorted(MODEL_FLAVOURS),
                         help="named model shape (debug, demo, 1b-mini, 420m, 1b, 7b)")
@@ -397,6 +399,17 @@ def validate(config: Config, parser: Optional[argparse.ArgumentParser] = None) -
         problems.append("--override-opt-param-scheduler and --use-checkpoint-opt-param-scheduler exclude each other")
     if ckpt.keep_last is not None and ckpt.keep_last < 1:
         problems.append(f"--keep-last must be >= 1, got {ckpt.keep_last}")
+    data, optimizer = config.data, config.optimizer
+    for flag, value in (("--seq-length", data.seq_length), ("--micro-batch-size", data.micro_batch_size),
+                        ("--global-batch-size", data.global_batch_size), ("--train-iters", config.train.train_iters)):
+        if value < 1:  # 0 ends in a division by zero or an assertion deep inside (a SIGFPE for --seq-length)
+            problems.append(f"{flag} must be >= 1, got {value}")
+    if not (math.isfinite(optimizer.lr) and optimizer.lr >= 0):
+        problems.append(f"--lr must be a finite number >= 0, got {optimizer.lr}")
+    if not (math.isfinite(optimizer.min_lr_ratio) and 0 <= optimizer.min_lr_ratio <= 1):
+        problems.append(f"--min-lr-ratio must be in [0, 1], got {optimizer.min_lr_ratio}")
+    if optimizer.lr_warmup_iters < 0:
+        problems.append(f"--lr-warmup-iters must be >= 0, got {optimizer.lr_warmup_iters}")
     try:
         config.data.micro_batches_per_step()  # the data-parallel size is checked once the world is known
     except ValueError as error:

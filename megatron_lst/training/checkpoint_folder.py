@@ -36,6 +36,22 @@ def complete_iterations(root: str | os.PathLike) -> list[int]:
     return sorted(int(match.group(1)) for match in found if match)
 
 
+def pointed_iteration(root: str | os.PathLike, read_pointer: Callable[[], Optional[int]], fallback: bool,
+                      log: Callable[[str], None] = print) -> Optional[int]:
+    """The iteration the ``latest`` pointer names (None: no pointer). A pointer that cannot be read
+    (garbage: edited by hand, or a file system that lost it) is a :class:`CheckpointError` naming
+    it; with ``fallback`` (``--load``) the newest complete folder is tried instead, saying so, since
+    folders appear only whole (an atomic rename after the manifest)."""
+    try:
+        return read_pointer()
+    except CheckpointError as error:
+        complete = complete_iterations(root)
+        if not fallback or not complete:
+            raise
+        log(f"ignoring {error}; trying the newest complete checkpoint folder, iteration {complete[-1]}")
+        return complete[-1]
+
+
 def choose_checkpoint(root: str | os.PathLike, latest: Optional[int], folder_of: Callable[[int], Path],
                       fallback: bool, log: Callable[[str], None] = print) -> Optional[int]:
     """The iteration to load from ``root`` whose ``latest`` pointer says ``latest`` (None: nothing saved).

@@ -26,11 +26,13 @@ from megatron_lst.export.folder import is_export_folder, load_exported_weights, 
 from megatron_lst.patching import PatchingConfig
 from megatron_lst.tokenizer import JointTokenizer, text_model_difference
 from megatron_lst.training.arguments import Config
+from megatron_lst.training.checkpoint_manifest import CheckpointError
 from megatron_lst.training.checkpointing import iteration_dir, load_checkpoint, resolve_iteration
 from megatron_lst.training.initialize import initialize_distributed
 from megatron_lst.training.registry import spec_of
 from megatron_lst.training.run_config import config_from_saved, decode_saved
 from megatron_lst.unit_bpe_tokenizer import UnitBPETokenizer, check_saved_layout
+from megatron_lst.validation import InputError
 
 # the layout a single evaluating / generating / converting process gives any run's config
 SINGLE_PROCESS = {"tensor_model_parallel_size": 1, "pipeline_model_parallel_size": 1, "sequence_parallel": False,
@@ -44,7 +46,8 @@ def checkpoint_iteration_dir(root: str | Path, iteration: Optional[int] = None) 
     (``CheckpointError`` names the file that failed)."""
     iteration = resolve_iteration(root, iteration)
     if iteration is None:
-        raise FileNotFoundError(f"{root} holds no checkpoint (no 'latest' pointer)")
+        what = "holds no checkpoint (no 'latest' pointer)" if Path(root).is_dir() else "no such checkpoint folder"
+        raise CheckpointError(what, file=root)
     return iteration_dir(root, iteration)
 
 
@@ -56,15 +59,16 @@ def check_vocabulary(common: dict, tokenizer: JointTokenizer) -> None:
     """Refuse a tokenizer whose id layout differs from the one the model was trained with."""
     if "vocab_layout" not in common:
         if isinstance(tokenizer, UnitBPETokenizer):
-            raise ValueError("the checkpoint records no vocab_layout, so its unit BPE cannot be checked")
+            raise InputError("the checkpoint records no vocab_layout, so its unit BPE cannot be checked")
         return
     saved = decode_saved(common["vocab_layout"], "vocab_layout")
     # the unit BPE first: another BPE also changes num_units, and its error names the BPE
     check_saved_layout(saved, tokenizer, "checkpoint")
     for name in ("text_vocab_size", "num_units", "spare_units"):
         if saved.get(name) != getattr(tokenizer.vocab, name):
-            raise ValueError(f"the tokenizer gives {name} = {getattr(tokenizer.vocab, name)} but the model "
-                             f"was trained with {saved.get(name)}: pass the run's --tokenizer-model")
+            raise InputError(f"the tokenizer gives {name} = {getattr(tokenizer.vocab, name)} but the model "
+                             f"was trained with {saved.get(name)}: pass the run's --tokenizer-model",
+                             field="--tokenizer-model")
     check_text_model(saved.get("text_model", {}), tokenizer)
 
 
@@ -74,8 +78,8 @@ def check_text_model(saved: dict, tokenizer: JointTokenizer) -> None:
     current = tokenizer.text_model.describe()
     difference = text_model_difference(saved, current)
     if difference is not None:
-        raise ValueError(f"the text tokenizer differs from the one the model was trained with: {difference}; "
-                         "pass the run's --tokenizer-model")
+        raise InputError(f"the text tokenizer differs from the one the model was trained with: {difference}; "
+                         "pass the run's --tokenizer-model", field="--tokenizer-model")
     if "pieces_sha256" in current and "pieces_sha256" not in saved:
         print(f"warning: the checkpoint records no tokenizer fingerprint (saved by an older version): cannot check "
               f"that {current.get('path')} has the pieces the model was trained with", file=sys.stderr)
@@ -94,11 +98,12 @@ def check_checkpoint_shapes(checkpoint_dir: str | Path, model: torch.nn.Module) 
             continue
         stored = saved.get(expected.key)
         if stored is None:
-            raise ValueError(f"{checkpoint_dir}: {expected.key}: not in the checkpoint, but the model built from "
-                             f"its run config has it (shape {tuple(expected.global_shape)})")
+            raise CheckpointError(f"not in the checkpoint, but the model built from its run config has it "
+                                  f"(shape {tuple(expected.global_shape)})", file=checkpoint_dir, field=expected.key)
         if tuple(stored.global_shape) != tuple(expected.global_shape):
-            raise ValueError(f"{checkpoint_dir}: {expected.key}: checkpoint shape {tuple(stored.global_shape)}, "
-                             f"model shape {tuple(expected.global_shape)} (the run config builds another model)")
+            raise CheckpointError(f"checkpoint shape {tuple(stored.global_shape)}, model shape "
+                                  f"{tuple(expected.global_shape)} (the run config builds another model)",
+                                  file=checkpoint_dir, field=expected.key)
 
 
 def config_from_checkpoint(root: str | Path, iteration: Optional[int] = None,
@@ -156,7 +161,7 @@ def load_model(root: str | Path, iteration: Optional[int] = None, tokenizer_mode
     model.to(device)
     check_checkpoint_shapes(checkpoint_iteration_dir(root, iteration), model)
     if load_checkpoint(root, model, optimizer=None, scheduler=None, iteration=iteration, load_rng=False) is None:
-        raise FileNotFoundError(f"nothing to load in {root}")
+        raise CheckpointError("nothing to load", file=root)
     return model.eval(), config, task.tokenizer, device
 
 

@@ -22,14 +22,17 @@ import json
 import os
 from pathlib import Path
 
+from megatron_lst.validation import InputError
+
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = 1
 _CHUNK = 1 << 20
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A checkpoint (folder) that must not be loaded; the message names the folder or file and why.
-    Command-line entry points print it as one line and exit with status 2."""
+    It is bad input like any other, so every command line wrapped in
+    ``validation.exit_on_input_error`` prints it as one line and exits with status 2."""
 
 
 def _sha256(path: Path) -> str:

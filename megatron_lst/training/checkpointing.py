@@ -30,7 +30,7 @@ import torch
 from megatron.core import dist_checkpointing, tensor_parallel
 
 from megatron_lst.training import collectives
-from megatron_lst.training.checkpoint_folder import choose_checkpoint
+from megatron_lst.training.checkpoint_folder import choose_checkpoint, pointed_iteration
 from megatron_lst.training.checkpoint_manifest import CheckpointError, verify_checkpoint, write_manifest
 from megatron_lst.training.initialize import print_rank_0
 
@@ -92,8 +92,8 @@ def resolve_iteration(root: str | os.PathLike, iteration: Optional[int] = None, 
             if iteration is not None:
                 verify_checkpoint(iteration_dir(root, iteration))
                 return iteration, None
-            return choose_checkpoint(root, read_latest(root), lambda it: iteration_dir(root, it),
-                                     fallback, log), None
+            latest = pointed_iteration(root, lambda: read_latest(root), fallback, log)
+            return choose_checkpoint(root, latest, lambda it: iteration_dir(root, it), fallback, log), None
         except CheckpointError as error:
             return None, str(error)
 

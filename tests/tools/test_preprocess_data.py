@@ -221,6 +221,6 @@ def test_segment_words_cuts_each_utterance_into_word_groups(tmp_path, sentencepi
 
 
 def test_negative_segment_words_is_refused(tmp_path, sentencepiece_model, capsys):
-    assert run_speech(tmp_path, random_aligned_records(3, seed=1), sentencepiece_model, "--segment-words", "-1") == 1
+    assert run_speech(tmp_path, random_aligned_records(3, seed=1), sentencepiece_model, "--segment-words", "-1") == 2
     assert "--segment-words" in capsys.readouterr().err
     assert not list(tmp_path.glob("sp_*"))

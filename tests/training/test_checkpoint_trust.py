@@ -112,6 +112,14 @@ def test_a_tool_asked_for_one_checkpoint_does_not_fall_back(ckpt):
         load_common_state(ckpt)
 
 
+def test_a_garbage_latest_pointer_falls_back_to_the_newest_folder_or_is_refused(ckpt):
+    (ckpt / LATEST_FILE).write_text("4\x00junk")
+    chosen, lines = refusals(ckpt)
+    assert chosen == 4 and f"ignoring {ckpt / LATEST_FILE}: expected an iteration number" in lines[0]
+    with pytest.raises(CheckpointError, match=f"{LATEST_FILE}: expected an iteration number"):
+        resolve_iteration(ckpt)  # a tool asked for the latest checkpoint does not guess
+
+
 def test_missing_and_added_files_are_refused(ckpt):
     (iteration_dir(ckpt, 4) / "rng" / "rank_0.pt").unlink()
     with pytest.raises(CheckpointError, match="rank_0.pt: listed in manifest.json but missing"):
