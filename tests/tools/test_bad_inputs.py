@@ -39,7 +39,6 @@ every field of a benchmark item                     evaluation/test_item_validat
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import importlib
 import json
@@ -57,6 +56,7 @@ import torch
 from megatron_lst.data.synthetic import random_aligned_records
 from megatron_lst.training.checkpoint_manifest import MANIFEST_NAME, write_manifest
 from megatron_lst.training.checkpointing import LATEST_FILE, iteration_dir
+from megatron_lst.training.run_config import decode_saved, encode_saved
 from megatron_lst.validation import exit_on_input_error
 from tests.conftest import REPO_ROOT, child_env, run_pretrain
 from tests.tools.test_preprocess_data import preprocess_data, text_records, write_jsonl
@@ -186,9 +186,9 @@ def other_shape(world: World, folder: Path) -> tuple[Path, str]:
     root = world.copy_checkpoint(folder)
     iteration = iteration_dir(root, 4)
     common = torch.load(iteration / "common.pt", weights_only=True)
-    config = ast.literal_eval(common["config"])
+    config = decode_saved(common["config"])
     config["model_config"]["ffn_hidden_size"] = 96
-    common["config"] = repr(config)
+    common["config"] = encode_saved(config)
     torch.save(common, iteration / "common.pt")
     (iteration / MANIFEST_NAME).unlink()
     write_manifest(iteration)
