@@ -168,6 +168,9 @@ def test_a_timed_run_stops_saves_validates_on_its_own_blend_and_logs_megatron_ta
     assert config.model_config.num_layers == 3 and config.model_config.hidden_size == 64  # the checkpoint's
     err = capsys.readouterr().err
     assert "--num-layers 5 -> 3" in err and "--model-flavour is ignored" in err
+    tuned = run_pretrain([*base_args, "--load", str(save), "--use-checkpoint-args", "--finetune", "--num-layers", "5",
+                          "--train-iters", "1"])  # builds the checkpoint's 3 layers, so its weights load
+    assert "loaded" in tuned.stdout and "--num-layers 5 -> 3" in tuned.stderr
     with pytest.raises(SystemExit):
         parse_args(["--use-checkpoint-args"])
     assert "give --load" in capsys.readouterr().err
