@@ -22,8 +22,6 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from megatron_lst.choices import TokenizerType, literal_choices
-
 NUM_SPECIALS = 5
 DEFAULT_NUM_UNITS = 501
 DEFAULT_SPARE_UNITS = 1
@@ -219,7 +217,7 @@ class HuggingFaceText(TextModel):
         return self._pieces_sha256
 
 
-TEXT_MODEL_TYPES = literal_choices(TokenizerType)  # --tokenizer-type
+TEXT_MODEL_TYPES = ("auto", "sentencepiece", "tiktoken", "huggingface")  # choices.TokenizerType (--tokenizer-type)
 
 
 def text_model_type(path: str | os.PathLike) -> str:

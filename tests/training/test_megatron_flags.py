@@ -122,8 +122,12 @@ def test_megatron_engine_hands_the_overlap_flags_to_megatron_core(monkeypatch):
 def test_tokenizer_type_reaches_the_tokenizer_and_the_saved_config(tmp_path):
     """A Hugging Face tokenizer.json saved under a SentencePiece-looking name: ``auto`` guesses from
     the name and fails; ``--tokenizer-type huggingface`` reads it, and the run config keeps the type."""
+    from megatron_lst.choices import TokenizerType, literal_choices
+    from megatron_lst.tokenizer import TEXT_MODEL_TYPES
     from megatron_lst.training.task_common import load_tokenizer
     from tests.test_tokenizer import hf_tokenizer_json
+
+    assert literal_choices(TokenizerType) == TEXT_MODEL_TYPES  # the flag's choices are what the reader takes
 
     corpus = ["the cat sat on the mat", "a dog ran in the park"] * 30
     model = tmp_path / "text.model"
