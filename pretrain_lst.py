@@ -27,12 +27,15 @@ def check_inputs(config: Config) -> None:
     from megatron_lst.tokenizer import load_text_model
 
     if not config.data.tokenizer_model:
-        raise InputError("is required (a SentencePiece .model or .tiktoken file)", field="--tokenizer-model")
+        raise InputError("is required (a SentencePiece .model, a .tiktoken file or a tokenizer.json)",
+                         field="--tokenizer-model")
     try:
-        text_model = load_text_model(config.data.tokenizer_model)
+        text_model = load_text_model(config.data.tokenizer_model, config.data.tokenizer_type)
     except (OSError, RuntimeError) as error:
         raise InputError(f"cannot be loaded: {error}", field="--tokenizer-model") from None
     check_training_data(config.data.data_path, text_model, config.data.num_units)
+    if config.data.valid_data_path:
+        check_training_data(config.data.valid_data_path, text_model, config.data.num_units)
 
 
 @exit_on_input_error  # bad data or flags, a refused checkpoint or --save folder (CheckpointError): one line, exit 2

@@ -7,8 +7,9 @@
 #   e.g. examples/finetune_tts.sh demo_out/runs/lst/checkpoints ft_tts demo_out/tokenizer/text_bpe.model \
 #            demo_out/data/segments_speech_document demo_out/corpus/speech_heldout.jsonl --train-iters 200
 #
-# The model, its shape and patching come from the checkpoint's run; pass the same --model and
-# --model-flavour (and --patch-size) it was trained with (defaults below: LST, demo flavour).
+# The model (--model), its shape, tokenizer type and patch shape come from the checkpoint's saved
+# run config (--use-checkpoint-args), so the script fits any pretrained LST or baseline checkpoint.
+# PYTHON picks the interpreter (default: python on PATH).
 # SPEECH_PREFIX holds segments, not whole utterances: a speech segment plus its transcript must fit
 # in one sample (--seq-length counts global positions), or a piece cut off before "<s>" trains on
 # nothing. Cut them with `tools/preprocess_data.py --segment-words 8` (what the demo does); the held-out
@@ -19,14 +20,14 @@ ASR=()
 if [[ $# -ge 6 && $6 != --* ]]; then ASR=(--asr-checkpoint "$6"); shift; fi
 shift 5
 REPO=$(cd "$(dirname "$0")/.." && pwd)
-PY=${PYTHON:-$REPO/.venv/bin/python}
+PY=${PYTHON:-python}
 export PYTHONPATH=$REPO${PYTHONPATH:+:$PYTHONPATH}
 
-"$PY" "$REPO/pretrain_lst.py" --config "$REPO/examples/configs/debug.yaml" --model lst --model-flavour demo \
+"$PY" "$REPO/pretrain_lst.py" --load "$PRETRAINED" --use-checkpoint-args --finetune \
   --tokenizer-model "$TOKENIZER" --data-path "$SPEECH" --data-mode tts --data-cache-path "$OUT/index_cache" \
   --seq-length 128 --micro-batch-size 4 --global-batch-size 8 --lr 3e-3 --lr-warmup-iters 10 \
   --train-iters 200 --log-interval 5 --eval-interval 1000 --eval-iters 1 --split 100,0,0 \
-  --load "$PRETRAINED" --finetune --save "$OUT/checkpoints" --save-interval 1000000 "$@"
+  --save "$OUT/checkpoints" --save-interval 1000000 "$@"
 
 "$PY" "$REPO/tools/evaluate_asr_tts.py" --task tts --checkpoint "$PRETRAINED" --heldout "$HELDOUT" \
   "${ASR[@]}" --output "$OUT/eval_start.json"

@@ -24,6 +24,7 @@ NanPolicy = Literal["skip", "stop"]
 Engine = Literal["megatron", "deepspeed"]
 LrDecayStyle = Literal["cosine", "linear", "constant"]
 DistributedBackend = Literal["nccl", "gloo"]
+TokenizerType = Literal["auto", "sentencepiece", "tiktoken", "huggingface"]
 
 
 def literal_choices(annotation: Any) -> Optional[tuple]:

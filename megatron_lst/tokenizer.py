@@ -217,7 +217,7 @@ class HuggingFaceText(TextModel):
         return self._pieces_sha256
 
 
-TEXT_MODEL_TYPES = ("auto", "sentencepiece", "tiktoken", "huggingface")
+TEXT_MODEL_TYPES = ("auto", "sentencepiece", "tiktoken", "huggingface")  # choices.TokenizerType (--tokenizer-type)
 
 
 def text_model_type(path: str | os.PathLike) -> str:
@@ -309,8 +309,9 @@ class JointTokenizer:
         self.vocab = VocabLayout(text_model.vocab_size, num_units, spare_units)
 
     @classmethod
-    def from_file(cls, text_model_path: str | os.PathLike, **kwargs) -> "JointTokenizer":
-        return cls(load_text_model(text_model_path), **kwargs)
+    def from_file(cls, text_model_path: str | os.PathLike, kind: str = "auto", **kwargs) -> "JointTokenizer":
+        """The joint tokenizer over the text model at ``text_model_path``, read as ``kind`` (``--tokenizer-type``)."""
+        return cls(load_text_model(text_model_path, kind), **kwargs)
 
     # Shorthands used everywhere in the data and model code.
     @property

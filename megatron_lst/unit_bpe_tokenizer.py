@@ -29,8 +29,8 @@ class UnitBPETokenizer(JointTokenizer):
 
     @classmethod
     def from_files(cls, text_model_path: str | os.PathLike, unit_bpe_path: str | os.PathLike,
-                   data_num_units: int) -> "UnitBPETokenizer":
-        return cls(load_text_model(text_model_path), UnitBPE(unit_bpe_path), data_num_units)
+                   data_num_units: int, kind: str = "auto") -> "UnitBPETokenizer":
+        return cls(load_text_model(text_model_path, kind), UnitBPE(unit_bpe_path), data_num_units)
 
     def encode_units(self, units: Sequence[int] | np.ndarray) -> np.ndarray:
         """Raw unit indices (one segment, e.g. a benchmark prompt) -> joint ids of their BPE pieces."""

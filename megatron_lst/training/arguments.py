@@ -21,7 +21,8 @@ import yaml
 
 from megatron_lst.choices import (BlendWeighting, DataMode, DistributedBackend, Engine, FoldSpeechMarker,
                                   LocalAttentionImpl, LrDecayStyle, NanPolicy, PatchBoundary, PatchingStrategy,
-                                  RecomputeGranularity, SilenceMode, TransformerImpl, check_choices, literal_choices)
+                                  RecomputeGranularity, SilenceMode, TokenizerType, TransformerImpl, check_choices,
+                                  literal_choices)
 from megatron_lst.models.config import MODEL_FLAVOURS, ModelConfig, model_flavour
 from megatron_lst.training.registry import MODELS, ModelName, model_spec
 from megatron_lst.validation import ArgumentParser
@@ -71,6 +72,12 @@ class ParallelConfig(Section):
         metadata={"help": "LST: global layers on the last pipeline stage, which also holds the patch decoder "
                           "(default: an even split)"},
     )
+    overlap_grad_reduce: bool = field(default=False, metadata={
+        "help": "GPU, --engine megatron: all-reduce (or reduce-scatter) each gradient bucket while the backward "
+                "pass still runs (megatron-core's DDP overlap)"})
+    overlap_param_gather: bool = field(default=False, metadata={
+        "help": "GPU, with --use-distributed-optimizer: all-gather the updated parameters of each bucket during the "
+                "next forward pass"})
     world_size: Optional[int] = field(
         default=None, metadata={"help": "with --dry-run: GPUs to plan for (default: WORLD_SIZE of the launcher, or 1)"}
     )
@@ -81,7 +88,11 @@ class OptimizerArgs(Section):
     """The AdamW and LR-schedule flags (megatron-core's own ``OptimizerConfig`` is built from them)."""
 
     lr: float = field(default=4e-4, metadata={"help": "peak learning rate (paper: 4e-4)"})
-    min_lr_ratio: float = field(default=0.01, metadata={"help": "cosine floor as a fraction of --lr (paper: 1%)"})
+    min_lr: Optional[float] = field(default=None, metadata={
+        "help": "the floor the LR decays to (Megatron-LM's default is 0.0; here, when not given: --lr x "
+                "--min-lr-ratio, the paper's 1% of the peak)"})
+    min_lr_ratio: float = field(default=0.01, metadata={"help": "the LR floor as a fraction of --lr when --min-lr "
+                                                               "is not given (paper: 1%)"})
     lr_warmup_iters: int = field(default=2000, metadata={"help": "linear warm-up iterations (paper: 2000)"})
     lr_decay_iters: Optional[int] = field(default=None, metadata={"help": "decay length (default: --train-iters)"})
     lr_decay_style: LrDecayStyle = field(default="cosine", metadata={"help": "cosine, linear or constant"})
@@ -91,6 +102,10 @@ class OptimizerArgs(Section):
     adam_eps: float = field(default=1e-8, metadata={"help": "AdamW epsilon"})
     clip_grad: float = field(default=1.0, metadata={"help": "global gradient-norm clip (0 = off)"})
 
+    def floor_lr(self) -> float:
+        """The LR the decay ends at: ``--min-lr`` when given, else ``--lr x --min-lr-ratio``."""
+        return self.min_lr if self.min_lr is not None else self.lr * self.min_lr_ratio
+
 
 @dataclass
 class DataConfig(Section):
@@ -98,7 +113,14 @@ class DataConfig(Section):
         default_factory=list,
         metadata={"help": "dataset prefixes, optionally weighted: '0.33 speech_prefix 0.67 text_prefix'"},
     )
-    tokenizer_model: Optional[str] = field(default=None, metadata={"help": "SentencePiece .model or .tiktoken file"})
+    valid_data_path: Optional[list] = field(default=None, metadata={
+        "help": "validation dataset prefixes, weighted like --data-path; when given, validation reads them "
+                "(whole) instead of the --split share of --data-path"})
+    tokenizer_model: Optional[str] = field(default=None, metadata={
+        "help": "the text tokenizer: a SentencePiece .model, a .tiktoken file, or a Hugging Face tokenizer.json "
+                "(or its folder)"})
+    tokenizer_type: TokenizerType = field(default="auto", metadata={
+        "help": "how to read --tokenizer-model: auto (by its file name), sentencepiece, tiktoken or huggingface"})
     num_units: int = field(default=501, metadata={"help": "speech unit codebook size"})
     unit_bpe: Optional[str] = field(default=None, metadata={
         "help": "--model bpe-baseline: the unit BPE .model (tools/train_unit_bpe.py) that encodes every speech "
@@ -154,6 +176,9 @@ class TrainConfig(Section):
     model: ModelName = field(default="baseline", metadata={
         "help": "; ".join(f"{spec.name}: {spec.help}" for spec in MODELS.values())})
     train_iters: int = field(default=100, metadata={"help": "optimizer steps to train"})
+    train_samples: Optional[int] = field(default=None, metadata={
+        "help": "train this many samples instead of --train-iters (which becomes train-samples // "
+                "--global-batch-size, as in Megatron-LM; the LR decays over them)"})
     train_flops: Optional[float] = field(default=None, metadata={"help": "stop when this many FLOPs were spent"})
     train_tokens: Optional[float] = field(default=None, metadata={"help": "stop when this many raw tokens were seen"})
     bf16: bool = field(default=False, metadata={"help": "bf16 params and compute (GPU)"})
@@ -170,6 +195,9 @@ class TrainConfig(Section):
     )
     skip_train: bool = field(default=False, metadata={"help": "only evaluate (after --load), do not train"})
     exit_interval: Optional[int] = field(default=None, metadata={"help": "exit after this iteration (saving first when --save is set)"})
+    exit_duration_in_mins: Optional[float] = field(default=None, metadata={
+        "help": "exit (saving first when --save is set) after the first step that ends this many minutes after "
+                "the run started; all ranks stop at the same step"})
     engine: Engine = field(
         default="megatron", metadata={"help": "megatron (TP/PP/DP on megatron-core) or deepspeed (ZeRO data parallel)"}
     )
@@ -186,8 +214,13 @@ class TrainConfig(Section):
 class CheckpointConfig(Section):
     save: Optional[str] = field(default=None, metadata={"help": "checkpoint directory to write"})
     load: Optional[str] = field(default=None, metadata={"help": "checkpoint directory to resume from"})
+    use_checkpoint_args: bool = field(default=False, metadata={
+        "help": "take the model shape (and --model, the tokenizer, --num-units, --seq-length and the patching) "
+                "from the run config saved in the --load checkpoint; command-line values of those are replaced, "
+                "with a note"})
     save_interval: Optional[int] = field(default=None, metadata={"help": "save every N iterations"})
-    no_load_optim: bool = field(default=False, metadata={"help": "load model weights only"})
+    load_optim: bool = field(default=True, metadata={
+        "help": "load the optimizer state with the weights (--no-load-optim: weights only)"})
     finetune: bool = field(default=False, metadata={"help": "load weights, restart iteration and data at 0"})
     overwrite_save: bool = field(default=False, metadata={
         "help": "let a run that does not resume from --save write there although it holds later checkpoints "
@@ -195,7 +228,7 @@ class CheckpointConfig(Section):
     keep_last: Optional[int] = field(default=None, metadata={
         "help": "after each save keep only the newest N checkpoints of --save (and the one this run loaded)"})
     override_opt_param_scheduler: bool = field(default=False, metadata={
-        "help": "on resume, use the command line's LR schedule (--lr, --min-lr-ratio, --lr-warmup-iters, "
+        "help": "on resume, use the command line's LR schedule (--lr, --min-lr/--min-lr-ratio, --lr-warmup-iters, "
                 "--lr-decay-iters/--train-iters, --lr-decay-style, --weight-decay) where the checkpoint's differs"})
     use_checkpoint_opt_param_scheduler: bool = field(default=False, metadata={
         "help": "on resume, keep the checkpoint's LR schedule where the command line's differs "
@@ -304,14 +337,28 @@ def _base_type(annotation: Any) -> Any:
     return args[0] if args else annotation
 
 
-def _add_fields(group: argparse._ArgumentGroup, cls: type) -> None:
+def _help(f: dataclasses.Field, defaults: Any) -> str:
+    """A field's help text with the value it takes when the flag is not given (the dataclass default,
+    or the model flavour's); none is shown for None, whose meaning the help text itself says."""
+    text = f.metadata.get("help", "")
+    default = getattr(defaults, f.name) if defaults is not None else f.default
+    if default is not dataclasses.MISSING and default is not None:
+        shown = ("on" if default else "off") if isinstance(default, bool) else default
+        text += f" (default: {shown})"
+    return text.replace("%", "%%")
+
+
+def _add_fields(group: argparse._ArgumentGroup, cls: type, defaults: Any = None) -> None:
+    """One flag per field of ``cls``; the parsed default is None so that only given flags override
+    the flavour and the YAML. ``defaults``: an instance whose values ``--help`` shows (the flavour)."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         kind = _base_type(hints[f.name])
-        help_text = f.metadata.get("help", "").replace("%", "%%")
-        if kind is bool:
-            group.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction,
-                               default=None, help=help_text)
+        help_text = _help(f, defaults)
+        if kind is bool:  # --x / --no-x
+            action = group.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction,
+                                        default=None)
+            action.help = help_text  # set after: some Pythons append "(default: None)" to a given help
         elif kind is list:
             group.add_argument(_flag(f.name), dest=f.name, nargs="+", default=None, help=help_text)
         else:
@@ -320,11 +367,12 @@ def _add_fields(group: argparse._ArgumentGroup, cls: type) -> None:
 
 
 def build_parser(description: str = "Pretrain LST or an interleaved baseline on megatron-core.") -> argparse.ArgumentParser:
-    parser = ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = ArgumentParser(description=description)  # defaults are in each flag's help (_add_fields)
     parser.add_argument("--config", default=None, help="YAML file of flag values (sections or flat keys)")
     parser.add_argument("--model-flavour", default=None, choices=sorted(MODEL_FLAVOURS),
                         help="named model shape (debug, demo, 1b-mini, 420m, 1b, 7b)")
-    _add_fields(parser.add_argument_group("model shape (overrides the flavour)"), ModelConfig)
+    _add_fields(parser.add_argument_group("model shape (overrides the flavour; defaults: the debug flavour's)"),
+                ModelConfig, model_flavour("debug"))
     for title, cls in SECTIONS.items():
         _add_fields(parser.add_argument_group(title), cls)
     return parser
@@ -366,6 +414,11 @@ def config_from_values(values: dict, flavour: Optional[str] = None) -> Config:
     data = sections["data"]
     if isinstance(data.data_path, str):
         data.data_path = data.data_path.split()
+    if isinstance(data.valid_data_path, str):
+        data.valid_data_path = data.valid_data_path.split()
+    train = sections["train"]
+    if train.train_samples is not None:  # Megatron-LM's rule (constant batch): whole global batches
+        train.train_iters = train.train_samples // data.global_batch_size
     return Config(model_config=model_flavour(flavour, **model_overrides), **sections)
 
 
@@ -378,10 +431,16 @@ def parse_args(argv: Optional[list[str]] = None, extra_parser_hook=None) -> Conf
     values = load_yaml(namespace.config) if namespace.config else {}
     cli = {k: v for k, v in vars(namespace).items() if v is not None and k != "config"}
     values.update(cli)
+    if values.get("train_samples") is not None and values.get("train_iters") is not None:
+        parser.error("--train-samples and --train-iters exclude each other (give the run's length once)")
     try:
+        if values.get("use_checkpoint_args"):
+            from megatron_lst.training.checkpoint_args import with_checkpoint_args
+
+            values = with_checkpoint_args(values)
         config = config_from_values(values)
-    except (TypeError, ValueError) as error:
-        parser.error(str(error))
+    except (TypeError, ValueError, OSError, KeyError) as error:
+        parser.error(str(error.args[0]) if isinstance(error, KeyError) else str(error))
     validate(config, parser)
     return config
 
@@ -397,6 +456,18 @@ def validate(config: Config, parser: Optional[argparse.ArgumentParser] = None) -
     ckpt = config.checkpoint
     if ckpt.override_opt_param_scheduler and ckpt.use_checkpoint_opt_param_scheduler:
         problems.append("--override-opt-param-scheduler and --use-checkpoint-opt-param-scheduler exclude each other")
+    parallel = config.parallel
+    if parallel.overlap_param_gather and not (parallel.use_distributed_optimizer and parallel.overlap_grad_reduce):
+        problems.append("--overlap-param-gather needs --use-distributed-optimizer and --overlap-grad-reduce "
+                        "(the parameters it gathers are the distributed optimizer's shards)")
+    if config.train.engine == "deepspeed" and (parallel.overlap_grad_reduce or parallel.overlap_param_gather):
+        problems.append("--overlap-grad-reduce / --overlap-param-gather are --engine megatron's; DeepSpeed overlaps "
+                        "through its ds_config (zero_optimization.overlap_comm)")
+    if config.train.exit_duration_in_mins is not None and config.train.exit_duration_in_mins <= 0:
+        problems.append(f"--exit-duration-in-mins must be > 0, got {config.train.exit_duration_in_mins}")
+    if config.train.train_samples is not None and config.train.train_samples < config.data.global_batch_size:
+        problems.append(f"--train-samples {config.train.train_samples} is less than one global batch "
+                        f"(--global-batch-size {config.data.global_batch_size})")
     if ckpt.keep_last is not None and ckpt.keep_last < 1:
         problems.append(f"--keep-last must be >= 1, got {ckpt.keep_last}")
     data, optimizer = config.data, config.optimizer

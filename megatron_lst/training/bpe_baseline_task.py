@@ -28,7 +28,8 @@ def load_bpe_tokenizer(config: Config) -> UnitBPETokenizer:
         raise ValueError("--tokenizer-model is required (a SentencePiece .model or .tiktoken file)")
     if not config.data.unit_bpe:
         raise ValueError("--model bpe-baseline needs --unit-bpe MODEL (tools/train_unit_bpe.py)")
-    tokenizer = UnitBPETokenizer.from_files(config.data.tokenizer_model, config.data.unit_bpe, config.data.num_units)
+    tokenizer = UnitBPETokenizer.from_files(config.data.tokenizer_model, config.data.unit_bpe, config.data.num_units,
+                                           config.data.tokenizer_type)
     trained_on = tokenizer.unit_bpe.num_units
     if trained_on is not None and trained_on != config.data.num_units:
         raise ValueError(f"--num-units {config.data.num_units} but the unit BPE {config.data.unit_bpe} was trained on "

@@ -231,7 +231,7 @@ class DeepSpeedEngine(Engine):
 
     def load(self, root: str | os.PathLike, iteration: int) -> dict:
         ckpt = self.config.checkpoint
-        no_optim = ckpt.no_load_optim or ckpt.finetune
+        no_optim = not ckpt.load_optim or ckpt.finetune
         folder = iteration_dir(root, iteration)
         path, client_state = self.model.load_checkpoint(
             root, tag=folder.name, load_optimizer_states=not no_optim,

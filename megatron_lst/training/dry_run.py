@@ -110,9 +110,10 @@ def vocab_size(config: Config) -> tuple[int, str]:
             from megatron_lst.unit_bpe_tokenizer import UnitBPETokenizer  # speech slots: BPE pieces
 
             size = UnitBPETokenizer.from_files(config.data.tokenizer_model, config.data.unit_bpe,
-                                               config.data.num_units).vocab_size
+                                               config.data.num_units, config.data.tokenizer_type).vocab_size
         else:
-            size = JointTokenizer.from_file(config.data.tokenizer_model, num_units=config.data.num_units).vocab_size
+            size = JointTokenizer.from_file(config.data.tokenizer_model, config.data.tokenizer_type,
+                                            num_units=config.data.num_units).vocab_size
         source = config.data.tokenizer_model
     else:
         size, source = ASSUMED_TEXT_VOCAB + JOINT_EXTRA_TOKENS, f"assumed ({ASSUMED_TEXT_VOCAB} text BPE + joint ids)"
@@ -288,7 +289,9 @@ def planned_steps(config: Config, flops_per_step_total: Optional[float] = None,
                   tokens_per_step: Optional[float] = None) -> PlannedSteps:
     """Whichever of --train-iters, --train-flops and --train-tokens stops the run first."""
     train = config.train
-    plans = [PlannedSteps(train.train_iters, f"--train-iters {train.train_iters}", False)]
+    ends_on = (f"--train-samples {train.train_samples}" if train.train_samples is not None
+               else f"--train-iters {train.train_iters}")
+    plans = [PlannedSteps(train.train_iters, ends_on, False)]
     if train.train_flops is not None:
         if flops_per_step_total is None:
             flops_per_step_total = flops_per_step(config, vocab_size(config)[0])["total"]

@@ -40,13 +40,13 @@ class StepOutcome:
 
 
 def build_scheduler(optimizer, config: Config) -> OptimizerParamScheduler:
-    """Warm-up, then decay to ``--min-lr-ratio`` (``--lr-decay-style``), counted in samples so that the
-    schedule does not depend on the batch layout; the same for both engines."""
+    """Warm-up, then decay (``--lr-decay-style``) to ``--min-lr`` (or ``--lr x --min-lr-ratio``), counted
+    in samples so that the schedule does not depend on the batch layout; the same for both engines."""
     opt, data = config.optimizer, config.data
     decay_iters = opt.lr_decay_iters or config.train.train_iters
     warmup = min(opt.lr_warmup_iters, max(decay_iters - 1, 0))
     return OptimizerParamScheduler(
-        optimizer, init_lr=0.0, max_lr=opt.lr, min_lr=opt.lr * opt.min_lr_ratio,
+        optimizer, init_lr=0.0, max_lr=opt.lr, min_lr=opt.floor_lr(),
         lr_warmup_steps=warmup * data.global_batch_size, lr_decay_steps=decay_iters * data.global_batch_size,
         lr_decay_style=opt.lr_decay_style, start_wd=opt.weight_decay, end_wd=opt.weight_decay,
         wd_incr_steps=decay_iters * data.global_batch_size, wd_incr_style="constant",

@@ -40,6 +40,11 @@ def hardware_problems(config: Config) -> list[str]:
                             "torch.cuda tensor types); on CPU drop it or use --engine deepspeed")
         if train.bf16:
             problems.append("--bf16 uses megatron-core's mixed-precision optimizer, which is GPU-only")
+        for flag, wanted in (("--overlap-grad-reduce", parallel.overlap_grad_reduce),
+                             ("--overlap-param-gather", parallel.overlap_param_gather)):
+            if wanted:
+                problems.append(f"{flag} overlaps megatron-core's bucketed communication with compute on CUDA "
+                                "streams, which needs a GPU; on CPU drop it")
     if train.local_attention_impl == "flex" and not cuda:
         problems.append("--local-attention-impl flex trains on CUDA only (FlexAttention has no CPU backward); "
                         "use auto or blocked")

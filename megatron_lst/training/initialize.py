@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import random
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import numpy as np
 import torch
@@ -95,6 +95,11 @@ def is_logging_rank() -> bool:
     return torch.distributed.get_rank() == torch.distributed.get_world_size() - 1
 
 
+def timestamped(message: str) -> str:
+    """``message`` after the local time, ``[YYYY-MM-DD HH:MM:SS]`` as Megatron-LM's log lines start."""
+    return f"[{datetime.now():%Y-%m-%d %H:%M:%S}] {message}"
+
+
 def print_rank_0(message: str) -> None:
     if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
-        print(message, flush=True)
+        print(timestamped(message), flush=True)

@@ -11,6 +11,7 @@ validation, atomic checkpoints on a cadence with the ``--save`` folder rules, st
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from typing import Iterator, Optional
@@ -66,6 +67,7 @@ class Trainer:
     """Builds the engine and the data for a task; runs and resumes training."""
 
     def __init__(self, config: Config, task_factory):
+        self.start_time = time.time()  # --exit-duration-in-mins counts from here, set-up included
         self.config = config
         self.layout = initialize_parallel(config)
         self.task: TrainingTask = task_factory(config)
@@ -101,11 +103,20 @@ class Trainer:
         train_samples = cfg.train.train_iters * cfg.data.global_batch_size
         # validation re-reads the same first samples at every run, so its losses are comparable
         valid_samples = max(cfg.logging.eval_iters * cfg.data.global_batch_size, 1)
+        # --valid-data-path: validation reads that blend whole (its own collate: it may be text-only
+        # where training is speech-text); built first, so the task keeps the training blend's names
+        self.valid_data: Optional[TaskData] = None
+        if cfg.data.valid_data_path:
+            valid_config = dataclasses.replace(cfg, data=dataclasses.replace(
+                cfg.data, data_path=list(cfg.data.valid_data_path), split="0,100,0"))
+            self.valid_data = self.task.build_datasets(valid_config, 0, valid_samples)
         self.data: TaskData = self.task.build_datasets(cfg, train_samples, valid_samples)
+        if self.valid_data is None:
+            self.valid_data = self.data
         check_resumed_batch_layout(self._resumed_layout, cfg.data, self.data.sampling)
-        self.train_iterator = self._iterator(self.data.train, self.state.consumed_samples)
+        self.train_iterator = self._iterator(self.data, self.data.train, self.state.consumed_samples)
 
-    def _iterator(self, dataset, consumed: int, step: Optional[int] = None) -> Iterator[dict]:
+    def _iterator(self, data: TaskData, dataset, consumed: int, step: Optional[int] = None) -> Iterator[dict]:
         """Micro-batches from ``consumed`` samples on; ``step`` keys them all (validation).
 
         Only tensor-parallel rank 0 of each TP group builds the DataLoader; it broadcasts each
@@ -115,8 +126,8 @@ class Trainer:
         return tensor_parallel_data_iterator(lambda: build_data_iterator(
             dataset, consumed, cfg.data.micro_batch_size, self.dp_rank, self.layout.data, cfg.data.global_batch_size,
             num_workers=cfg.data.num_workers,
-            collate_fn=self.data.collate,
-            sampling=self.data.sampling,
+            collate_fn=data.collate,
+            sampling=data.sampling,
             step=step,
         ))
 
@@ -233,11 +244,11 @@ class Trainer:
 
     def evaluate(self) -> dict:
         cfg = self.config
-        if cfg.logging.eval_iters <= 0 or self.data.valid is None:
+        if cfg.logging.eval_iters <= 0 or self.valid_data.valid is None:
             return {}
         self.engine.train_mode(False)
         # validation re-reads the first samples each time, keyed with the step at which it runs
-        iterator = self._iterator(self.data.valid, 0, step=self.state.iteration)
+        iterator = self._iterator(self.valid_data, self.valid_data.valid, 0, step=self.state.iteration)
         losses: list[dict] = []
         for _ in range(cfg.logging.eval_iters):
             losses += self.engine.eval_losses(iterator, self.num_microbatches)
@@ -251,9 +262,9 @@ class Trainer:
             self.metrics.validation(self.state, self.evaluate())
             self.metrics.close()
             return self.state
-        handler = PreemptionHandler()
+        handler = PreemptionHandler(exit_duration_mins=cfg.train.exit_duration_in_mins, start_time=self.start_time)
         self.engine.train_mode(True)
-        interval_time, interval_tokens, interval_positions = 0.0, 0.0, 0.0
+        interval_time, interval_tokens, interval_positions, interval_flops = 0.0, 0.0, 0.0, 0.0
         reason = self.state.budget_reached(cfg.train)
         while reason is None:
             step_start = time.time()
@@ -263,12 +274,13 @@ class Trainer:
             state.advance(result, cfg.data.global_batch_size)
             interval_tokens += result.tokens
             interval_positions += result.positions
+            interval_flops += result.flops
             lr = self.engine.learning_rate()
             self.metrics.step(state, result, lr)
             if state.iteration % cfg.logging.log_interval == 0:
                 self.metrics.log_line(state, result, lr, interval_time, interval_tokens, cfg.logging.log_interval,
-                                      positions=interval_positions)
-                interval_time, interval_tokens, interval_positions = 0.0, 0.0, 0.0
+                                      positions=interval_positions, flops=interval_flops)
+                interval_time, interval_tokens, interval_positions, interval_flops = 0.0, 0.0, 0.0, 0.0
             eval_due = bool(cfg.logging.eval_interval) and state.iteration % cfg.logging.eval_interval == 0
             reason = self.state.budget_reached(cfg.train)
             if eval_due or (reason is not None and cfg.logging.eval_interval):

@@ -9,6 +9,7 @@ with a manifest verified before anything is read.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Iterator, Optional
@@ -53,12 +54,15 @@ class MegatronEngine(Engine):
         tconfig = module.config
         ddp_config = DistributedDataParallelConfig(
             grad_reduce_in_fp32=True,
-            overlap_grad_reduce=False,
+            overlap_grad_reduce=self.config.parallel.overlap_grad_reduce,
+            overlap_param_gather=self.config.parallel.overlap_param_gather,
             use_distributed_optimizer=self.config.parallel.use_distributed_optimizer,
         )
         model = DistributedDataParallel(config=tconfig, ddp_config=ddp_config, module=module)
         tconfig.finalize_model_grads_func = finalize_model_grads
         tconfig.no_sync_func = model.no_sync
+        if self.config.parallel.overlap_grad_reduce:  # the schedule launches each bucket's reduce itself
+            tconfig.grad_sync_func = model.start_grad_sync
         return model
 
     def _build_optimizer(self):
@@ -66,7 +70,7 @@ class MegatronEngine(Engine):
         megatron_config = OptimizerConfig(
             optimizer="adam",
             lr=opt.lr,
-            min_lr=opt.lr * opt.min_lr_ratio,
+            min_lr=opt.floor_lr(),
             weight_decay=opt.weight_decay,
             adam_beta1=opt.adam_beta1,
             adam_beta2=opt.adam_beta2,
@@ -75,6 +79,7 @@ class MegatronEngine(Engine):
             bf16=train.bf16,
             params_dtype=torch.bfloat16 if train.bf16 else torch.float32,
             use_distributed_optimizer=self.config.parallel.use_distributed_optimizer,
+            overlap_param_gather=self.config.parallel.overlap_param_gather,
         )
         return get_megatron_optimizer(megatron_config, [self.model])
 
@@ -106,8 +111,22 @@ class MegatronEngine(Engine):
         return StepOutcome(metrics, skipped=not update_successful, grad_norm=grad_norm)
 
     def eval_losses(self, batches: Iterator[dict], num_microbatches: int) -> list[dict]:
-        with torch.no_grad():
+        with self._params_gathered(), torch.no_grad():
             return self._forward_backward(batches, num_microbatches, forward_only=True)
+
+    @contextlib.contextmanager
+    def _params_gathered(self):
+        """With ``--overlap-param-gather`` the updated parameters arrive during the next training forward
+        (a forward pre-hook waits for each bucket); validation and saving read them outside it, so
+        gather them all first and put the hook back afterwards, as Megatron-LM does."""
+        if not self.config.parallel.overlap_param_gather:
+            yield
+            return
+        self.model.disable_forward_pre_hook()  # also finishes the pending gathers
+        try:
+            yield
+        finally:
+            self.model.enable_forward_pre_hook()
 
     # ------------------------------------------------------------------ checkpoints
     def read_latest(self, root: str | os.PathLike) -> Optional[int]:
@@ -120,11 +139,12 @@ class MegatronEngine(Engine):
         return load_common_state(root, iteration)
 
     def save(self, root: str | os.PathLike, iteration: int, common: dict) -> Path:
-        return save_checkpoint(root, iteration, self.module, self.optimizer, self.scheduler, common)
+        with self._params_gathered():
+            return save_checkpoint(root, iteration, self.module, self.optimizer, self.scheduler, common)
 
     def load(self, root: str | os.PathLike, iteration: int) -> dict:
         ckpt = self.config.checkpoint
-        no_optim = ckpt.no_load_optim or ckpt.finetune
+        no_optim = not ckpt.load_optim or ckpt.finetune
         return load_checkpoint(
             root,
             self.module,

@@ -54,6 +54,8 @@ def config_from_saved(saved: str | dict, **overrides: Any) -> Config:
     for section in SECTIONS:
         values.update(saved.get(section, {}))
     values.update({name: value for name, value in (saved.get("extra") or {}).items() if name in _LEGACY_EXTRA})
+    if "no_load_optim" in values:  # renamed to its positive form (--load-optim / --no-load-optim)
+        values["load_optim"] = not values.pop("no_load_optim")
     known = {f.name for cls in (ModelConfig, *SECTIONS.values()) for f in dataclasses.fields(cls)}
     dropped = sorted(set(values) - known)
     if dropped:  # a checkpoint from another version of the code: settings this one does not have

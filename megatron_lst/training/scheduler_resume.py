@@ -24,7 +24,7 @@ from megatron_lst.training.checkpoint_manifest import CheckpointError
 # state-dict key -> the flags that set it; step counts are in samples (iterations x --global-batch-size)
 SCHEDULE_FIELDS = {
     "max_lr": "--lr",
-    "min_lr": "--lr x --min-lr-ratio",
+    "min_lr": "--min-lr (or --lr x --min-lr-ratio)",
     "lr_warmup_steps": "--lr-warmup-iters, in samples",
     "lr_decay_steps": "--lr-decay-iters or --train-iters, in samples",
     "lr_decay_style": "--lr-decay-style",

@@ -35,7 +35,8 @@ class MegatronTokenizerAdapter:
 def load_tokenizer(config: Config) -> JointTokenizer:
     if not config.data.tokenizer_model:
         raise ValueError("--tokenizer-model is required (a SentencePiece .model or .tiktoken file)")
-    return JointTokenizer.from_file(config.data.tokenizer_model, num_units=config.data.num_units)
+    return JointTokenizer.from_file(config.data.tokenizer_model, config.data.tokenizer_type,
+                                    num_units=config.data.num_units)
 
 
 def gpt_text_datasets(config: Config, tokenizer: JointTokenizer, blend: tuple, train_samples: int,

@@ -70,6 +70,8 @@ class TrainState:
     def budget_reached(self, train) -> Optional[str]:
         """Why training must stop now (``--train-iters``, ``--train-flops``, ``--train-tokens``), or None."""
         if self.iteration >= train.train_iters:
+            if train.train_samples is not None:
+                return f"reached --train-samples {train.train_samples} ({train.train_iters} iterations)"
             return f"reached --train-iters {train.train_iters}"
         if train.train_flops is not None and self.flops_so_far >= train.train_flops:
             return f"reached --train-flops {train.train_flops:.3g}"

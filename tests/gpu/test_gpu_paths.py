@@ -180,6 +180,14 @@ def test_distributed_optimizer_matches_the_plain_one(gpu_args, fp32_losses, tmp_
     assert sharded == pytest.approx(fp32_losses, rel=1e-5)
 
 
+def test_overlapped_grad_reduce_and_param_gather_match_the_plain_optimizer(gpu_args, fp32_losses, tmp_path):
+    """--overlap-grad-reduce / --overlap-param-gather: the same updates, communicated during compute
+    (the parameters are gathered before validation and saves, which this run also does)."""
+    overlapped = run_losses([*gpu_args, "--use-distributed-optimizer", "--overlap-grad-reduce",
+                             "--overlap-param-gather"], tmp_path, "overlap")
+    assert overlapped == pytest.approx(fp32_losses, rel=1e-5)
+
+
 @pytest.mark.parametrize("granularity", ["full", "selective"])
 def test_activation_recompute_leaves_the_losses(gpu_args, fp32_losses, tmp_path, granularity):
     recomputed = run_losses([*gpu_args, "--recompute-granularity", granularity], tmp_path, granularity)

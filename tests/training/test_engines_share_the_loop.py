@@ -35,7 +35,7 @@ def run_engine(base_args: list[str], tmp_path, engine: str) -> dict:
         "stdout": result.stdout,
         "train": read_metrics(log),
         "valid": read_metrics(log, "valid"),
-        "log_lines": [int(n) for n in re.findall(r"^iteration +(\d+) \|", result.stdout, flags=re.MULTILINE)],
+        "log_lines": [int(n) for n in re.findall(r"^\[[-0-9 :]+\] iteration +(\d+) \|", result.stdout, flags=re.MULTILINE)],
         "saved": sorted(path.name for path in (folder / "ckpt").glob("iter_*")),
     }
 
