@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import socket
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -70,6 +72,20 @@ def run_pretrain(args: list[str], nproc: int = 1, timeout: int = 600, check: boo
     if check and result.returncode != 0:
         raise AssertionError(f"pretrain failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
     return result
+
+
+def signal_after_two_logged_steps(args: list[str], log: Path, sig: int = signal.SIGTERM) -> tuple[int, str]:
+    """Start ``pretrain_lst.py args`` (which must log to ``--log-json log``), send ``sig`` once two
+    steps are logged, and return (exit code, combined output)."""
+    process = subprocess.Popen(pretrain_command(args), env=child_env(), stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while not (log.is_file() and log.read_text().count("\n") >= 2):
+        assert process.poll() is None and time.time() < deadline, "training did not start"
+        time.sleep(0.05)
+    process.send_signal(sig)
+    output, _ = process.communicate(timeout=300)
+    return process.returncode, output
 
 
 def read_metrics(path: Path, kind: str = "train") -> dict[int, dict]:

@@ -33,6 +33,7 @@ from megatron_lst.training import collectives
 from megatron_lst.training.checkpoint_folder import choose_checkpoint, pointed_iteration
 from megatron_lst.training.checkpoint_manifest import CheckpointError, verify_checkpoint, write_manifest
 from megatron_lst.training.initialize import print_rank_0
+from megatron_lst.utils.atomic import write_text_atomic
 
 LATEST_FILE = "latest_checkpointed_iteration.txt"
 FORMAT_NAME = "torch_dist"
@@ -66,15 +67,17 @@ def read_latest_iteration(root: str | os.PathLike) -> Optional[int]:
     return iteration
 
 
+def write_pointer(path: str | os.PathLike, text: Optional[str]) -> None:
+    """Write a checkpoint pointer file atomically (a crash leaves the old one), or remove it when None."""
+    if text is None:
+        Path(path).unlink(missing_ok=True)
+    else:
+        write_text_atomic(path, text)
+
+
 def write_latest(root: str | os.PathLike, iteration: Optional[int]) -> None:
-    """Point ``latest`` at ``iteration`` (temp file, renamed), or remove it when None."""
-    latest = Path(root) / LATEST_FILE
-    if iteration is None:
-        latest.unlink(missing_ok=True)
-        return
-    latest_tmp = Path(root) / f".{LATEST_FILE}.tmp"
-    latest_tmp.write_text(str(iteration))
-    os.replace(latest_tmp, latest)
+    """Point ``latest`` at ``iteration``, or remove it when None."""
+    write_pointer(Path(root) / LATEST_FILE, None if iteration is None else str(iteration))
 
 
 def resolve_iteration(root: str | os.PathLike, iteration: Optional[int] = None, fallback: bool = False,

@@ -37,7 +37,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron_lst.training import collectives
 from megatron_lst.training.arguments import Config
 from megatron_lst.training.checkpoint_manifest import CheckpointError, write_manifest
-from megatron_lst.training.checkpointing import iteration_dir, restore_rng, save_rng_file
+from megatron_lst.training.checkpointing import iteration_dir, restore_rng, save_rng_file, write_pointer
 from megatron_lst.training.dry_run import ParallelLayout
 from megatron_lst.training.engine import Engine, Review, StepOutcome, build_scheduler
 from megatron_lst.training.initialize import print_rank_0
@@ -61,14 +61,8 @@ def read_latest_tag(root: str | os.PathLike) -> Optional[int]:
 
 
 def write_latest_tag(root: str | os.PathLike, iteration: Optional[int]) -> None:
-    """Point ``latest`` at ``iter_<iteration>`` (temp file, renamed), or remove it when None."""
-    latest = Path(root) / LATEST_TAG_FILE
-    if iteration is None:
-        latest.unlink(missing_ok=True)
-        return
-    latest_tmp = Path(root) / f".{LATEST_TAG_FILE}.tmp"
-    latest_tmp.write_text(f"iter_{iteration:07d}")
-    os.replace(latest_tmp, latest)
+    """Point ``latest`` at ``iter_<iteration>``, or remove it when None."""
+    write_pointer(Path(root) / LATEST_TAG_FILE, None if iteration is None else f"iter_{iteration:07d}")
 
 
 def load_ds_config(config: Config, data_parallel_size: int) -> dict:

@@ -5,12 +5,12 @@ A checkpoint's common state holds ``config`` (``Config.to_dict()``) and ``vocab_
 read them. Evaluation, generation and conversion rebuild the run's ``Config`` through
 ``config_from_saved``; settings a later version no longer has are dropped with a note, so a
 checkpoint outlives the code that wrote it. Checkpoints written before the JSON format hold the
-``repr`` of the dict; ``decode_saved`` still reads those, as literals only (nothing is executed).
+``repr`` of the dict and no manifest; ``tools/write_checkpoint_manifest.py``, which adopts them,
+rewrites those records as JSON once, so reading never parses Python literals.
 """
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import json
 import sys
@@ -29,16 +29,15 @@ def encode_saved(value: dict) -> str:
 
 
 def decode_saved(saved: str | dict, what: str = "config") -> dict:
-    """A recorded mapping: JSON text, the ``repr`` older checkpoints wrote, or an already parsed dict."""
+    """A recorded mapping: JSON text, or an already parsed dict."""
     if isinstance(saved, dict):
         return saved
     try:
         decoded = json.loads(saved)
-    except json.JSONDecodeError:
-        try:  # checkpoints written before the JSON format: a Python literal, never evaluated as code
-            decoded = ast.literal_eval(saved)
-        except (ValueError, SyntaxError) as error:
-            raise ValueError(f"the checkpoint's {what} is neither JSON nor a saved dict: {error}") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"the checkpoint's {what} is not JSON ({error}); a checkpoint written by an older version "
+                         "records a Python repr: adopt it with tools/write_checkpoint_manifest.py, which "
+                         "rewrites it as JSON") from None
     if not isinstance(decoded, dict):
         raise ValueError(f"the checkpoint's {what} is a {type(decoded).__name__}, not a mapping")
     return decoded

@@ -38,9 +38,10 @@ def trained_like_model(config):
 def save_run(root, model, config, tokenizer) -> None:
     """A checkpoint as pretrain_lst.py writes it (weights, run config and vocabulary layout)."""
     from megatron_lst.training.checkpointing import save_checkpoint
+    from megatron_lst.training.run_config import encode_saved
 
-    save_checkpoint(root, 3, model, None, None, {"iteration": 3, "config": repr(config.to_dict()),
-                                                 "vocab_layout": repr(tokenizer.layout())})
+    save_checkpoint(root, 3, model, None, None, {"iteration": 3, "config": encode_saved(config.to_dict()),
+                                                 "vocab_layout": encode_saved(tokenizer.layout())})
 
 
 @needs_transformers

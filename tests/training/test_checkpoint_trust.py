@@ -196,6 +196,24 @@ def test_checkpoint_without_manifest_is_refused_until_adopted(ckpt):
     assert main([str(folder)]) == 2  # an existing manifest is never replaced
 
 
+def test_adopting_an_older_checkpoint_rewrites_its_repr_records_as_json(ckpt):
+    """Older versions recorded the run config as a Python repr (and wrote no manifest): adoption
+    turns it into JSON, which is all the library reads, then records the manifest."""
+    from megatron_lst.training.checkpoint_loading import config_from_checkpoint
+    from megatron_lst.training.run_config import decode_saved
+    from tools.write_checkpoint_manifest import main
+
+    folder = iteration_dir(ckpt, 4)
+    common = torch.load(folder / "common.pt", weights_only=True)
+    expected = config_from_checkpoint(ckpt)
+    legacy = dict(common, config=repr(decode_saved(common["config"])),
+                  vocab_layout=repr(decode_saved(common["vocab_layout"], "vocab_layout")))
+    torch.save(legacy, folder / "common.pt")
+    (folder / MANIFEST_NAME).unlink()
+    assert main([str(folder)]) == 0
+    assert config_from_checkpoint(ckpt) == expected
+
+
 # ----------------------------------------------------------------------------- the --save folder
 def fake_checkpoints(root: Path, iterations, temps=()) -> None:
     for iteration in iterations:

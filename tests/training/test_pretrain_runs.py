@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 
-from tests.conftest import child_env, pretrain_command, read_metrics, run_pretrain
+from tests.conftest import child_env, pretrain_command, read_metrics, run_pretrain, signal_after_two_logged_steps
 
 
 def losses(path: Path) -> dict[int, float]:
@@ -101,17 +101,9 @@ def test_tp2_checkpoint_loads_at_tp1_with_same_validation_loss(base_args, tmp_pa
 def test_sigterm_saves_a_loadable_checkpoint_and_exits_zero(base_args, tmp_path):
     save = tmp_path / "ckpt"
     log = tmp_path / "run.jsonl"
-    process = subprocess.Popen(
-        pretrain_command([*base_args, "--train-iters", "100000", "--save", str(save), "--log-json", str(log)]),
-        env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    deadline = time.time() + 300
-    while not (log.is_file() and log.read_text().count("\n") >= 2):
-        assert process.poll() is None and time.time() < deadline, "training did not start"
-        time.sleep(0.05)
-    process.send_signal(signal.SIGTERM)
-    output, _ = process.communicate(timeout=300)
-    assert process.returncode == 0, output[-3000:]
+    returncode, output = signal_after_two_logged_steps(
+        [*base_args, "--train-iters", "100000", "--save", str(save), "--log-json", str(log)], log)
+    assert returncode == 0, output[-3000:]
     assert "received SIGTERM" in output
     saved_at = int((save / "latest_checkpointed_iteration.txt").read_text())
     result = run_pretrain([*base_args, "--train-iters", str(saved_at + 1), "--load", str(save),

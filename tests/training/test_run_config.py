@@ -20,15 +20,18 @@ def test_the_saved_config_is_json_and_rebuilds_the_same_config():
     assert config_from_saved(text) == trained
 
 
-def test_a_checkpoint_written_before_json_is_read_by_the_same_function():
+def test_settings_older_versions_kept_in_extra_are_read_as_flags():
     trained = parse_args(FLAGS)
     legacy = trained.to_dict()
     legacy["data"].pop("num_workers")
     legacy["data"].pop("bucket_window")
     legacy["extra"] = {"num_workers": 2, "bucket_window": 16}  # where older versions kept them
-    assert config_from_saved(repr(legacy)) == trained
-    assert decode_saved(repr({"num_units": 501, "text_model": {"type": "sentencepiece"}}), "vocab_layout") == {
-        "num_units": 501, "text_model": {"type": "sentencepiece"}}
+    assert config_from_saved(encode_saved(legacy)) == trained
+
+
+def test_a_python_repr_is_refused_with_the_way_to_adopt_it():
+    with pytest.raises(ValueError, match="not JSON.*tools/write_checkpoint_manifest.py"):
+        decode_saved(repr({"num_units": 501, "flag": True}), "vocab_layout")
 
 
 def test_overrides_apply_and_unknown_settings_are_dropped_with_a_note(capsys):
@@ -39,7 +42,7 @@ def test_overrides_apply_and_unknown_settings_are_dropped_with_a_note(capsys):
     assert "ignoring settings this version does not know: ['setting_from_another_release']" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("text, reason", [("__import__('os')", "neither JSON nor a saved dict"),
+@pytest.mark.parametrize("text, reason", [("__import__('os')", "not JSON"),
                                           ("[1, 2]", "a list, not a mapping")])
 def test_a_record_that_is_no_mapping_is_refused_and_never_executed(text, reason):
     with pytest.raises(ValueError, match=reason):

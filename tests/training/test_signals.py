@@ -6,13 +6,11 @@ import ctypes
 import ctypes.util
 import os
 import signal
-import subprocess
-import time
 
 import pytest
 
 from megatron_lst.training.signals import PreemptionHandler
-from tests.conftest import child_env, pretrain_command
+from tests.conftest import signal_after_two_logged_steps
 
 SIG_IGN = 1
 
@@ -64,14 +62,8 @@ def test_the_stop_message_says_whether_the_run_saves():
 
 def test_sigterm_without_save_says_it_stops_without_saving(base_args, tmp_path):
     log = tmp_path / "run.jsonl"
-    process = subprocess.Popen(pretrain_command([*base_args, "--train-iters", "100000", "--log-json", str(log)]),
-                               env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 300
-    while not (log.is_file() and log.read_text().count("\n") >= 2):
-        assert process.poll() is None and time.time() < deadline, "training did not start"
-        time.sleep(0.05)
-    process.send_signal(signal.SIGTERM)
-    output, _ = process.communicate(timeout=300)
-    assert process.returncode == 0, output[-3000:]
+    returncode, output = signal_after_two_logged_steps([*base_args, "--train-iters", "100000", "--log-json", str(log)],
+                                                       log)
+    assert returncode == 0, output[-3000:]
     assert "received SIGTERM: exited without saving (no --save directory was given)" in output
     assert "saving" not in output.replace("without saving", "") and "saved" not in output
