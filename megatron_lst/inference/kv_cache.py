@@ -68,10 +68,11 @@ class KVCache:
             self._valid[:, : self.length] = self._valid[:, keep].clone()
             self.start, self.end = 0, self.length
             return
-        grow = max(capacity, steps)
-        self._keys = torch.cat([self._keys, torch.empty_like(self._keys[:, :, :grow])], dim=2)
-        self._values = torch.cat([self._values, torch.empty_like(self._values[:, :, :grow])], dim=2)
-        self._valid = torch.cat([self._valid, torch.ones_like(self._valid[:, :grow])], dim=1)
+        grow = max(capacity, steps)  # a chunk longer than the storage (a prompt read at once) grows it by itself
+        batch, heads, _, dim = self._keys.shape
+        self._keys = torch.cat([self._keys, self._keys.new_empty(batch, heads, grow, dim)], dim=2)
+        self._values = torch.cat([self._values, self._values.new_empty(batch, heads, grow, dim)], dim=2)
+        self._valid = torch.cat([self._valid, self._valid.new_ones(batch, grow)], dim=1)
 
     def append(self, keys: torch.Tensor, values: torch.Tensor, valid: Optional[torch.Tensor] = None) -> None:
         """Add one or more slots: keys/values [B, H, S, D], valid [B, S] (None: all valid)."""
