@@ -63,10 +63,10 @@ def test_every_cited_document_and_section_exists():
 
 def test_the_check_finds_missing_files_and_sections(tmp_path):
     citing = REPO / "megatron_lst" / "__init__.py"  # any real file: only its folder matters
-    text = "see NOTES.md and docs/method.md §2, docs/method.md §42 and docs/design.md"
-    assert citations(text) == [("NOTES.md", None, 1), ("docs/method.md", "2", 1), ("docs/method.md", "42", 1),
+    text = "see docs/absent_page.md and docs/method.md §2, docs/method.md §42 and docs/design.md"
+    assert citations(text) == [("docs/absent_page.md", None, 1), ("docs/method.md", "2", 1), ("docs/method.md", "42", 1),
                                ("docs/design.md", None, 1)]
-    assert resolve("NOTES.md", citing) is None
+    assert resolve("docs/absent_page.md", citing) is None
     assert resolve("docs/method.md", citing) == REPO / "docs" / "method.md"
     assert "2" in SECTION_HEADING.findall((REPO / "docs" / "method.md").read_text(encoding="utf-8"))
     assert "42" not in SECTION_HEADING.findall((REPO / "docs" / "method.md").read_text(encoding="utf-8"))
