@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from megatron_lst.models.flops import gpt_training_flops, lst_training_flops
-from megatron_lst.training.arguments import Config
+from megatron_lst.training.arguments import Config, micro_batches_per_step
 from megatron_lst.training.registry import spec_of
 
 # Paper's mix (docs/method.md §5): per 3.00 baseline positions 0.77 are speech units.
@@ -47,7 +47,7 @@ class ParallelLayout:
 
     @property
     def micro_batches_per_step(self) -> int:
-        return self.global_batch_size // (self.micro_batch_size * self.data)
+        return micro_batches_per_step(self.global_batch_size, self.micro_batch_size, self.data)
 
 
 def pipeline_layer_problems(layers: int, pp: int, first: Optional[int], last: Optional[int]) -> list[str]:
