@@ -33,7 +33,7 @@ def forward_backward(model: LSTModel, batch: dict, implementation: str) -> tuple
     model.patch_decoder.attention_implementation = implementation
     model.zero_grad(set_to_none=True)
     loss = model(batch["inputs"], batch["patch_lengths"], labels=batch["labels"], document_ids=batch["documents"])
-    weights = torch.linspace(0.5, 1.5, loss.numel()).view_as(loss)
+    weights = torch.linspace(0.5, 1.5, loss.numel(), device=loss.device).view_as(loss)
     (loss * weights).sum().backward()
     return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
 
