@@ -5,9 +5,10 @@ One task per benchmark and direction, named ``<benchmark>_<direction>`` (``story
 filter ``none``):
 
 * ``acc,none``: accuracy of the summed ending log-prob (lm-eval's ``acc``);
-* ``acc_norm,none``: accuracy of the ending log-prob per token (our ``mean``). lm-eval normalises
-  by the ending's length in bytes of text; speech endings have no bytes, so the per-token mean is
-  the length-fair score here, for text too (the JSON says so under ``configs``);
+* ``acc_norm,none``: accuracy of the ending log-prob per unit of length (our ``mean``: per speech
+  unit, or per text token). lm-eval normalises by the ending's length in bytes of text; speech
+  endings have no bytes, so this mean is the length-fair score here, for text too (the JSON says
+  so under ``configs``);
 * ``*_stderr,none``: lm-eval's standard error of a mean of 0/1 outcomes, sqrt(p (1 - p) / (n - 1)).
 
 ``n-samples`` gives the benchmark's items (``original``) and those scored (``effective``, after
@@ -51,6 +52,6 @@ def lm_eval_results(benchmark: str, results: list[DirectionResult], total_items:
         out["n-samples"][task] = {"original": total_items, "effective": result.scored}
         out["configs"][task] = {"task": task, "output_type": "multiple_choice", "num_fewshot": 0,
                                 "metric_list": [{"metric": "acc", "note": "summed ending log-prob"},
-                                                {"metric": "acc_norm", "note": "ending log-prob per token"}],
+                                                {"metric": "acc_norm", "note": "ending log-prob per speech unit or text token"}],
                                 "direction": result.direction.label}
     return out

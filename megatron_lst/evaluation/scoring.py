@@ -12,7 +12,12 @@ not change the ending scores; it is part of the whole-sequence score.
 Three scores per ending (docs/method.md §6 asks for all three, the paper does not say which it used):
 
 * ``sum``:      summed log-prob of the ending tokens (lm-eval style); higher is better.
-* ``mean``:     the same divided by the number of ending tokens; higher is better.
+* ``mean``:     the same divided by the ending's length: its speech units, or its text tokens;
+                higher is better. Units, not tokens, for speech: a unit-BPE model reads a speech
+                ending as fewer, longer pieces, and a non-word's rarer unit runs split into more
+                and shorter pieces, each easier to predict, so a per-piece mean favours whichever
+                ending splits worse. Per unit, every model's mean measures the same quantity (for
+                the others one unit is one token).
 * ``seq_nll``:  mean negative log-prob over every predicted token of the whole sequence (slamkit
                 style, prompt included); lower is better.
 
@@ -88,6 +93,12 @@ class ScoringSequence:
     ending_start: int
     segment_ids: Optional[np.ndarray] = None
     is_silence: Optional[np.ndarray] = None
+    # what ``mean`` divides by: the ending's speech units or text tokens (None: its tokens)
+    ending_length: Optional[int] = None
+
+    @property
+    def mean_denominator(self) -> int:
+        return len(self.tokens) - self.ending_start if self.ending_length is None else self.ending_length
 
     @property
     def alignment(self) -> Optional[tuple[np.ndarray, np.ndarray]]:
@@ -96,11 +107,14 @@ class ScoringSequence:
 
 @dataclass(frozen=True)
 class PartTokens:
-    """A part's joint ids, with per-token segment metadata when the builder keeps word times."""
+    """A part's joint ids, with per-token segment metadata when the builder keeps word times;
+    ``length`` is its speech units (a unit-BPE tokenizer spells several with one token) or, for
+    text and when None, its tokens."""
 
     tokens: np.ndarray
     segment_ids: Optional[np.ndarray] = None
     is_silence: Optional[np.ndarray] = None
+    length: Optional[int] = None
 
 
 class SequenceBuilder:
@@ -130,17 +144,18 @@ class SequenceBuilder:
         """The part's tokens and, with word times, its segment ids (speech: the part's segments
         numbered from 0; text: -1) and silence flags."""
         tokens = self.part_tokens(part, modality)
+        length = len(part.units) if modality != TEXT else None
         if not self.word_times:
-            return PartTokens(tokens)
+            return PartTokens(tokens, length=length)
         if modality == TEXT or len(tokens) == 0:  # text, or an empty speech prompt: nothing to align
-            return PartTokens(tokens, np.full(len(tokens), -1, np.int32), np.zeros(len(tokens), bool))
+            return PartTokens(tokens, np.full(len(tokens), -1, np.int32), np.zeros(len(tokens), bool), length)
         if not part.has_word_times:
             raise ValueError(f"{name} has units but no word times ('segments'), which aligned scoring needs")
         segment_ids, is_silence = part.segment_metadata()
         if len(segment_ids) != len(tokens):  # a tokenizer that does not map one unit to one token (unit BPE)
             raise ValueError(f"{name}: {len(part.units)} units became {len(tokens)} tokens, so its word times "
                              "do not apply; aligned scoring needs one token per unit")
-        return PartTokens(tokens, segment_ids, is_silence)
+        return PartTokens(tokens, segment_ids, is_silence, length)
 
     def marker(self, modality: str) -> int:
         return self.tokenizer.text_marker_id if modality == TEXT else self.tokenizer.speech_marker_id
@@ -190,7 +205,7 @@ class SequenceBuilder:
                                  np.asarray(switch, np.int64), ending.tokens])
         ending_start = len(tokens) - len(ending.tokens)
         if prompt.segment_ids is None or ending.segment_ids is None:
-            return ScoringSequence(tokens, ending_start)
+            return ScoringSequence(tokens, ending_start, ending_length=ending.length)
         # the ending's segments follow the prompt's: ids stay unique and non-decreasing along the row
         offset = int(prompt.segment_ids.max(initial=-1)) + 1
         ending_ids = np.where(ending.segment_ids >= 0, ending.segment_ids + offset, -1)
@@ -198,7 +213,7 @@ class SequenceBuilder:
         segment_ids = np.concatenate([none[0], prompt.segment_ids[start:], none[1], ending_ids]).astype(np.int32)
         is_silence = np.concatenate([np.zeros(len(head), bool), prompt.is_silence[start:],
                                      np.zeros(len(switch), bool), ending.is_silence]).astype(bool)
-        return ScoringSequence(tokens, ending_start, segment_ids, is_silence)
+        return ScoringSequence(tokens, ending_start, segment_ids, is_silence, ending.length)
 
     def item_sequences(self, item: Item, direction: Direction) -> list[ScoringSequence]:
         prompt = self.encode_part(item.prompt, direction.prompt, f"item {item.id}: prompt")
@@ -212,7 +227,8 @@ def ending_scores(sequence: ScoringSequence, logprobs: np.ndarray) -> dict[str, 
     if len(logprobs) != len(sequence.tokens) - 1:
         raise ValueError(f"scorer returned {len(logprobs)} log-probs for {len(sequence.tokens)} tokens")
     ending = logprobs[sequence.ending_start - 1:]
-    return {"sum": float(ending.sum()), "mean": float(ending.mean()), "seq_nll": float(-logprobs.mean())}
+    return {"sum": float(ending.sum()), "mean": float(ending.sum()) / sequence.mean_denominator,
+            "seq_nll": float(-logprobs.mean())}
 
 
 def choose(scores: Sequence[float], lower_is_better: bool) -> int:

@@ -76,6 +76,6 @@ def format_report(report: BenchmarkReport) -> str:
                  f"skipped, e.g. {result.skipped[0]} (raise --max-length)" for result in report.results if result.skipped)
     if patched:
         lines.append(f"patching: {report.patching.patching} ({report.patching.reason})")
-    lines.append("scores: sum/mean = ending log-prob summed/averaged (higher wins); "
+    lines.append("scores: sum/mean = ending log-prob summed/per speech unit or text token (higher wins); "
                  "seq_nll = mean NLL of the whole sequence (lower wins)")
     return "\n".join(lines)

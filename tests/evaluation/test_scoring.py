@@ -70,6 +70,41 @@ def test_scores_match_hand_computation():
     assert all(acc.correct == 0 and acc.total == 1 for acc in result.accuracy.values())
 
 
+class PairedUnits(type(toy_tokenizer())):
+    """A unit-BPE-like tokenizer: units (0, 1) merge into one piece, spelt by unit id 3; others stay."""
+
+    def encode_units(self, units):
+        pieces, index = [], 0
+        while index < len(units):
+            if tuple(units[index:index + 2]) == (0, 1):
+                pieces.append(3)
+                index += 2
+            else:
+                pieces.append(units[index])
+                index += 1
+        return super().encode_units(pieces)
+
+
+def test_speech_mean_divides_by_units_not_pieces():
+    """A speech ending's mean is per unit it holds, however many tokens spell it: ending 0 (units
+    0 1 0 1, two pieces) against ending 1 (units 2 2 2, three tokens), worked by hand; per piece
+    the choice flips, so the divisor decides the item."""
+    tokenizer = PairedUnits(toy_tokenizer().text_model, num_units=4, spare_units=0)
+    table = np.full((15, 15), math.log(0.1))
+    table[UNIT0 + 2, UNIT0 + 3] = math.log(0.3)  # unit 2 -> piece
+    table[UNIT0 + 3, UNIT0 + 3] = math.log(0.3)  # piece -> piece
+    table[UNIT0 + 2, UNIT0 + 2] = math.log(0.5)  # unit 2 -> unit 2
+    item = Item("x", 0, Part(units=(2,)), (Part(units=(0, 1, 0, 1)), Part(units=(2, 2, 2))))
+    sequences = SequenceBuilder(tokenizer).item_sequences(item, DIRECTIONS["ss"])
+    assert sequences[0].tokens[sequences[0].ending_start:].tolist() == [UNIT0 + 3, UNIT0 + 3]
+    result = score_direction([item], DIRECTIONS["ss"], SequenceBuilder(tokenizer), BigramScorer(table))
+    scores = result.per_item[0]["scores"]
+    assert scores["sum"][0] == pytest.approx(2 * math.log(0.3))
+    assert scores["mean"][0] == pytest.approx(2 * math.log(0.3) / 4)  # -0.60 per unit (-1.20 per piece)
+    assert scores["mean"][1] == pytest.approx(math.log(0.5))  # -0.69 per unit and per token
+    assert result.per_item[0]["predicted"]["mean"] == 0
+
+
 def test_cross_modal_marker_is_scored_in_the_sequence_but_not_in_the_ending():
     item = Item("x", 0, Part(text="a b"), (Part(units=(2,)), Part(units=(1,))))
     result = score_direction([item], DIRECTIONS["ts"], SequenceBuilder(toy_tokenizer()), BigramScorer(hand_table()))
