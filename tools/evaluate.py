@@ -3,6 +3,8 @@
 
     python tools/evaluate.py --checkpoint runs/base --benchmark storycloze.jsonl
         --directions ss tt st ts --batch-size 16 --output results.json  (one line)
+    python tools/evaluate.py --checkpoint runs/base --benchmark storycloze.jsonl topic.jsonl
+        --output-dir results/  (results/storycloze.json, results/topic.json: the model loads once)
 
 The benchmark is the jsonl of megatron_lst/evaluation/FORMAT.md. A direction is evaluated only when
 the benchmark carries its fields (S->S needs "units" in prompts and endings, T->T needs "text");
@@ -32,6 +34,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -51,7 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", required=True,
                         help="the --save folder of a training run, or an export folder (convert_checkpoint.py to-hf)")
     parser.add_argument("--iteration", type=int, default=None, help="which saved iteration (default: latest)")
-    parser.add_argument("--benchmark", required=True, help="benchmark file (see megatron_lst/evaluation/FORMAT.md)")
+    parser.add_argument("--benchmark", required=True, nargs="+",
+                        help="benchmark file(s) (see megatron_lst/evaluation/FORMAT.md); several are scored one after "
+                             "another with the model loaded once (--output-dir names their results)")
     parser.add_argument("--format", choices=FORMATS, default="jsonl",
                         help="jsonl: ours (default); storycloze-csv: the Story Cloze Test CSV; hellaswag: the HellaSwag "
                              "jsonl (both text, T->T); slamkit: the units jsonl of a spoken StoryCloze folder (S->S)")
@@ -82,11 +87,43 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", default=None,
                         help="also write accuracies and per-item scores to this json, and lm-eval-harness's results "
                              "shape beside it (OUTPUT with .lm_eval.json)")
+    parser.add_argument("--output-dir", default=None,
+                        help="write each benchmark's json to DIR/<benchmark file stem>.json, and lm-eval-harness's "
+                             "shape to DIR/<stem>.lm_eval.json (the way to name results of several benchmarks)")
     parser.add_argument("--lm-eval-output", default=None, help="where to write the lm-eval-harness json instead")
     parser.add_argument("--task-name", default=None,
                         help="lm-eval task prefix, e.g. storycloze -> storycloze_s2s (default: the format's benchmark "
                              "name, or the file's stem)")
     return parser
+
+
+def output_paths(args) -> list[tuple[Optional[str], Optional[str], str]]:
+    """(json, lm-eval json, lm-eval task name) for each benchmark, in order; ValueError when the
+    flags cannot name several benchmarks' results apart."""
+    several = len(args.benchmark) > 1
+    if several:
+        for flag, value in (("--output", args.output), ("--lm-eval-output", args.lm_eval_output),
+                            ("--task-name", args.task_name)):
+            if value:
+                raise ValueError(f"{flag} names one benchmark's results, but {len(args.benchmark)} benchmarks were "
+                                 "given: use --output-dir (one <stem>.json per benchmark)")
+    if args.output_dir and (args.output or args.lm_eval_output):
+        raise ValueError("--output-dir names the results itself: drop --output / --lm-eval-output")
+    stems = [Path(benchmark).stem for benchmark in args.benchmark]
+    repeated = sorted({stem for stem in stems if stems.count(stem) > 1})
+    if args.output_dir and repeated:
+        raise ValueError(f"benchmark files share the stem {repeated[0]!r}, so their results in --output-dir would "
+                         "overwrite each other: rename one")
+    paths = []
+    for benchmark, stem in zip(args.benchmark, stems):
+        task = args.task_name or default_task_name(benchmark, args.format)
+        if args.output_dir:
+            base = Path(args.output_dir) / stem
+            paths.append((f"{base}.json", f"{base}.lm_eval.json", task))
+            continue
+        lm_eval = args.lm_eval_output or (str(Path(args.output).with_suffix(".lm_eval.json")) if args.output else None)
+        paths.append((args.output, lm_eval, task))
+    return paths
 
 
 @exit_on_input_error
@@ -95,7 +132,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.batch_size < 1:
         print("error: --batch-size must be >= 1", file=sys.stderr)
         return 2
-    from megatron_lst.evaluation.model_scorer import CheckpointScorer
+    try:
+        outputs = output_paths(args)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     from megatron_lst.training.checkpoint_loading import config_from_checkpoint
 
     try:  # the checkpoint is verified against its manifest before anything in it is read
@@ -103,45 +144,59 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    # a malformed item (units not a list of codebook indices, a label that is not an integer, an id
-    # used twice, word times that do not cover its units ...) is one line naming the line and field
-    items = read_benchmark(args.benchmark, args.format, num_units=config.data.num_units)
     if args.model != "auto" and args.model != config.train.model:
         print(f"error: --model {args.model} but the checkpoint holds a {config.train.model} model", file=sys.stderr)
         return 2
+    # every file is read and checked before the model loads: a malformed item (units not a list of
+    # codebook indices, a label that is not an integer, an id used twice, word times that do not
+    # cover its units ...) is one line naming the file, line and field, and nothing is written
+    benchmarks = [(benchmark, read_benchmark(benchmark, args.format, num_units=config.data.num_units))
+                  for benchmark in args.benchmark]
     try:
-        choice = choose_patching(args.patching, config.train.model, config.patching.patching, items)
+        choices = [choose_patching(args.patching, config.train.model, config.patching.patching, items)
+                   for _, items in benchmarks]
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    if choice.note:
-        print(f"note: {choice.note}", file=sys.stderr)
-    aligned = choice.patching == "aligned"
-    try:  # a bpe-baseline's tokenizer encodes speech items with the run's unit BPE (never raw unit ids)
-        scorer = CheckpointScorer.from_checkpoint(args.checkpoint, args.iteration, args.tokenizer_model, args.unit_bpe,
-                                                  patching="aligned" if aligned else "static")
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    scorers: dict[bool, tuple] = {}  # aligned? -> (builder, scorer): a model loads once per patching used
+    for (benchmark, items), choice, (output, lm_eval_path, task) in zip(benchmarks, choices, outputs):
+        if choice.note:
+            print(f"note: {choice.note}", file=sys.stderr)
+        aligned = choice.patching == "aligned"
+        if aligned not in scorers:
+            try:
+                scorers[aligned] = load_scorer(config, aligned, args)
+            except (ValueError, FileNotFoundError) as error:
+                print(f"error: {error}", file=sys.stderr)
+                return 2
+        builder, scorer = scorers[aligned]
+        report = evaluate_items(items, builder, scorer, args.directions, args.batch_size,
+                                progress=args.progress and sys.stderr.isatty())
+        report.patching = choice
+        if rank_and_world()[0] != 0:  # every rank holds the gathered results; rank 0 reports them
+            continue
+        print(f"{benchmark}: {len(items)} items, checkpoint {args.checkpoint} ({config.train.model})")
+        print(format_report(report))
+        if output:
+            write_text_atomic(output, json.dumps(
+                {"checkpoint": str(args.checkpoint), "benchmark": str(benchmark), "format": args.format,
+                 "length_unit": builder.length_unit, "max_length": builder.max_length, **report.to_dict()}, indent=1))
+        if lm_eval_path:
+            write_text_atomic(lm_eval_path, json.dumps(
+                lm_eval_results(task, report.results, len(items), str(args.checkpoint)), indent=1))
+    return 0
+
+
+def load_scorer(config, aligned: bool, args) -> tuple:
+    """(SequenceBuilder, scorer) for one patching: a bpe-baseline's tokenizer encodes speech items
+    with the run's unit BPE (never raw unit ids)."""
+    from megatron_lst.evaluation.model_scorer import CheckpointScorer
+
+    scorer = CheckpointScorer.from_checkpoint(args.checkpoint, args.iteration, args.tokenizer_model, args.unit_bpe,
+                                              patching="aligned" if aligned else "static")
     builder, scorer_used, how = scoring_setup(scorer, config, aligned, args)
     print(f"note: {how}", file=sys.stderr)
-    report = evaluate_items(items, builder, scorer_used, args.directions, args.batch_size,
-                            progress=args.progress and sys.stderr.isatty())
-    report.patching = choice
-    if rank_and_world()[0] != 0:  # every rank holds the gathered results; rank 0 reports them
-        return 0
-    print(f"{args.benchmark}: {len(items)} items, checkpoint {args.checkpoint} ({config.train.model})")
-    print(format_report(report))
-    if args.output:
-        write_text_atomic(args.output, json.dumps(
-            {"checkpoint": str(args.checkpoint), "benchmark": str(args.benchmark), "format": args.format,
-             "length_unit": builder.length_unit, "max_length": builder.max_length, **report.to_dict()}, indent=1))
-    lm_eval_path = args.lm_eval_output or (str(Path(args.output).with_suffix(".lm_eval.json")) if args.output else None)
-    if lm_eval_path:
-        task = args.task_name or default_task_name(args.benchmark, args.format)
-        write_text_atomic(lm_eval_path, json.dumps(
-            lm_eval_results(task, report.results, len(items), str(args.checkpoint)), indent=1))
-    return 0
+    return builder, scorer_used
 
 
 def scoring_setup(scorer, config, aligned: bool, args):

@@ -159,3 +159,29 @@ def test_a_checkpoint_of_another_shape_names_the_tensor_and_both_shapes(tp2_chec
     expected = rf"{key}: checkpoint shape \({stored.global_shape[0]}, {stored.global_shape[1]}\), model shape \({wrong[0]}, {wrong[1]}\)"
     with pytest.raises(ValueError, match=expected):
         check_checkpoint_shapes(folder, OtherModel())
+
+
+def test_cli_scores_several_benchmarks_with_one_load_as_separate_calls_do(tp2_checkpoint, tmp_path):
+    """--benchmark a b --output-dir d writes d/a.json and d/b.json (and their lm-eval files), each
+    equal to the result of scoring that benchmark alone."""
+    stories = [Item(f"s{i}", i % 2, Part(text="The cat sat on the mat."),
+                    (Part(text="It purred."), Part(text="Markets closed lower today."))) for i in range(2)]
+    other = [Item("o", 1, Part(text="Rain fell all day."), (Part(text="Bread rose."), Part(text="The streets were wet.")))]
+    write_items(tmp_path / "stories.jsonl", stories)
+    write_items(tmp_path / "other.jsonl", other)
+
+    def evaluate(*flags: str) -> None:
+        result = subprocess.run([sys.executable, str(REPO_ROOT / "tools" / "evaluate.py"), "--checkpoint",
+                                 str(tp2_checkpoint), "--directions", "tt", *flags],
+                                env=child_env(), capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+        assert result.returncode == 0, result.stderr[-3000:]
+
+    evaluate("--benchmark", str(tmp_path / "stories.jsonl"), str(tmp_path / "other.jsonl"),
+             "--output-dir", str(tmp_path / "both"))
+    evaluate("--benchmark", str(tmp_path / "other.jsonl"), "--output", str(tmp_path / "alone.json"))
+    alone = json.loads((tmp_path / "alone.json").read_text())
+    together = json.loads((tmp_path / "both" / "other.json").read_text())
+    assert together["results"] == alone["results"] and together["benchmark"] == str(tmp_path / "other.jsonl")
+    stories_result = json.loads((tmp_path / "both" / "stories.json").read_text())["results"]["T->T"]
+    assert stories_result["scored"] == 2 and [item["id"] for item in stories_result["items"]] == ["s0", "s1"]
+    assert "other_t2t" in json.loads((tmp_path / "both" / "other.lm_eval.json").read_text())["results"]

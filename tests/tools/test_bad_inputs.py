@@ -128,6 +128,12 @@ def good_item(item_id: str = "a") -> dict:
             "endings": [{"text": "a time", "units": [3]}, {"text": "the end", "units": [4, 5]}]}
 
 
+def good_bench_in(folder: Path) -> Path:
+    """``folder/bench.jsonl`` holding one good item (the folder is made)."""
+    folder.mkdir()
+    return write_jsonl(folder / "bench.jsonl", [good_item()])
+
+
 def bench_with(folder: Path, change: Callable[[dict], None] | None = None, raw_line: str | None = None,
                extra_rows: list[dict] = ()) -> Path:
     """A benchmark file whose second line is a good item changed by ``change`` (or ``raw_line``)."""
@@ -338,6 +344,17 @@ CASES: dict[str, tuple[str, bool, Builder]] = {
     "benchmark without items": ("evaluate.py", False, lambda world, folder: (
         ["--checkpoint", str(world.checkpoint), "--benchmark", str(write_jsonl(folder / "bench.jsonl", [""])),
          "--output", earlier_output(folder)], [f"{folder / 'bench.jsonl'}: no items"])),
+    "evaluate several benchmarks into one --output": ("evaluate.py", False, lambda world, folder: (
+        ["--checkpoint", str(world.checkpoint), "--benchmark", str(bench_with(folder)), str(bench_with(folder)),
+         "--output", earlier_output(folder)], ["--output names one benchmark's results", "use --output-dir"])),
+    "evaluate benchmarks of one stem into --output-dir": ("evaluate.py", False, lambda world, folder: (
+        ["--checkpoint", str(world.checkpoint), "--benchmark", str(bench_with(folder)),
+         str(good_bench_in(folder / "other")), "--output-dir", str(folder)],
+        ["share the stem 'bench'"])),
+    "evaluate a malformed second benchmark": ("evaluate.py", False, lambda world, folder: (
+        ["--checkpoint", str(world.checkpoint), "--benchmark", str(write_jsonl(folder / "good.jsonl", [good_item()])),
+         str(bench_with(folder, lambda row: row.__setitem__("label", 1.7))), "--directions", "tt",
+         "--output-dir", str(folder)], [f"{folder / 'bench.jsonl'}:2: "])),
     "generate without prompts": ("generate.py", False, lambda world, folder: (
         ["continue", "--checkpoint", str(world.checkpoint), "--input", str(write_jsonl(folder / "p.jsonl", ["  "])),
          "--output", earlier_output(folder, "o.jsonl")], [f"{folder / 'p.jsonl'}: no prompts"])),
