@@ -169,7 +169,11 @@ def main(argv: list[str] | None = None) -> int:
             except (ValueError, FileNotFoundError) as error:
                 print(f"error: {error}", file=sys.stderr)
                 return 2
-        builder, scorer = scorers[aligned]
+        builder, scorer, whole_sequence_scorer = scorers[aligned]
+        if scorer is not whole_sequence_scorer and not has_prompts(items):
+            print(f"note: {benchmark}: no item has a prompt, so nothing is shared between its endings: whole "
+                  f"sequences in batches of {args.batch_size}", file=sys.stderr)
+            scorer = whole_sequence_scorer
         report = evaluate_items(items, builder, scorer, args.directions, args.batch_size,
                                 progress=args.progress and sys.stderr.isatty())
         report.patching = choice
@@ -187,16 +191,22 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def has_prompts(items) -> bool:
+    """Whether any item has a prompt (text or units) for the prompt cache to read once; a lexical
+    test's items have none, and batching whole sequences across items scores them twice as fast."""
+    return any(item.prompt.text or item.prompt.units for item in items)
+
+
 def load_scorer(config, aligned: bool, args) -> tuple:
-    """(SequenceBuilder, scorer) for one patching: a bpe-baseline's tokenizer encodes speech items
-    with the run's unit BPE (never raw unit ids)."""
+    """(SequenceBuilder, scorer, whole-sequence scorer) for one patching: a bpe-baseline's tokenizer
+    encodes speech items with the run's unit BPE (never raw unit ids)."""
     from megatron_lst.evaluation.model_scorer import CheckpointScorer
 
     scorer = CheckpointScorer.from_checkpoint(args.checkpoint, args.iteration, args.tokenizer_model, args.unit_bpe,
                                               patching="aligned" if aligned else "static")
     builder, scorer_used, how = scoring_setup(scorer, config, aligned, args)
     print(f"note: {how}", file=sys.stderr)
-    return builder, scorer_used
+    return builder, scorer_used, scorer
 
 
 def scoring_setup(scorer, config, aligned: bool, args):

@@ -163,21 +163,25 @@ def test_a_checkpoint_of_another_shape_names_the_tensor_and_both_shapes(tp2_chec
 
 def test_cli_scores_several_benchmarks_with_one_load_as_separate_calls_do(tp2_checkpoint, tmp_path):
     """--benchmark a b --output-dir d writes d/a.json and d/b.json (and their lm-eval files), each
-    equal to the result of scoring that benchmark alone."""
+    equal to the result of scoring that benchmark alone; b's items have no prompt, so its endings
+    are scored as whole sequences, a's through the prompt cache."""
     stories = [Item(f"s{i}", i % 2, Part(text="The cat sat on the mat."),
                     (Part(text="It purred."), Part(text="Markets closed lower today."))) for i in range(2)]
-    other = [Item("o", 1, Part(text="Rain fell all day."), (Part(text="Bread rose."), Part(text="The streets were wet.")))]
+    other = [Item(f"o{i}", 1, Part(text=""), (Part(text="Bread rose."), Part(text="The streets were wet.")))
+             for i in range(2)]
     write_items(tmp_path / "stories.jsonl", stories)
     write_items(tmp_path / "other.jsonl", other)
 
-    def evaluate(*flags: str) -> None:
+    def evaluate(*flags: str) -> str:
         result = subprocess.run([sys.executable, str(REPO_ROOT / "tools" / "evaluate.py"), "--checkpoint",
                                  str(tp2_checkpoint), "--directions", "tt", *flags],
                                 env=child_env(), capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
         assert result.returncode == 0, result.stderr[-3000:]
+        return result.stderr
 
-    evaluate("--benchmark", str(tmp_path / "stories.jsonl"), str(tmp_path / "other.jsonl"),
-             "--output-dir", str(tmp_path / "both"))
+    notes = evaluate("--benchmark", str(tmp_path / "stories.jsonl"), str(tmp_path / "other.jsonl"),
+                     "--output-dir", str(tmp_path / "both"))
+    assert f"{tmp_path / 'other.jsonl'}: no item has a prompt" in notes and "stories.jsonl: no item" not in notes
     evaluate("--benchmark", str(tmp_path / "other.jsonl"), "--output", str(tmp_path / "alone.json"))
     alone = json.loads((tmp_path / "alone.json").read_text())
     together = json.loads((tmp_path / "both" / "other.json").read_text())
