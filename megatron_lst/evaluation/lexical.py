@@ -22,9 +22,10 @@ two endings spoken by one voice: a real word and a non-word made from it by one 
 Why three changes in words of at least seven letters (the defaults): on the demo models a single
 vowel or consonant change left the length-fair scores at chance (the few changed units drown in the
 frame-level variation of two separate espeak syntheses); three changes in longer words move enough
-units for a 200-step model to prefer the real word (README, "Evaluation"). espeak speaks a non-word
-a little longer than a dictionary word on average, so the ``sum`` score is confounded with unit
-count here; ``mean`` is the fair one (FORMAT.md).
+units for a small model to prefer the real word. Accuracy grows with the word's length and the
+number of changes, so the demo takes four changes in words of 9+ letters (README, "Evaluation").
+espeak speaks a non-word a little longer than a dictionary word on average, so the ``sum`` score is
+confounded with unit count here; ``mean`` (per unit) is the fair one (FORMAT.md).
 
 Everything is drawn from one ``numpy`` generator seeded by ``seed`` over sorted words, so the same
 inputs and seed give the same benchmark.
