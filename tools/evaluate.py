@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "it (its SHA-256 must match the checkpoint's)")
     parser.add_argument("--model", choices=["auto", *MODELS], default="auto",
                         help="expected model family; 'auto' takes the checkpoint's")
-    parser.add_argument("--patching", choices=REQUESTS, default="static",
+    parser.add_argument("--patching", choices=REQUESTS, default=None,
                         help="LST only: static (default: runs of the patch size), aligned (one patch per word / silence "
                              "from the benchmark's word times) or auto (aligned for aligned / mixed / curriculum "
                              "runs when every speech part has word times, else static); baselines ignore it")

@@ -54,16 +54,20 @@ def speech_parts_without_word_times(items: Sequence[Item]) -> tuple[int, int, Op
     return total, missing, first
 
 
-def choose_patching(requested: str, model: str, trained_with: Optional[str], items: Sequence[Item]) -> PatchingChoice:
+def choose_patching(requested: Optional[str], model: str, trained_with: Optional[str],
+                    items: Sequence[Item]) -> PatchingChoice:
     """Resolve ``--patching`` for a checkpoint of family ``model`` trained with patching strategy
-    ``trained_with`` (LST only) on these items. Raises ValueError when ``aligned`` is asked of a
-    benchmark whose speech parts lack word times: scoring some rows aligned and others static would
-    be neither row of the paper's table."""
+    ``trained_with`` (LST only) on these items; ``None`` (not given) is ``static``, and a baseline
+    notes that it ignores the flag only when it was given. Raises ValueError when ``aligned`` is
+    asked of a benchmark whose speech parts lack word times: scoring some rows aligned and others
+    static would be neither row of the paper's table."""
+    given = requested is not None
+    requested = requested if given else "static"
     if requested not in REQUESTS:
         raise ValueError(f"--patching must be one of {REQUESTS}, got {requested!r}")
     if not model_spec(model).patched:
-        note = (f"--patching {requested} ignored: a {model} checkpoint is not patched" if requested != "auto"
-                else None)
+        note = (f"--patching {requested} ignored: a {model} checkpoint is not patched"
+                if given and requested != "auto" else None)
         return PatchingChoice(NOT_PATCHED, requested, f"{model} models read every token; nothing is patched", note)
     total, missing, first = speech_parts_without_word_times(items)
     if requested == "static":

@@ -238,6 +238,8 @@ def test_auto_picks_aligned_only_when_model_and_benchmark_allow():
     baseline = choose_patching("aligned", "baseline", None, partial)
     assert baseline.patching == "none" and "ignored" in baseline.note
     assert choose_patching("auto", "bpe-baseline", None, items).note is None
+    assert choose_patching(None, "baseline", None, items).note is None  # --patching not given: nothing to note
+    assert choose_patching(None, "lst", "curriculum", items).patching == "static"
     with pytest.raises(ValueError, match=r"1 of 6 have none, e.g. item two: endings\[1\]"):
         choose_patching("aligned", "lst", "curriculum", partial)
 
