@@ -40,10 +40,6 @@ class UnitBPETokenizer(JointTokenizer):
             raise ValueError(f"speech unit {int(bad)} is outside the codebook [0, {self.data_num_units})")
         return self.unit_bpe.encode(units) + self.unit_offset
 
-    def encode_pieces(self, pieces: Sequence[int] | np.ndarray) -> np.ndarray:
-        """BPE piece ids (already encoded) -> joint ids."""
-        return np.asarray(pieces, dtype=np.int64) + self.unit_offset
-
     def decode_units(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
         """Joint ids of pieces -> the raw units they spell."""
         return self.unit_bpe.decode(super().decode_units(ids))

@@ -57,9 +57,6 @@ class Generation:
     steps: int
     seconds: float
 
-    def units_generated(self, vocab: VocabLayout) -> int:
-        return int(sum(vocab.is_unit(row).sum() for row in self.tokens if row))
-
 
 def prompt_modality(prompt: Sequence[int], vocab: VocabLayout) -> str:
     """The modality a prompt ends in: its last marker, else the kind of its last token."""
