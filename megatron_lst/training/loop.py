@@ -209,8 +209,7 @@ class Trainer:
                     totals[index] += item[name].detach().to(totals.device, torch.float64).view(-1)[:2]
         if parallel_state.is_pipeline_last_stage():
             collectives.all_reduce(totals, dp_group, what="metric sums")
-        sums = _broadcast_from_last_stage(totals).tolist()
-        return {name: sums[i][0] / max(sums[i][1], 1.0) for i, name in enumerate(names)}
+        return counted_means(names, _broadcast_from_last_stage(totals).tolist())
 
     def _review(self, losses: list[dict]) -> tuple[dict, bool]:
         """The NaN policy, the same for both engines: the step's reduced metrics, and whether its
@@ -336,6 +335,13 @@ def _broadcast_from_last_stage(tensor: torch.Tensor) -> torch.Tensor:
         return tensor
     return collectives.broadcast(tensor, src=parallel_state.get_pipeline_model_parallel_last_rank(),
                                  group=parallel_state.get_pipeline_model_parallel_group(), what="metric sums")
+
+
+def counted_means(names: list[str], sums: list[list[float]]) -> dict[str, float]:
+    """``name -> sum / count`` of reduced [sum, count] pairs, leaving out a metric nothing counted in
+    this step (the speech loss of a step whose rows hold no speech): it has no value, and a 0.0 in
+    the log line, TensorBoard and --log-json would read as a perfect loss."""
+    return {name: total / count for name, (total, count) in zip(names, sums, strict=True) if count > 0}
 
 
 def _broadcast_names_from_last_stage(names: list[str]) -> list[str]:
