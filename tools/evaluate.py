@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    from megatron_lst.training.checkpoint_loading import config_from_checkpoint
+    from megatron_lst.training.checkpoint_loading import config_from_checkpoint, load_model
 
     try:  # the checkpoint is verified against its manifest before anything in it is read
         config = config_from_checkpoint(args.checkpoint, args.iteration, args.tokenizer_model, args.unit_bpe)
@@ -158,14 +158,16 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    scorers: dict[bool, tuple] = {}  # aligned? -> (builder, scorer): a model loads once per patching used
+    scorers: dict[bool, tuple] = {}  # aligned? -> (builder, scorer, whole-sequence scorer)
+    loaded: Optional[tuple] = None  # load_model's answer, read once for every patching used
     for (benchmark, items), choice, (output, lm_eval_path, task) in zip(benchmarks, choices, outputs):
         if choice.note:
             print(f"note: {choice.note}", file=sys.stderr)
         aligned = choice.patching == "aligned"
         if aligned not in scorers:
             try:
-                scorers[aligned] = load_scorer(config, aligned, args)
+                loaded = loaded or load_model(args.checkpoint, args.iteration, args.tokenizer_model, args.unit_bpe)
+                scorers[aligned] = scorers_for(loaded, config, aligned, args)
             except (ValueError, FileNotFoundError) as error:
                 print(f"error: {error}", file=sys.stderr)
                 return 2
@@ -197,13 +199,13 @@ def has_prompts(items) -> bool:
     return any(item.prompt.text or item.prompt.units for item in items)
 
 
-def load_scorer(config, aligned: bool, args) -> tuple:
-    """(SequenceBuilder, scorer, whole-sequence scorer) for one patching: a bpe-baseline's tokenizer
-    encodes speech items with the run's unit BPE (never raw unit ids)."""
+def scorers_for(loaded: tuple, config, aligned: bool, args) -> tuple:
+    """(SequenceBuilder, scorer, whole-sequence scorer) for one patching of the loaded model
+    (``load_model``'s answer): a bpe-baseline's tokenizer encodes speech items with the run's unit
+    BPE (never raw unit ids)."""
     from megatron_lst.evaluation.model_scorer import CheckpointScorer
 
-    scorer = CheckpointScorer.from_checkpoint(args.checkpoint, args.iteration, args.tokenizer_model, args.unit_bpe,
-                                              patching="aligned" if aligned else "static")
+    scorer = CheckpointScorer.from_loaded(*loaded, patching="aligned" if aligned else "static")
     builder, scorer_used, how = scoring_setup(scorer, config, aligned, args)
     print(f"note: {how}", file=sys.stderr)
     return builder, scorer_used, scorer

@@ -113,7 +113,13 @@ class CheckpointScorer:
                         tokenizer_model: Optional[str] = None, unit_bpe: Optional[str] = None,
                         patching: str = "static") -> "CheckpointScorer":
         """``patching`` (static / aligned) applies to LST checkpoints; baselines ignore it."""
-        model, config, tokenizer, device = load_model(root, iteration, tokenizer_model, unit_bpe)
+        return cls.from_loaded(*load_model(root, iteration, tokenizer_model, unit_bpe), patching=patching)
+
+    @classmethod
+    def from_loaded(cls, model: torch.nn.Module, config, tokenizer: JointTokenizer, device: torch.device,
+                    patching: str = "static") -> "CheckpointScorer":
+        """A scorer over a model ``load_model`` already returned: a second patching of the same
+        checkpoint needs no second read of it."""
         return cls(next_token_logits(model, config, tokenizer, patching), model, tokenizer, device,
                    max_length=config.data.seq_length)
 
